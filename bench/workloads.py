@@ -1,0 +1,131 @@
+"""Workload definitions shared by the driver (run.py) and the workers (worker.py).
+
+Every library gets the same data and the same initial weights: both are generated here with
+numpy from fixed seeds, in float32, with Flux's layout (a Dense weight is ``(out, in)``).
+Each library adapter copies them into its own tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DATA_SEED = 1234
+INIT_SEED = 42
+
+
+# name -> spec. kind: "train" (a model trained step by step), "sgemm", "threads".
+# layers: (in, out, act) per Dense; head: what follows the last Dense ("softmax" or None).
+FULL = {
+    "seed_descent": dict(kind="train", label="(a) seed",
+                         layers=[(784, 32, "sigmoid"), (32, 10, None)], head="softmax", loss="mse",
+                         opt=("descent", 0.1), batch=32, nbatches=64, update_tol=1e-3),
+    "seed_adam": dict(kind="train", label="(a) seed",
+                      layers=[(784, 32, "sigmoid"), (32, 10, None)], head="softmax", loss="mse",
+                      opt=("adam", 1e-3), batch=32, nbatches=64, update_tol=1e-3),
+    "mlp": dict(kind="train", label="(b) MLP",
+                layers=[(784, 1024, "relu"), (1024, 1024, "relu"), (1024, 10, None)], head=None,
+                loss="logitcrossentropy", opt=("adam", 1e-3), batch=256, nbatches=16,
+                # Adam turns tiny gradients into ±η steps, so float32 summation order shows up more here
+                update_tol=5e-2),
+    "lenet5": dict(kind="todo", title="(c) LeNet-5 on 28x28, batch 128, Adam",
+                   why="Conv/MaxPool layers are not in fluxrs yet"),
+    # MNIST-1D shaped: sequences of 40 one-feature steps, 10 classes; the class comes from the last output
+    "gru": dict(kind="train", arch="gru", label="(d) GRU, MNIST-1D shaped", seq_len=40, n_in=1, hidden=64, n_out=10,
+                loss="logitcrossentropy", opt=("adam", 1e-3), batch=128, nbatches=16, update_tol=1e-3),
+    "sgemm": dict(kind="sgemm", label="(e)", n=1024),
+    "threads": dict(kind="threads", label="(f) 2 threads vs 1, each training its own",
+                    layers=[(784, 32, "sigmoid"), (32, 10, None)], head="softmax", loss="mse",
+                    opt=("adam", 1e-3), batch=32, nbatches=64),
+}
+
+# --smoke: tiny sizes so the whole harness runs in seconds with fluxrs and numpy only.
+SMOKE = {
+    "seed_descent": dict(FULL["seed_descent"], layers=[(64, 16, "sigmoid"), (16, 10, None)], batch=8, nbatches=4),
+    "seed_adam": dict(FULL["seed_adam"], layers=[(64, 16, "sigmoid"), (16, 10, None)], batch=8, nbatches=4),
+    "mlp": dict(FULL["mlp"], layers=[(64, 48, "relu"), (48, 48, "relu"), (48, 10, None)], batch=16, nbatches=4),
+    "lenet5": FULL["lenet5"],
+    "gru": dict(FULL["gru"], seq_len=5, hidden=8, batch=4, nbatches=4),
+    "sgemm": dict(FULL["sgemm"], n=64),
+    "threads": dict(FULL["threads"], layers=[(64, 16, "sigmoid"), (16, 10, None)], batch=8, nbatches=4),
+}
+
+# Which libraries each kind of workload is run with (the first is fluxrs; ratios are fluxrs / each other).
+PEERS = {"train": ["fluxrs", "torch", "jax"], "sgemm": ["fluxrs", "numpy", "torch"],
+         "threads": ["fluxrs-1thread", "fluxrs-2threads"]}
+SMOKE_PEERS = {"train": ["fluxrs", "numpy"], "sgemm": ["fluxrs", "numpy"],
+               "threads": ["fluxrs-1thread", "fluxrs-2threads"]}
+
+
+def specs(smoke: bool) -> dict:
+    return SMOKE if smoke else FULL
+
+
+def title(spec: dict) -> str:
+    """The title with the sizes actually used (smoke mode shrinks them)."""
+    if spec.get("arch") == "gru":
+        kind, lr = spec["opt"]
+        return (f"{spec['label']}: Chain(GRU({spec['n_in']},{spec['hidden']}), last step, "
+                f"Dense({spec['hidden']},{spec['n_out']})), seq {spec['seq_len']}, {spec['loss']}, "
+                f"{'Descent' if kind == 'descent' else 'Adam'}({lr:g}), batch {spec['batch']}")
+    if spec["kind"] in ("train", "threads"):
+        acts = {"sigmoid": "σ", "relu": "relu", None: None}
+        dense = ",".join(f"Dense({i},{o}{',' + acts[a] if a else ''})" for i, o, a in spec["layers"])
+        head = ",softmax" if spec["head"] == "softmax" else ""
+        kind, lr = spec["opt"]
+        opt = f"{'Descent' if kind == 'descent' else 'Adam'}({lr:g})"
+        return f"{spec['label']} Chain({dense}{head}), {spec['loss']}, {opt}, batch {spec['batch']}"
+    if spec["kind"] == "sgemm":
+        n = spec["n"]
+        return f"{spec['label']} sgemm {n}x{n} @ {n}x{n} float32"
+    return spec["title"]
+
+
+def samples_per_step(spec: dict) -> int:
+    if spec["kind"] == "sgemm":
+        return spec["n"]  # rows of the product, so "samples/s" reads as rows/s; GFLOP/s is reported too
+    return spec["batch"]
+
+
+def make_data(spec: dict) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`nbatches` batches of (x, y_onehot, labels), float32, batch-first: x uniform in [0, 1) for the
+    MLPs, standard normal (N, T, in) for the GRU (MNIST-1D signals are roughly centred)."""
+    rng = np.random.default_rng(DATA_SEED)
+    if spec.get("arch") == "gru":
+        n_out, shape = spec["n_out"], (spec["batch"], spec["seq_len"], spec["n_in"])
+    else:
+        n_out, shape = spec["layers"][-1][1], (spec["batch"], spec["layers"][0][0])
+    out = []
+    for _ in range(spec["nbatches"]):
+        x = rng.random(shape, dtype=np.float32) if len(shape) == 2 else \
+            rng.standard_normal(shape, dtype=np.float32)
+        labels = rng.integers(0, n_out, size=spec["batch"])
+        y = np.zeros((spec["batch"], n_out), dtype=np.float32)
+        y[np.arange(spec["batch"]), labels] = 1.0
+        out.append((x, y, labels.astype(np.int64)))
+    return out
+
+
+def make_init(spec: dict, seed: int = INIT_SEED) -> list[np.ndarray]:
+    """[W1, b1, W2, b2, ...]: Glorot-uniform weights (out, in) as Flux's default, zero biases."""
+    rng = np.random.default_rng(seed)
+    if spec.get("arch") == "gru":
+        # [Wi (3h, in), Wh (3h, h), bias (3h,), W (out, h), b (out,)]: Flux's GRU fields, gates (r, z, h̃)
+        n_in, h, n_out = spec["n_in"], spec["hidden"], spec["n_out"]
+
+        def glorot(rows, cols):
+            lim = np.sqrt(6.0 / (rows + cols))
+            return rng.uniform(-lim, lim, size=(rows, cols)).astype(np.float32)
+        return [glorot(3 * h, n_in), glorot(3 * h, h), np.zeros(3 * h, np.float32), glorot(n_out, h),
+                np.zeros(n_out, np.float32)]
+    params = []
+    for n_in, n_out, _ in spec["layers"]:
+        lim = np.sqrt(6.0 / (n_in + n_out))
+        params.append(rng.uniform(-lim, lim, size=(n_out, n_in)).astype(np.float32))
+        params.append(np.zeros(n_out, dtype=np.float32))
+    return params
+
+
+def make_matrices(spec: dict) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(DATA_SEED)
+    n = spec["n"]
+    return rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)

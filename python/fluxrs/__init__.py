@@ -1,0 +1,52 @@
+"""fluxrs: Flux.jl's training model for Python, on a Rust core.
+
+>>> import fluxrs as fx
+>>> fx.gradient(lambda x: x ** 2, 3.0)
+(6.0,)
+"""
+
+from fluxrs._core import Tensor
+from fluxrs.autodiff import Grads, Params, ValGrad, gradient, in_gradient, no_grad, params, pullback, withgradient
+from fluxrs.functor import Layer, Struct, fmap, layer
+from fluxrs.random import default_rng, seed_
+from fluxrs.tensor import (concat, float32, float64, full, ones, ones_like, rand, randn, stack, tensor, where,
+                           zeros, zeros_like)
+from fluxrs import activations, layers, optimise
+from fluxrs.activations import (celu, elu, gelu, hardsigmoid, hardswish, hardtanh, identity, leakyrelu, lisht,
+                                logsigmoid, logsoftmax, mish, relu, relu6, selu, sigmoid, softmax, softplus, softsign,
+                                swish, tanh, tanhshrink, σ)
+from fluxrs.layers import (Chain, Dense, f32, f64, glorot_normal, glorot_uniform, kaiming_normal, kaiming_uniform,
+                           ones32, zeros32)
+from fluxrs.layers import (GRU, LSTM, RNN, AlphaDropout, BatchNorm, Bidirectional, Bilinear, Dropout, Embedding,
+                           GroupNorm, GRUCell, InstanceNorm, LayerNorm, LSTMCell, Maxout, MultiHeadAttention,
+                           PairwiseFusion, Parallel, Recurrence, RNNCell, Scale, SkipConnection, make_causal_mask,
+                           testmode_, trainmode_)
+from fluxrs.layers import (AdaptiveMaxPool, AdaptiveMeanPool, Conv, ConvTranspose, CrossCor, DepthwiseConv, Flatten,
+                           GlobalMaxPool, GlobalMeanPool, MaxPool, MeanPool, SamePad, Upsample, flatten)
+from fluxrs.optimise import (ADAM, Adam, ClipGrad, Descent, Leaf, Momentum, Nesterov, Optimiser, OptimiserChain,
+                             WeightDecay, adjust_, freeze_, setup, thaw_, update_)
+from fluxrs.optimise import (ADADelta, ADAGrad, ADAMW, AMSGrad, NADAM, OADAM, RADAM, AccumGrad, AdaBelief, AdaDelta,
+                             AdaGrad, AdaMax, AdamW, ClipNorm, ClipValue, ExpDecay, InvDecay, Lion, NAdam, OAdam,
+                             RAdam, RMSProp, Rprop, Scheduler, SignDecay)
+from fluxrs.optimise import Constant, CosAnneal, Exp, Inv, Poly, Sequence, Stateful, Step, Triangle, Warmup
+from fluxrs.train import NonFiniteLossError, epochs, ncycle, skip, stop, throttle, train_
+from fluxrs.data import DataLoader, onecold, onehot, onehotbatch
+from fluxrs.io import Checkpoint, CheckpointError, load, loadmodel_, save, state
+
+from fluxrs import losses
+from fluxrs.losses import crossentropy, logitcrossentropy, mse
+Losses = losses
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Plugins load on first use: `import fluxrs` imports neither pluggy nor any installed plugin;
+    # nor mpi4py: fx.distributed loads on first use too.
+    if name in ("plugins", "callbacks", "distributed"):
+        import importlib
+        return importlib.import_module(f"fluxrs.{name}")
+    if name in ("hookimpl", "hookspec", "PluginError"):
+        from fluxrs import plugins
+        return getattr(plugins, name)
+    raise AttributeError(f"module 'fluxrs' has no attribute {name!r}")

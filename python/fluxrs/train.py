@@ -1,0 +1,477 @@
+"""`train_`: one epoch of training, in each of the three styles Flux has had, and its helpers.
+
+Explicit style (Flux 0.14): the loss takes the model, then the datapoint.
+
+>>> import fluxrs as fx, numpy as np
+>>> fx.seed_(0)
+>>> model = fx.Dense(1, 1)
+>>> x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(32, 1); y = 3 * x + 1
+>>> opt = fx.setup(fx.Adam(0.1), model)
+>>> for epoch in range(200):
+...     fx.train_(lambda m, x, y: fx.mse(m(x), y), model, [(x, y)], opt)
+>>> round(float(model.weight), 1), round(float(model.bias), 1)
+(3.0, 1.0)
+
+Implicit style (Flux 0.13): the loss closes over the model, `Params` say what to train.
+
+>>> ps = fx.params(model)
+>>> fx.train_(lambda x, y: fx.mse(model(x), y), ps, [(x, y)], fx.Descent(0.1), cb=lambda: None)
+
+Oldest style: the rule is bound to the parameters, ``fx.train_(loss, data, opt)``.
+
+>>> fx.train_(lambda x, y: fx.mse(model(x), y), [(x, y)], fx.Descent(0.1, ps))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import threading
+import time
+import warnings
+from contextvars import ContextVar
+from typing import Any, Callable, Iterable, Iterator
+
+from fluxrs import _core
+from fluxrs._core import Tensor
+from fluxrs.autodiff import Params
+from fluxrs.functor import Struct
+from fluxrs.optimise.interface import Leaf, _gather, _implicit_update, setup, update_leaves
+from fluxrs.optimise.rules import Rule
+
+__all__ = ["train_", "stop", "skip", "StopTraining", "SkipStep", "NonFiniteLossError", "throttle", "epochs",
+           "ncycle", "grad_reducer"]
+
+log = logging.getLogger("fluxrs")
+
+
+class StopTraining(Exception):
+    """Raised by `stop()`; `train_` catches it and returns (Flux's StopException)."""
+
+
+class SkipStep(Exception):
+    """Raised by `skip()`; `train_` catches it and moves on to the next datapoint."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss was NaN or infinite; raised before the update that would spread it.
+
+    `index` is the datapoint's position in this epoch (from 0), `value` the loss."""
+
+    def __init__(self, index: int, value: float):
+        self.index, self.value = index, value
+        super().__init__(f"loss is {value} on data item {index} (counting from 0), stopping training; "
+                         "the parameters were not updated with this item's gradient")
+
+
+def stop() -> None:
+    """End `train_` early and cleanly, from a callback or the loss (Flux's `stop()`)."""
+    raise StopTraining()
+
+
+def skip() -> None:
+    """Skip the current datapoint's update, from inside the loss (Flux's `skip()`)."""
+    raise SkipStep()
+
+
+# ---------------------------------------------------------------- checking what the user gave
+
+def _splat(d: Any) -> tuple:
+    # Flux splats a Tuple datapoint into the loss's arguments; anything else is one argument
+    return d if isinstance(d, tuple) else (d,)
+
+
+def _arity_error(loss: Callable, args: tuple, lead: int, i: int, d: Any) -> TypeError | None:
+    """A clear error if calling `loss` with `args` failed because of their number, else None
+    (a TypeError raised inside the loss is the user's own and is left alone)."""
+    try:
+        sig = inspect.signature(loss)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sig.bind(*args)
+    except TypeError:
+        what = (f"a tuple of {len(d)} values" if isinstance(d, tuple)
+                else f"a single {type(d).__name__} (not a tuple, so passed as one argument)")
+        call = "loss(model, *item)" if lead else "loss(*item)"
+        return TypeError(f"train_: data item {i} is {what}; the loss is called as {call}, i.e. with {len(args)} "
+                         f"positional argument(s), but {_name(loss)}{sig} does not accept that. Make the loss take "
+                         f"{'the model and ' if lead else ''}the datapoint's {len(args) - lead} value(s), or "
+                         "change the data (e.g. zip(xs, ys) gives (x, y) tuples).")
+    return None
+
+
+def _name(f: Callable) -> str:
+    return getattr(f, "__name__", type(f).__name__)
+
+
+def _check_scalar(val: Any, i: int) -> None:
+    if isinstance(val, Tensor):
+        if val.size != 1:
+            raise ValueError(f"train_: the loss must return a scalar, but on data item {i} it returned a tensor of "
+                             f"shape {tuple(val.shape)}; reduce it, e.g. with .mean() or .sum(), or use a loss "
+                             "from fx.losses (which reduce with agg=mean)")
+        return
+    if isinstance(val, (int, float)) and not isinstance(val, bool):
+        return
+    raise TypeError(f"train_: the loss must return a scalar, but on data item {i} it returned "
+                    f"{type(val).__name__}")
+
+
+def _callbacks(cb: Any) -> list[Callable[[], Any]]:
+    if cb is None:
+        return []
+    if callable(cb):
+        return [cb]
+    cbs = list(cb)
+    for c in cbs:
+        if not callable(c):
+            raise TypeError(f"train_: every callback must be callable, got {type(c).__name__}")
+    return cbs
+
+
+def _progress(data: Any, enabled: Any, desc: str | None):
+    if not enabled:
+        return None
+    if hasattr(enabled, "update") and hasattr(enabled, "set_postfix"):
+        return enabled  # a bar the caller made, e.g. one spanning every epoch
+    from tqdm.auto import tqdm
+    try:
+        total = len(data)
+    except TypeError:
+        total = None
+    return tqdm(total=total, desc=desc or "train_", unit="batch", leave=True, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------- train_
+
+def train_(loss: Callable, *args: Any, cb: Any = None, progress: Any = False, desc: str | None = None,
+           callbacks: Any = None, epoch: int | None = None) -> None:
+    """Train for one pass over the data (one epoch), updating parameters in place.
+
+    * Explicit (Flux 0.14): ``train_(loss, model, data, opt_state)`` with ``loss(m, x, y)``
+      and ``opt_state = fx.setup(rule, model)``.
+    * Implicit (Flux 0.13): ``train_(loss, params, data, opt)`` with ``loss(x, y)``
+      closing over the model and `opt` a rule that keeps its state.
+    * Oldest: ``train_(loss, data, opt)`` with `opt` bound to its parameters, e.g.
+      ``fx.Descent(0.1, fx.params(m))``.
+
+    A tuple datapoint is splatted into the loss's arguments; anything else is passed as one.
+    `cb` (a function or a list of them, taking no arguments) runs after each update; in it or
+    in the loss, `fx.stop()` ends training and `fx.skip()` (in the loss) skips this update.
+    A NaN or infinite loss raises `NonFiniteLossError` before its update. ``progress=True``
+    shows a progress bar (tqdm) with the running loss; ``progress=bar`` advances a tqdm bar
+    you made (say, one spanning all epochs) and leaves it open.
+
+    Plugins (`fx.plugins`) see the run through their hooks: ``callbacks=[...]`` takes plugin
+    objects (``fx.callbacks.EarlyStopping(...)``, anything with ``@fx.hookimpl`` methods) for
+    this call only (for the rest of the ``fx.epochs`` loop when called inside one);
+    ``epoch=k`` outside ``fx.epochs`` makes this call epoch `k` for the epoch hooks.
+    """
+    if len(args) == 3:
+        target, data, opt = args
+        if isinstance(target, Params):
+            return _train_implicit(loss, target, data, opt, cb, progress, desc, callbacks, epoch)
+        return _train_explicit(loss, target, data, opt, cb, progress, desc, callbacks, epoch)
+    if len(args) == 2:
+        data, opt = args
+        if not isinstance(opt, Rule):
+            raise TypeError(f"train_(loss, data, opt): opt must be a rule bound to parameters, e.g. "
+                            f"fx.Descent(0.1, fx.params(model)); got {type(opt).__name__}. For the explicit style "
+                            "call train_(loss, model, data, fx.setup(rule, model)).")
+        if opt.params is None:
+            raise TypeError(f"train_(loss, data, opt): {opt!r} is not bound to any parameters; write "
+                            f"{type(opt).__name__}(..., fx.params(model)), or use train_(loss, fx.params(model), "
+                            "data, opt)")
+        return _train_implicit(loss, opt.params, data, opt, cb, progress, desc, callbacks, epoch)
+    raise TypeError(f"train_ takes (loss, model, data, opt_state), (loss, params, data, opt) or (loss, data, opt); "
+                    f"got loss and {len(args)} more positional arguments")
+
+
+def _hooks(callbacks: Any, epoch: int | None, model: Any, params: Any, opt: Any, data: Any):
+    """The plugin hooks of one train_ call (fluxrs.plugins), or None when no plugin implements a
+    training hook and there are no `callbacks`: then the loop makes no hook calls at all."""
+    from fluxrs.plugins._run import session
+    return session(callbacks, epoch, model, params, opt, data)
+
+
+def _loop(data: Any, step: Callable[[int, Any], float | None], cb: Any, progress: Any, desc: str | None,
+          s: Any = None) -> None:
+    """The loop shared by every style: step, plugin hooks (session `s`), callbacks, stop/skip,
+    progress bar."""
+    cbs = _callbacks(cb)
+    bar = _progress(data, progress, desc)
+    running = None
+    try:
+        for i, d in enumerate(data if s is None or s.begin() else ()):
+            if s is not None and s.batch_begin(i, d):  # a hook skipped this batch
+                if bar is not None:
+                    bar.update(1)
+                continue
+            try:
+                val = step(i, d)
+            except SkipStep:
+                if bar is not None:
+                    bar.update(1)
+                continue
+            except NonFiniteLossError as e:
+                if s is None or not s.nonfinite(i, d, e):  # raises StopTraining if a hook stopped training
+                    raise
+                if bar is not None:
+                    bar.update(1)
+                continue  # a hook skipped this batch
+            if s is not None:
+                s.batch_end(i, d, val)
+            try:
+                for c in cbs:
+                    c()
+            except SkipStep:
+                pass  # the update has happened; skipping now only skips the rest of the callbacks
+            if bar is not None:
+                if val is not None:
+                    running = val if running is None else 0.9 * running + 0.1 * val
+                    bar.set_postfix(loss=f"{running:.4g}", refresh=False)
+                bar.update(1)
+    except StopTraining:
+        log.debug("train_: stopped by fx.stop()")
+    except BaseException as e:
+        if s is not None:
+            s.end(e)
+        raise
+    finally:
+        if bar is not None and bar is not progress:
+            bar.close()
+    if s is not None:
+        s.end(None)
+
+
+def _call_loss(loss: Callable, args: tuple, lead: int, i: int, d: Any):
+    try:
+        return loss(*args)
+    except TypeError as e:
+        clear = _arity_error(loss, args, lead, i, d)
+        if clear is not None:
+            raise clear from e
+        raise
+
+
+def _finite(val: Any, i: int) -> float:
+    v = float(val)
+    if not math.isfinite(v):
+        raise NonFiniteLossError(i, v)
+    return v
+
+
+# ---------------------------------------------------------------- gradient reduction (the fx.distributed hook)
+
+_reducer: ContextVar[Callable | None] = ContextVar("fluxrs_grad_reducer", default=None)
+
+
+@contextlib.contextmanager
+def grad_reducer(reduce: Callable | None) -> Iterator[None]:
+    """Within this block (this thread or task only), `train_` passes each step's gradients
+    and loss through ``reduce(params, grads, loss) -> (grads, loss)`` between the backward
+    pass and the update. It is the hook of data-parallel training: `fx.distributed` installs
+    an allreduce averaging them over processes, and a plugin may install another engine's.
+    `params` are the tensors trained, `grads` their gradients (None where one got none),
+    `loss` the step's loss as a float; the loss returned is the one checked for NaN, shown
+    and passed to hooks. It is called on every step (with all-None grads when the loss is
+    not a tensor), so every process makes the same calls.
+    """
+    token = _reducer.set(reduce)
+    try:
+        yield
+    finally:
+        _reducer.reset(token)
+
+
+def _grads_and_loss(val: Any, xs: list[Tensor], i: int) -> tuple[list | None, float]:
+    """The step's gradients (None: nothing to update) and loss (checked finite), reduced
+    by the `grad_reducer` in force, if any."""
+    reduce = _reducer.get()
+    if reduce is None:
+        v = _finite(val, i)
+        return (_core.grad(val, xs) if isinstance(val, Tensor) and xs else None), v
+    gs = _core.grad(val, xs) if isinstance(val, Tensor) and xs else [None] * len(xs)
+    gs, v = reduce(xs, gs, float(val))
+    return gs, _finite(v, i)
+
+
+def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, epoch=None) -> None:
+    if isinstance(opt, Rule):
+        # Flux 0.14 does this too, with a warning: momentum is lost between calls.
+        warnings.warn(f"train_(loss, model, data, {opt!r}): a rule instead of the state from fx.setup; creating a "
+                      "fresh state now, so any momentum is lost after this call. Call opt = fx.setup(rule, model) "
+                      "once and pass opt.", stacklevel=3)
+        opt = setup(opt, model)
+    elif not (opt is None or isinstance(opt, (Leaf, Struct, list, tuple, dict))):
+        raise TypeError(f"train_(loss, model, data, opt_state): opt_state must come from fx.setup(rule, model), "
+                        f"got {type(opt).__name__}")
+    # Match every parameter to its Leaf once, which also checks that the state fits the
+    # model before any work (a state made for another model). Each step then differentiates
+    # with respect to exactly these tensors and updates them, without walking the model,
+    # gradient and state trees again: the same result as withgradient + update_, with less
+    # Python per step.
+    plan = _gather(opt, model, None, everything=True)
+    xs = [x for x, _, _ in plan]
+    leaves = [leaf for _, _, leaf in plan]
+
+    def step(i, d):
+        args = _splat(d)
+        _core.push_watch(xs)
+        try:
+            val = _call_loss(loss, (model,) + args, 1, i, d)
+        finally:
+            _core.pop_watch()
+        _check_scalar(val, i)
+        gs, v = _grads_and_loss(val, xs, i)
+        if gs is not None:
+            update_leaves(xs, gs, leaves)
+        return v
+
+    _loop(data, step, cb, progress, desc, _hooks(callbacks, epoch, model, xs, opt, data))
+
+
+def _train_implicit(loss, ps, data, opt, cb, progress, desc, callbacks=None, epoch=None) -> None:
+    if not isinstance(opt, Rule):
+        raise TypeError(f"train_(loss, params, data, opt): opt must be a rule such as fx.Descent(0.1) (the implicit "
+                        f"style keeps state inside it), got {type(opt).__name__}. A state from fx.setup goes with "
+                        "the explicit style: train_(loss, model, data, opt_state) with loss(model, x, y).")
+    if not isinstance(ps, Params):
+        ps = Params(ps)
+
+    xs = list(ps)
+
+    def step(i, d):
+        args = _splat(d)
+        _core.push_watch(xs)  # as gradient(() -> loss(d...), ps), without building Grads
+        try:
+            val = _call_loss(loss, args, 0, i, d)
+        finally:
+            _core.pop_watch()
+        _check_scalar(val, i)
+        gs, v = _grads_and_loss(val, xs, i)
+        if gs is not None:
+            _implicit_update(opt, zip(xs, gs))
+        return v
+
+    _loop(data, step, cb, progress, desc, _hooks(callbacks, epoch, None, ps, opt, data))
+
+
+# ---------------------------------------------------------------- helpers
+
+class throttle:
+    """Wrap `f` so it runs at most once every `timeout` seconds (Flux's `throttle`).
+
+    With `leading` (default) the first call in a quiet period runs `f` at once; with
+    `trailing`, a call that arrives while throttled is remembered and run (the latest
+    arguments) when the period ends, on a timer thread. Returns the last result of `f`.
+    `clock` replaces `time.monotonic`, for tests.
+
+    >>> import fluxrs as fx
+    >>> t = [0.0]
+    >>> calls = []
+    >>> f = fx.throttle(lambda: calls.append(t[0]), 5, clock=lambda: t[0])
+    >>> for t[0] in [0, 1, 2, 5, 6, 11]:
+    ...     _ = f()
+    >>> calls
+    [0, 5, 11]
+    """
+
+    def __init__(self, f: Callable, timeout: float, leading: bool = True, trailing: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
+        if timeout < 0:
+            raise ValueError(f"throttle: timeout must be >= 0 seconds, got {timeout}")
+        self.f, self.timeout, self.leading, self.trailing, self.clock = f, float(timeout), leading, trailing, clock
+        self.result = None
+        self._ready_at = -math.inf        # when the next leading call may run
+        self._later: tuple | None = None  # a pending trailing call's (args, kwargs)
+        self._timer: threading.Timer | None = None
+        self._lock = threading.RLock()
+        self.__wrapped__ = f
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            now = self.clock()
+            cooling = self._timer is not None or now < self._ready_at
+            if not cooling:
+                self._ready_at = now + self.timeout
+                if self.leading:
+                    self.result = self.f(*args, **kwargs)
+                else:
+                    self._later = (args, kwargs)
+                if self.trailing or not self.leading:
+                    self._arm()
+            elif self.trailing:
+                self._later = (args, kwargs)
+            return self.result
+
+    def _arm(self) -> None:
+        t = threading.Timer(self.timeout, self._fire)
+        t.daemon = True
+        self._timer = t
+        t.start()
+
+    def _fire(self) -> None:
+        # End of a period: run the pending call, if any, and start another period;
+        # otherwise the next call may run at once.
+        with self._lock:
+            later, self._later = self._later, None
+            if later is None:
+                self._timer = None
+                self._ready_at = -math.inf
+                return
+            self.result = self.f(*later[0], **later[1])
+            self._arm()
+
+    def cancel(self) -> None:
+        """Drop a pending trailing call."""
+        with self._lock:
+            self._later = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+
+def epochs(n: int, callbacks: Any = None) -> Iterator[int]:
+    """``for epoch in fx.epochs(n)``: yields 1..n, logging "Epoch 1", "Epoch 2", ... at INFO
+    on the "fluxrs" logger, as Flux's `@epochs` did (show them with
+    ``logging.basicConfig(level=logging.INFO)``).
+
+    The loop is one training run for plugins (`fx.plugins`): ``on_train_begin`` before the
+    first epoch, ``on_epoch_begin``/``on_epoch_end`` around each, ``on_train_end`` after the
+    last; `train_` calls inside it join the run. `callbacks` are plugin objects for this loop
+    only. A hook's ``fx.stop()`` ends the loop after the current epoch.
+
+    >>> import fluxrs as fx
+    >>> list(fx.epochs(2))
+    [1, 2]
+    """
+    from fluxrs.plugins._run import epochs as run_epochs
+    return run_epochs(int(n), callbacks, log)
+
+
+def ncycle(data: Iterable, n: int) -> Iterator[Any]:
+    """The items of `data`, `n` times over (IterTools' `ncycle`). A one-shot iterator such as
+    `zip(...)` is remembered on the first pass, so later passes see the same items.
+
+    >>> import fluxrs as fx
+    >>> list(fx.ncycle([1, 2], 3))
+    [1, 2, 1, 2, 1, 2]
+    >>> list(fx.ncycle(zip("ab", "cd"), 2))
+    [('a', 'c'), ('b', 'd'), ('a', 'c'), ('b', 'd')]
+    """
+    if n <= 0:
+        return
+    if iter(data) is data:  # an iterator: keep its items for the later passes
+        seen = []
+        for d in data:
+            seen.append(d)
+            yield d
+        data = seen
+    else:
+        yield from data
+    for _ in range(n - 1):
+        yield from data

@@ -1,0 +1,19 @@
+//! fluxrs-core: tensors, reverse-mode autodiff, kernels and optimiser rules, in pure Rust.
+//!
+//! Nothing here knows about Python; the `fluxrs-python` crate binds it. See `backprop`
+//! for how differentiation is recorded per thread.
+
+pub mod backprop;
+pub mod dtype;
+pub mod error;
+pub mod layout;
+pub mod ops;
+pub mod optim;
+pub mod storage;
+pub mod tensor;
+
+pub use backprop::{grad, no_grad, pop_watch, push_watch, BackwardOp, NoGradGuard};
+pub use dtype::{DType, Float};
+pub use error::{Error, Result};
+pub use storage::{Elem, Storage};
+pub use tensor::{Tensor, TensorId};

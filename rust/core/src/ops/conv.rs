@@ -1,0 +1,1276 @@
+//! Convolution, batch-first, for 1 to 3 spatial dimensions, as im2col + gemm.
+//!
+//! Layouts are PyTorch's: input `(N, C_in, S...)`, weight `(C_out, C_in/groups, K...)`,
+//! bias `(C_out,)`, output `(N, C_out, O...)`. Flux stores the same arrays column-major, so
+//! its weight reads `(K..., C_in/groups, C_out)`: the reverse of this one. `stride`,
+//! `dilation` and `pad` (per side) are given per spatial axis, in axis order.
+//!
+//! The kernel computes cross-correlation (PyTorch's `conv`, Flux's `CrossCor`). With
+//! `ConvSpec::flip` the kernel is flipped along every spatial axis, which makes it a true
+//! convolution: Flux's `Conv`. The flip is folded into the im2col gather, so it is free.
+//!
+//! Three ops, each linear in each argument, whose backward rules are written with one
+//! another, so gradients of any order work:
+//! - `conv(x, w)`;
+//! - `conv_transpose(y, w)`: the adjoint of `conv(., w)`, i.e. conv's input gradient
+//!   (col2im); it is also the forward of a ConvTranspose layer, whose weight
+//!   `(C_in, C_out/groups, K...)` is exactly the weight of the conv it transposes;
+//! - `conv_filter_grad(x, gy)`: the adjoint of `conv(x, .)`, i.e. conv's weight gradient.
+//!
+//! d conv/dx = conv_transpose(g, w),   d conv/dw = conv_filter_grad(x, g);
+//! d conv_transpose/dy = conv(g, w),   d conv_transpose/dw = conv_filter_grad(g, y);
+//! d conv_filter_grad/dx = conv_transpose(gy, g),   d conv_filter_grad/dgy = conv(x, g).
+//!
+//! Measured on LeNet-5 shapes against a direct loop (see `bench_lenet_im2col_vs_direct`),
+//! im2col + gemm is the faster, so it is the only kernel kept. Spatial shapes are
+//! normalised to 3-D (leading axes of size 1), so one set of loops serves 1-, 2- and 3-D.
+//! The batch is split over rayon threads when the work is large; a single large sample
+//! lets gemm use the threads instead.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::backprop::{record, BackwardOp};
+use crate::error::{shape_err, value_err, Result};
+use crate::ops::binary::check_same_dtype;
+use crate::ops::nn::Act;
+use crate::ops::unary::sigmoid;
+use crate::storage::Elem;
+use crate::tensor::Tensor;
+use crate::with_dtype;
+
+/// Multiply-adds above which the batch is split over rayon threads (or gemm parallelises).
+const CONV_PAR_FLOPS: usize = 1 << 20;
+
+/// The most spatial axes a convolution or pooling has (Flux's 3-D).
+pub const MAX_SPATIAL: usize = 3;
+
+/// Hyper-parameters of a convolution, one entry per spatial axis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub stride: Vec<usize>,
+    /// Zero padding (before, after) each spatial axis.
+    pub pad: Vec<(usize, usize)>,
+    pub dilation: Vec<usize>,
+    pub groups: usize,
+    /// Flip the kernel (true convolution, Flux's `Conv`); false is cross-correlation.
+    pub flip: bool,
+}
+
+impl ConvSpec {
+    /// Stride 1, no padding, no dilation, one group, cross-correlation, over `d` axes.
+    pub fn new(d: usize) -> ConvSpec {
+        ConvSpec { stride: vec![1; d], pad: vec![(0, 0); d], dilation: vec![1; d], groups: 1, flip: false }
+    }
+
+    fn check(&self, op: &'static str, d: usize) -> Result<()> {
+        if d == 0 || d > MAX_SPATIAL {
+            return value_err(op, format!("supports 1 to {MAX_SPATIAL} spatial dimensions, got {d}"));
+        }
+        if self.stride.len() != d || self.pad.len() != d || self.dilation.len() != d {
+            return value_err(op, format!(
+                "stride, pad and dilation need one entry per spatial dimension ({d}), got stride {:?}, pad {:?}, dilation {:?}",
+                self.stride, self.pad, self.dilation));
+        }
+        if self.stride.contains(&0) {
+            return value_err(op, format!("stride must be positive, got {:?}", self.stride));
+        }
+        if self.dilation.contains(&0) {
+            return value_err(op, format!("dilation must be positive, got {:?}", self.dilation));
+        }
+        if self.groups == 0 {
+            return value_err(op, "groups must be positive, got 0");
+        }
+        Ok(())
+    }
+}
+
+/// `v` (one entry per spatial axis) as three entries, `fill` in front.
+fn to3(v: &[usize], fill: usize) -> [usize; 3] {
+    let mut out = [fill; 3];
+    out[3 - v.len()..].copy_from_slice(v);
+    out
+}
+
+/// Output length of one axis, or None when the dilated kernel exceeds the padded input.
+pub(crate) fn out_len(i: usize, k: usize, s: usize, d: usize, lo: usize, hi: usize) -> Option<usize> {
+    let span = d * (k.max(1) - 1) + 1;
+    let eff = i + lo + hi;
+    if k == 0 || eff < span {
+        return None;
+    }
+    Some((eff - span) / s + 1)
+}
+
+/// One convolution's geometry, spatial axes normalised to three.
+#[derive(Debug, Clone)]
+pub(crate) struct Geom {
+    n: usize,
+    cin: usize,
+    cout: usize,
+    groups: usize,
+    i: [usize; 3],
+    k: [usize; 3],
+    o: [usize; 3],
+    s: [usize; 3],
+    d: [usize; 3],
+    lo: [usize; 3],
+    flip: bool,
+}
+
+impl Geom {
+    /// From the input `(n, cin, in_sp)`, the weight `(cout, cin/groups, k_sp)` and the spec.
+    fn new(op: &'static str, n: usize, cin: usize, in_sp: &[usize], w_shape: &[usize], spec: &ConvSpec) -> Result<Geom> {
+        let d = in_sp.len();
+        spec.check(op, d)?;
+        let (cout, wcin, k_sp) = (w_shape[0], w_shape[1], &w_shape[2..]);
+        let g = spec.groups;
+        if wcin * g != cin {
+            return shape_err(op, format!(
+                "the weight {w_shape:?} with groups={g} takes {} input channels, got {cin}", wcin * g));
+        }
+        if cout % g != 0 {
+            return shape_err(op, format!("{cout} output channels (weight {w_shape:?}) are not divisible by groups={g}"));
+        }
+        let mut o = Vec::with_capacity(d);
+        for j in 0..d {
+            let (lo, hi) = spec.pad[j];
+            match out_len(in_sp[j], k_sp[j], spec.stride[j], spec.dilation[j], lo, hi) {
+                Some(v) => o.push(v),
+                None => {
+                    return shape_err(op, format!(
+                        "kernel {k_sp:?} with dilation {:?} does not fit the input's spatial size {in_sp:?} padded by {:?}",
+                        spec.dilation, spec.pad));
+                }
+            }
+        }
+        Ok(Geom {
+            n,
+            cin,
+            cout,
+            groups: g,
+            i: to3(in_sp, 1),
+            k: to3(k_sp, 1),
+            o: to3(&o, 1),
+            s: to3(&spec.stride, 1),
+            d: to3(&spec.dilation, 1),
+            lo: to3(&spec.pad.iter().map(|p| p.0).collect::<Vec<_>>(), 0),
+            flip: spec.flip,
+        })
+    }
+    /// One plane and no dilation: the windows of a pooling op, for `for_each_row`.
+    pub(crate) fn pooling(i: [usize; 3], k: [usize; 3], o: [usize; 3], s: [usize; 3], lo: [usize; 3]) -> Geom {
+        Geom { n: 1, cin: 1, cout: 1, groups: 1, i, k, o, s, d: [1; 3], lo, flip: false }
+    }
+    pub(crate) fn ip(&self) -> usize {
+        self.i.iter().product()
+    }
+    pub(crate) fn op(&self) -> usize {
+        self.o.iter().product()
+    }
+    fn kp(&self) -> usize {
+        self.k.iter().product()
+    }
+    fn cig(&self) -> usize {
+        self.cin / self.groups
+    }
+    fn cog(&self) -> usize {
+        self.cout / self.groups
+    }
+    /// Rows of a group's im2col matrix: (channel, kernel position).
+    fn ck(&self) -> usize {
+        self.cig() * self.kp()
+    }
+    fn out_spatial(&self, d: usize) -> Vec<usize> {
+        self.o[3 - d..].to_vec()
+    }
+    /// A 1x1 kernel with stride 1 and no padding: the im2col matrix is the input itself.
+    fn pointwise(&self) -> bool {
+        self.kp() == 1 && self.s == [1, 1, 1] && self.lo == [0, 0, 0] && self.o == self.i
+    }
+    /// Offset of kernel position `kpos` in the input, per axis (flip applied).
+    fn offsets(&self, kpos: [usize; 3]) -> [isize; 3] {
+        let mut off = [0isize; 3];
+        for j in 0..3 {
+            let kj = if self.flip { self.k[j] - 1 - kpos[j] } else { kpos[j] };
+            off[j] = (kj * self.d[j]) as isize - self.lo[j] as isize;
+        }
+        off
+    }
+    fn flops(&self) -> usize {
+        self.n * self.cout * self.op() * self.ck()
+    }
+}
+
+/// The output positions `o` in `0..olen` whose input `o*s + off` lies in `0..ilen`.
+fn valid_range(olen: usize, s: usize, off: isize, ilen: usize) -> (usize, usize) {
+    let s = s as isize;
+    let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
+    let top = ilen as isize - 1 - off;
+    let hi = if top < 0 { 0 } else { top / s + 1 };
+    let (lo, hi) = ((lo as usize).min(olen), (hi as usize).min(olen));
+    (lo, hi.max(lo))
+}
+
+/// Visit, for each kernel position and each output row (the last spatial axis), the
+/// valid span: `f(kernel index, output row start, valid output range, input index of
+/// the first valid output)`. Rows entirely in the padding get `f(.., empty range, 0)`.
+#[inline]
+pub(crate) fn for_each_row(g: &Geom, mut f: impl FnMut(usize, usize, Range<usize>, usize)) {
+    let [i0, i1, i2] = g.i;
+    let [o0, o1, o2] = g.o;
+    let mut kidx = 0;
+    for a in 0..g.k[0] {
+        for b in 0..g.k[1] {
+            for c in 0..g.k[2] {
+                let off = g.offsets([a, b, c]);
+                let (c_lo, c_hi) = valid_range(o2, g.s[2], off[2], i2);
+                for p in 0..o0 {
+                    let ii0 = (p * g.s[0]) as isize + off[0];
+                    let ok0 = ii0 >= 0 && (ii0 as usize) < i0;
+                    for q in 0..o1 {
+                        let ii1 = (q * g.s[1]) as isize + off[1];
+                        let row = (p * o1 + q) * o2;
+                        if !ok0 || ii1 < 0 || ii1 as usize >= i1 || c_lo >= c_hi {
+                            f(kidx, row, 0..0, 0);
+                            continue;
+                        }
+                        let start = ((ii0 as usize * i1 + ii1 as usize) * i2) as isize + (c_lo * g.s[2]) as isize + off[2];
+                        f(kidx, row, c_lo..c_hi, start as usize);
+                    }
+                }
+                kidx += 1;
+            }
+        }
+    }
+}
+
+/// Write a group's im2col matrix for one sample into `col`: row (c, kernel position),
+/// column `off + output position`, rows `ld` apart (several samples side by side).
+fn im2col<T: Elem>(g: &Geom, xg: &[T], col: &mut [T], ld: usize, off: usize) {
+    let (ip, kp, o2, s2) = (g.ip(), g.kp(), g.o[2], g.s[2]);
+    for ci in 0..g.cig() {
+        let xc = &xg[ci * ip..(ci + 1) * ip];
+        for_each_row(g, |kidx, row, r, start| {
+            let at = (ci * kp + kidx) * ld + off + row;
+            let dst = &mut col[at..at + o2];
+            dst[..r.start].fill(T::ZERO);
+            dst[r.end.max(r.start)..].fill(T::ZERO);
+            let len = r.end - r.start;
+            if s2 == 1 {
+                dst[r.start..r.end].copy_from_slice(&xc[start..start + len]);
+            } else {
+                for (j, v) in dst[r.start..r.end].iter_mut().enumerate() {
+                    *v = xc[start + j * s2];
+                }
+            }
+        });
+    }
+}
+
+/// Add one sample's columns of an im2col-shaped matrix (laid out as in `im2col`) back
+/// into the input positions they were gathered from.
+fn col2im<T: Elem>(g: &Geom, col: &[T], ld: usize, off: usize, xg: &mut [T]) {
+    let (ip, kp, s2) = (g.ip(), g.kp(), g.s[2]);
+    for ci in 0..g.cig() {
+        let xc = &mut xg[ci * ip..(ci + 1) * ip];
+        for_each_row(g, |kidx, row, r, start| {
+            let at = (ci * kp + kidx) * ld + off + row;
+            let src = &col[at + r.start..at + r.end];
+            if s2 == 1 {
+                for (d, &v) in xc[start..start + src.len()].iter_mut().zip(src) {
+                    *d += v;
+                }
+            } else {
+                for (j, &v) in src.iter().enumerate() {
+                    xc[start + j * s2] += v;
+                }
+            }
+        });
+    }
+}
+
+fn apply_act<T: Elem>(v: &mut [T], act: Act) {
+    match act {
+        Act::Identity => {}
+        Act::Relu => v.iter_mut().for_each(|x| if *x < T::ZERO { *x = T::ZERO }),
+        Act::Sigmoid => v.iter_mut().for_each(|x| *x = sigmoid(*x)),
+        Act::Tanh => v.iter_mut().for_each(|x| *x = x.tanh()),
+    }
+}
+
+/// The gradient at the pre-activation, from the output alone (as the fused dense does).
+fn act_grad(act: Act, out: &Tensor, g: &Tensor) -> Result<Tensor> {
+    match act {
+        Act::Identity => Ok(g.clone()),
+        Act::Relu => g.mul(&out.gt(&Tensor::full(&[], 0.0, out.dtype()))?),
+        Act::Sigmoid => g.mul(&out.mul(&out.one_minus()?)?),
+        Act::Tanh => g.mul(&out.mul(out)?.one_minus()?),
+    }
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// How a batch is cut into gemm calls: `per` samples side by side in one im2col matrix
+/// (small outputs are batched so that each gemm has about `GEMM_COLS` columns: gemm's
+/// per-call cost dominates tiny products), chunks spread over threads when the work is
+/// large, or gemm's own threads when there is a single chunk.
+struct Plan {
+    per: usize,
+    batch_par: bool,
+    par: gemm::Parallelism,
+}
+
+/// Columns per gemm call that amortise its fixed cost.
+const GEMM_COLS: usize = 512;
+
+fn plan(g: &Geom) -> Plan {
+    let op = g.op().max(1);
+    let mut per = GEMM_COLS.div_ceil(op).clamp(1, g.n.max(1));
+    let big = g.flops() >= CONV_PAR_FLOPS && threads() > 1;
+    if big {
+        // at least one chunk per thread when the batch allows
+        per = per.min(g.n.div_ceil(threads())).max(1);
+    }
+    let chunks = g.n.div_ceil(per);
+    let batch_par = big && chunks > 1;
+    let par = if big && !batch_par { gemm::Parallelism::Rayon(threads()) } else { gemm::Parallelism::None };
+    Plan { per, batch_par, par }
+}
+
+/// Run `f(first sample, its chunk of out)` over chunks of `per` samples (`stride` elements
+/// of `out` per sample), in parallel when asked, with a scratch buffer per worker.
+fn over_chunks<T: Elem>(out: &mut [T], stride: usize, per: usize, parallel: bool, scratch: usize,
+                        f: impl Fn(usize, &mut [T], &mut Vec<T>) + Sync) {
+    if out.is_empty() || stride == 0 {
+        return;
+    }
+    if parallel {
+        out.par_chunks_mut(per * stride).enumerate().for_each_init(|| vec![T::ZERO; scratch], |s, (c, o)| f(c * per, o, s));
+    } else {
+        let mut s = vec![T::ZERO; scratch];
+        out.chunks_mut(per * stride).enumerate().for_each(|(c, o)| f(c * per, o, &mut s));
+    }
+}
+
+/// dst (m x n, row stride `dst_rs`) = [dst +] lhs @ rhs, operands given by (pointer, column
+/// stride, row stride).
+///
+/// SAFETY: every pointer with its strides must address valid memory for its matrix, and
+/// `dst` must not overlap the operands.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into<T: Elem>(
+    m: usize, n: usize, k: usize,
+    dst: *mut T, dst_rs: usize, acc: bool,
+    lhs: *const T, lhs_cs: usize, lhs_rs: usize,
+    rhs: *const T, rhs_cs: usize, rhs_rs: usize,
+    par: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for r in 0..m {
+                std::slice::from_raw_parts_mut(dst.add(r * dst_rs), n).fill(T::ZERO);
+            }
+        }
+        return;
+    }
+    gemm::gemm(
+        m, n, k,
+        dst, 1, dst_rs as isize, acc,
+        lhs, lhs_cs as isize, lhs_rs as isize,
+        rhs, rhs_cs as isize, rhs_rs as isize,
+        T::ONE, T::ONE, false, false, false, par,
+    );
+}
+
+/// Gather group `gi` of a chunk of `(bn, c, op)` data into a `(cg, bn * op)` matrix.
+fn gather_group<T: Elem>(src: &[T], c: usize, cg: usize, gi: usize, op: usize, bn: usize, dst: &mut [T]) {
+    for ci in 0..cg {
+        for b in 0..bn {
+            let s = (b * c + gi * cg + ci) * op;
+            dst[(ci * bn + b) * op..(ci * bn + b + 1) * op].copy_from_slice(&src[s..s + op]);
+        }
+    }
+}
+
+/// y = act(conv(x, w) + b), `(n, cout, o...)`.
+fn conv_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, act: Act) -> Vec<T> {
+    let (ip, op, ck, cig, cog) = (g.ip(), g.op(), g.ck(), g.cig(), g.cog());
+    let (per_x, per_y) = (g.cin * ip, g.cout * op);
+    let mut out = vec![T::ZERO; g.n * per_y];
+    let p = plan(g);
+    let direct = p.per == 1 && g.pointwise();
+    let cols = p.per * op;
+    // scratch: the im2col matrix, then (batched) the gemm's (cog, cols) result
+    let scratch = if direct { 0 } else { ck * cols } + if p.per > 1 { cog * cols } else { 0 };
+    over_chunks(&mut out, per_y, p.per, p.batch_par, scratch, |n0, yc, buf| {
+        let bn = yc.len() / per_y;
+        let (col, tmp) = buf.split_at_mut(if direct { 0 } else { ck * cols });
+        for gi in 0..g.groups {
+            let rhs: &[T] = if direct {
+                &x[n0 * per_x + gi * cig * ip..]
+            } else {
+                for bi in 0..bn {
+                    let xg = &x[(n0 + bi) * per_x + gi * cig * ip..][..cig * ip];
+                    im2col(g, xg, col, bn * op, bi * op);
+                }
+                col
+            };
+            if bn == 1 {
+                if let Some(b) = b {
+                    for co in 0..cog {
+                        yc[(gi * cog + co) * op..(gi * cog + co + 1) * op].fill(b[gi * cog + co]);
+                    }
+                }
+                // SAFETY: w_g (cog, ck) and rhs (ck, op) row-major; the output block (cog, op).
+                unsafe {
+                    gemm_into(cog, op, ck, yc.as_mut_ptr().add(gi * cog * op), op, b.is_some(),
+                              w.as_ptr().add(gi * cog * ck), 1, ck, rhs.as_ptr(), 1, op, p.par);
+                }
+            } else {
+                // SAFETY: w_g (cog, ck), rhs (ck, bn*op) and tmp (cog, bn*op), row-major.
+                unsafe {
+                    gemm_into(cog, bn * op, ck, tmp.as_mut_ptr(), bn * op, false,
+                              w.as_ptr().add(gi * cog * ck), 1, ck, rhs.as_ptr(), 1, bn * op, p.par);
+                }
+                for co in 0..cog {
+                    let c = gi * cog + co;
+                    let bv = b.map_or(T::ZERO, |b| b[c]);
+                    for bi in 0..bn {
+                        let src = &tmp[(co * bn + bi) * op..(co * bn + bi + 1) * op];
+                        for (d, &v) in yc[(bi * g.cout + c) * op..(bi * g.cout + c + 1) * op].iter_mut().zip(src) {
+                            *d = v + bv;
+                        }
+                    }
+                }
+            }
+        }
+        apply_act(yc, act);
+    });
+    out
+}
+
+/// dx = act(conv_transpose(gy, w) + b), `(n, cin, i...)`: col = w^T gy, then col2im.
+fn conv_data<T: Elem>(g: &Geom, gy: &[T], w: &[T], b: Option<&[T]>, act: Act) -> Vec<T> {
+    let (ip, op, ck, cig, cog) = (g.ip(), g.op(), g.ck(), g.cig(), g.cog());
+    let (per_x, per_y) = (g.cin * ip, g.cout * op);
+    let mut dx = vec![T::ZERO; g.n * per_x];
+    let p = plan(g);
+    let direct = p.per == 1 && g.pointwise();
+    let cols = p.per * op;
+    let scratch = if direct { 0 } else { ck * cols } + if p.per > 1 { cog * cols } else { 0 };
+    over_chunks(&mut dx, per_x, p.per, p.batch_par, scratch, |n0, dxc, buf| {
+        let bn = dxc.len() / per_x;
+        if let (Some(b), true) = (b, ip > 0) {
+            for (pos, v) in dxc.chunks_mut(ip).enumerate() {
+                v.fill(b[pos % g.cin]);
+            }
+        }
+        let (col, tmp) = buf.split_at_mut(if direct { 0 } else { ck * cols });
+        for gi in 0..g.groups {
+            // the chunk's output gradient for this group, (cog, bn*op)
+            let rhs: &[T] = if bn == 1 {
+                &gy[n0 * per_y + gi * cog * op..]
+            } else {
+                gather_group(&gy[n0 * per_y..], g.cout, cog, gi, op, bn, tmp);
+                tmp
+            };
+            let wg = w[gi * cog * ck..].as_ptr();
+            if direct {
+                // SAFETY: w_g^T (ck, cog) read through w_g's (cog, ck) block; gy_g (cog, op);
+                // the destination is this group's (cig, ip) = (ck, op) block.
+                unsafe { gemm_into(ck, op, cog, dxc.as_mut_ptr().add(gi * cig * ip), op, true, wg, ck, 1, rhs.as_ptr(), 1, op, p.par) };
+            } else if cog > 0 {
+                // SAFETY: as above, into the (ck, bn*op) im2col-shaped scratch.
+                unsafe { gemm_into(ck, bn * op, cog, col.as_mut_ptr(), bn * op, false, wg, ck, 1, rhs.as_ptr(), 1, bn * op, p.par) };
+                for bi in 0..bn {
+                    col2im(g, col, bn * op, bi * op, &mut dxc[bi * per_x + gi * cig * ip..][..cig * ip]);
+                }
+            }
+        }
+        apply_act(dxc, act);
+    });
+    dx
+}
+
+/// dw = sum over the batch of gy_g @ im2col(x_g)^T, `(cout, cin/groups, k...)`.
+fn conv_filter<T: Elem>(g: &Geom, x: &[T], gy: &[T]) -> Vec<T> {
+    let (ip, op, ck, cig, cog) = (g.ip(), g.op(), g.ck(), g.cig(), g.cog());
+    let (per_x, per_y) = (g.cin * ip, g.cout * op);
+    let wlen = g.cout * ck;
+    let p = plan(g);
+    let direct = p.per == 1 && g.pointwise();
+    let cols = p.per * op;
+    // accumulate the chunks of samples `range` into a fresh dw
+    let accumulate = |range: Range<usize>| -> Vec<T> {
+        let mut dw = vec![T::ZERO; wlen];
+        if op == 0 {
+            return dw;
+        }
+        let mut col = vec![T::ZERO; if direct { 0 } else { ck * cols }];
+        let mut tmp = vec![T::ZERO; if p.per > 1 { cog * cols } else { 0 }];
+        let mut n0 = range.start;
+        while n0 < range.end {
+            let bn = p.per.min(range.end - n0);
+            for gi in 0..g.groups {
+                let rhs: &[T] = if direct {
+                    &x[n0 * per_x + gi * cig * ip..]
+                } else {
+                    for bi in 0..bn {
+                        im2col(g, &x[(n0 + bi) * per_x + gi * cig * ip..][..cig * ip], &mut col, bn * op, bi * op);
+                    }
+                    &col
+                };
+                let lhs: &[T] = if bn == 1 {
+                    &gy[n0 * per_y + gi * cog * op..]
+                } else {
+                    gather_group(&gy[n0 * per_y..], g.cout, cog, gi, op, bn, &mut tmp);
+                    &tmp
+                };
+                // SAFETY: dw_g (cog, ck) row-major; lhs (cog, bn*op) row-major; the
+                // transposed im2col matrix (bn*op, ck) is read through its (ck, bn*op) layout.
+                unsafe {
+                    gemm_into(cog, ck, bn * op, dw.as_mut_ptr().add(gi * cog * ck), ck, true,
+                              lhs.as_ptr(), 1, bn * op, rhs.as_ptr(), bn * op, 1, p.par);
+                }
+            }
+            n0 += bn;
+        }
+        dw
+    };
+    if !p.batch_par {
+        return accumulate(0..g.n);
+    }
+    // one accumulator per thread, each over whole chunks
+    let chunks = g.n.div_ceil(p.per);
+    let workers = threads().min(chunks);
+    let per_worker = chunks.div_ceil(workers) * p.per;
+    let parts: Vec<Vec<T>> = (0..workers)
+        .into_par_iter()
+        .map(|t| accumulate((t * per_worker).min(g.n)..((t + 1) * per_worker).min(g.n)))
+        .collect();
+    let mut dw = vec![T::ZERO; wlen];
+    for part in parts {
+        for (d, v) in dw.iter_mut().zip(part) {
+            *d += v;
+        }
+    }
+    dw
+}
+
+/// Run `f` on the contiguous data of three tensors (the third optional).
+fn with_slices<T: Elem, R>(a: &Tensor, b: &Tensor, c: Option<&Tensor>, f: impl FnOnce(&[T], &[T], Option<&[T]>) -> R) -> Result<R> {
+    a.with_slice::<T, _>(|sa| {
+        b.with_slice::<T, _>(|sb| match c {
+            Some(c) => c.with_slice::<T, _>(|sc| f(sa, sb, Some(sc))),
+            None => Ok(f(sa, sb, None)),
+        })
+    })??
+}
+
+fn check_operands(op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, what: &str) -> Result<()> {
+    check_same_dtype(op, x, w)?;
+    if let Some(b) = b {
+        check_same_dtype(op, x, b)?;
+    }
+    let nd = w.ndim();
+    if !(3..=MAX_SPATIAL + 2).contains(&nd) {
+        return shape_err(op, format!("the weight must have 3 to {} dimensions (out, in, k...), got shape {:?}", MAX_SPATIAL + 2, w.shape()));
+    }
+    if x.ndim() != nd {
+        let sp = ["L", "H, W", "D, H, W"][nd - 3];
+        return shape_err(op, format!(
+            "expected {what} of shape (N, C, {sp}) ({nd} dimensions) for a weight of shape {:?}, got shape {:?}",
+            w.shape(), x.shape()));
+    }
+    Ok(())
+}
+
+fn bias_axes(nd: usize) -> Vec<isize> {
+    std::iter::once(0).chain(2..nd as isize).collect()
+}
+
+struct Conv {
+    spec: ConvSpec,
+    act: Act,
+}
+
+impl BackwardOp for Conv {
+    fn name(&self) -> &'static str {
+        "conv"
+    }
+    fn backward(&self, inputs: &[Tensor], out: &Tensor, g: &Tensor, need: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let (x, w) = (&inputs[0], &inputs[1]);
+        let gp = act_grad(self.act, out, g)?;
+        let gx = if need[0] { Some(gp.conv_transpose(w, None, &self.spec, Some(&x.shape()[2..]), Act::Identity)?) } else { None };
+        let gw = if need[1] { Some(x.conv_filter_grad(&gp, &self.spec, &w.shape()[2..])?) } else { None };
+        let mut grads = vec![gx, gw];
+        if inputs.len() == 3 {
+            grads.push(if need[2] { Some(gp.sum_axes(Some(&bias_axes(gp.ndim())), false)?) } else { None });
+        }
+        Ok(grads)
+    }
+}
+
+struct ConvTranspose {
+    spec: ConvSpec,
+    act: Act,
+}
+
+impl BackwardOp for ConvTranspose {
+    fn name(&self) -> &'static str {
+        "conv_transpose"
+    }
+    fn backward(&self, inputs: &[Tensor], out: &Tensor, g: &Tensor, need: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let (y, w) = (&inputs[0], &inputs[1]);
+        let gp = act_grad(self.act, out, g)?;
+        let gy = if need[0] { Some(gp.conv(w, None, &self.spec, Act::Identity)?) } else { None };
+        let gw = if need[1] { Some(gp.conv_filter_grad(y, &self.spec, &w.shape()[2..])?) } else { None };
+        let mut grads = vec![gy, gw];
+        if inputs.len() == 3 {
+            grads.push(if need[2] { Some(gp.sum_axes(Some(&bias_axes(gp.ndim())), false)?) } else { None });
+        }
+        Ok(grads)
+    }
+}
+
+struct ConvFilterGrad {
+    spec: ConvSpec,
+}
+
+impl BackwardOp for ConvFilterGrad {
+    fn name(&self) -> &'static str {
+        "conv_filter_grad"
+    }
+    fn backward(&self, inputs: &[Tensor], _out: &Tensor, g: &Tensor, need: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let (x, gy) = (&inputs[0], &inputs[1]);
+        let gx = if need[0] { Some(gy.conv_transpose(g, None, &self.spec, Some(&x.shape()[2..]), Act::Identity)?) } else { None };
+        let ggy = if need[1] { Some(x.conv(g, None, &self.spec, Act::Identity)?) } else { None };
+        Ok(vec![gx, ggy])
+    }
+}
+
+impl Tensor {
+    /// `act(conv(x, w) + b)`: x `(N, C_in, S...)`, w `(C_out, C_in/groups, K...)`,
+    /// b `(C_out,)`, for 1 to 3 spatial axes (see the module docs for `spec`).
+    pub fn conv(&self, w: &Tensor, b: Option<&Tensor>, spec: &ConvSpec, act: Act) -> Result<Tensor> {
+        let x = self;
+        check_operands("conv", x, w, b, "input")?;
+        let g = Geom::new("conv", x.shape()[0], x.shape()[1], &x.shape()[2..], w.shape(), spec)?;
+        if let Some(b) = b {
+            if b.shape() != [g.cout] {
+                return shape_err("conv", format!("bias of shape {:?} does not match {} output channels (weight {:?})", b.shape(), g.cout, w.shape()));
+            }
+        }
+        let mut shape = vec![g.n, g.cout];
+        shape.extend(g.out_spatial(x.ndim() - 2));
+        let out = with_dtype!(x.dtype(), T => Tensor::from_vec(with_slices::<T, _>(x, w, b, |xs, ws, bs| conv_fwd(&g, xs, ws, bs, act))?, &shape)?);
+        let op = Conv { spec: spec.clone(), act };
+        Ok(match b {
+            Some(b) => record(out, op, &[x, w, b]),
+            None => record(out, op, &[x, w]),
+        })
+    }
+
+    /// `act(conv_transpose(y, w) + b)`: the adjoint of `x -> conv(x, w)` applied to y
+    /// `(N, C_out, O...)`, giving `(N, C_in, S...)` with C_in = w.shape[1] * groups and b
+    /// `(C_in,)`. `out_spatial` picks S where strides make it ambiguous; by default the
+    /// smallest S whose convolution has shape O.
+    pub fn conv_transpose(&self, w: &Tensor, b: Option<&Tensor>, spec: &ConvSpec, out_spatial: Option<&[usize]>, act: Act) -> Result<Tensor> {
+        let y = self;
+        check_operands("conv_transpose", y, w, b, "input")?;
+        let d = y.ndim() - 2;
+        spec.check("conv_transpose", d)?;
+        let (n, cy) = (y.shape()[0], y.shape()[1]);
+        if cy != w.shape()[0] {
+            return shape_err("conv_transpose", format!("the weight {:?} takes {} input channels (its first axis), got {cy} (input {:?})", w.shape(), w.shape()[0], y.shape()));
+        }
+        let o_sp = &y.shape()[2..];
+        let k_sp = &w.shape()[2..];
+        let mut min_sp = Vec::with_capacity(d);
+        for j in 0..d {
+            let (lo, hi) = spec.pad[j];
+            let full = (o_sp[j].max(1) - 1) * spec.stride[j] + spec.dilation[j] * (k_sp[j].max(1) - 1) + 1;
+            if o_sp[j] == 0 || k_sp[j] == 0 || full < lo + hi + 1 {
+                return shape_err("conv_transpose", format!(
+                    "input spatial size {o_sp:?} with kernel {k_sp:?}, stride {:?}, dilation {:?} and pad {:?} gives an empty output",
+                    spec.stride, spec.dilation, spec.pad));
+            }
+            min_sp.push(full - lo - hi);
+        }
+        let in_sp = match out_spatial {
+            None => min_sp,
+            Some(s) => s.to_vec(),
+        };
+        if in_sp.len() != d {
+            return shape_err("conv_transpose", format!("output size {in_sp:?} needs {d} entries"));
+        }
+        let cin = w.shape()[1] * spec.groups;
+        let g = Geom::new("conv_transpose", n, cin, &in_sp, w.shape(), spec)?;
+        if g.out_spatial(d) != o_sp {
+            return shape_err("conv_transpose", format!(
+                "output size {in_sp:?} is inconsistent with input {:?}: convolving it gives {:?} (stride {:?}, pad {:?}, dilation {:?})",
+                y.shape(), g.out_spatial(d), spec.stride, spec.pad, spec.dilation));
+        }
+        if let Some(b) = b {
+            if b.shape() != [cin] {
+                return shape_err("conv_transpose", format!("bias of shape {:?} does not match {cin} output channels (weight {:?}, groups={})", b.shape(), w.shape(), spec.groups));
+            }
+        }
+        let mut shape = vec![n, cin];
+        shape.extend(&in_sp);
+        let out = with_dtype!(y.dtype(), T => Tensor::from_vec(with_slices::<T, _>(y, w, b, |ys, ws, bs| conv_data(&g, ys, ws, bs, act))?, &shape)?);
+        let op = ConvTranspose { spec: spec.clone(), act };
+        Ok(match b {
+            Some(b) => record(out, op, &[y, w, b]),
+            None => record(out, op, &[y, w]),
+        })
+    }
+
+    /// The gradient of `<gy, conv(x, w)>` w.r.t. a weight with kernel `k_sp`: shape
+    /// `(C_out, C_in/groups, K...)` with C_out = gy.shape[1].
+    pub fn conv_filter_grad(&self, gy: &Tensor, spec: &ConvSpec, k_sp: &[usize]) -> Result<Tensor> {
+        let x = self;
+        check_same_dtype("conv_filter_grad", x, gy)?;
+        let d = k_sp.len();
+        if x.ndim() != d + 2 || gy.ndim() != d + 2 || x.shape()[0] != gy.shape()[0] {
+            return shape_err("conv_filter_grad", format!("input {:?} and output gradient {:?} do not fit a kernel {k_sp:?}", x.shape(), gy.shape()));
+        }
+        let cout = gy.shape()[1];
+        if spec.groups == 0 || x.shape()[1] % spec.groups != 0 {
+            return shape_err("conv_filter_grad", format!("{} input channels are not divisible by groups={}", x.shape()[1], spec.groups));
+        }
+        let mut w_shape = vec![cout, x.shape()[1] / spec.groups];
+        w_shape.extend(k_sp);
+        let g = Geom::new("conv_filter_grad", x.shape()[0], x.shape()[1], &x.shape()[2..], &w_shape, spec)?;
+        if g.out_spatial(d) != gy.shape()[2..] {
+            return shape_err("conv_filter_grad", format!("output gradient {:?} does not match the convolution's output {:?}", gy.shape(), g.out_spatial(d)));
+        }
+        let out = with_dtype!(x.dtype(), T => Tensor::from_vec(with_slices::<T, _>(x, gy, None, |xs, gs, _| conv_filter(&g, xs, gs))?, &w_shape)?);
+        Ok(record(out, ConvFilterGrad { spec: spec.clone() }, &[x, gy]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{grad, pop_watch, push_watch};
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize) -> Vec<f64> {
+            (0..n).map(|_| self.next()).collect()
+        }
+        fn t(&mut self, shape: &[usize]) -> Tensor {
+            Tensor::from_vec(self.vec(shape.iter().product()), shape).unwrap()
+        }
+    }
+
+    fn strides(shape: &[usize]) -> Vec<usize> {
+        let mut s = vec![1; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            s[i] = s[i + 1] * shape[i + 1];
+        }
+        s
+    }
+
+    /// Every multi-index of `shape`.
+    fn indices(shape: &[usize]) -> Vec<Vec<usize>> {
+        let mut out = vec![vec![]];
+        for &d in shape {
+            out = out.into_iter().flat_map(|p| (0..d).map(move |i| { let mut q = p.clone(); q.push(i); q })).collect();
+        }
+        out
+    }
+
+    /// The textbook definition, one output element at a time.
+    fn naive_conv(x: &[f64], xs: &[usize], w: &[f64], ws: &[usize], b: Option<&[f64]>, spec: &ConvSpec) -> (Vec<f64>, Vec<usize>) {
+        let d = xs.len() - 2;
+        let (n, cin, cout, cig) = (xs[0], xs[1], ws[0], ws[1]);
+        let cog = cout / spec.groups;
+        let o: Vec<usize> = (0..d).map(|j| out_len(xs[2 + j], ws[2 + j], spec.stride[j], spec.dilation[j], spec.pad[j].0, spec.pad[j].1).unwrap()).collect();
+        let mut ys = vec![n, cout];
+        ys.extend(&o);
+        let (sx, sw, sy) = (strides(xs), strides(ws), strides(&ys));
+        let mut y = vec![0.0; ys.iter().product()];
+        assert_eq!(cin, cig * spec.groups);
+        for ni in 0..n {
+            for co in 0..cout {
+                let gi = co / cog;
+                for opos in indices(&o) {
+                    let mut acc = b.map_or(0.0, |b| b[co]);
+                    for ci in 0..cig {
+                        for kpos in indices(&ws[2..]) {
+                            let mut xi = ni * sx[0] + (gi * cig + ci) * sx[1];
+                            let mut inside = true;
+                            for j in 0..d {
+                                let kj = if spec.flip { ws[2 + j] - 1 - kpos[j] } else { kpos[j] };
+                                let p = (opos[j] * spec.stride[j] + kj * spec.dilation[j]) as isize - spec.pad[j].0 as isize;
+                                if p < 0 || p as usize >= xs[2 + j] {
+                                    inside = false;
+                                }
+                                xi += p.max(0) as usize * sx[2 + j];
+                            }
+                            if inside {
+                                let wi = co * sw[0] + ci * sw[1] + kpos.iter().enumerate().map(|(j, &k)| k * sw[2 + j]).sum::<usize>();
+                                acc += x[xi] * w[wi];
+                            }
+                        }
+                    }
+                    let yi = ni * sy[0] + co * sy[1] + opos.iter().enumerate().map(|(j, &p)| p * sy[2 + j]).sum::<usize>();
+                    y[yi] = acc;
+                }
+            }
+        }
+        (y, ys)
+    }
+
+    fn close(a: &[f64], b: &[f64], tol: f64) {
+        assert_eq!(a.len(), b.len());
+        for (i, (p, q)) in a.iter().zip(b).enumerate() {
+            assert!((p - q).abs() <= tol * (1.0 + q.abs()), "element {i}: {p} vs {q}");
+        }
+    }
+
+    fn spec(stride: &[usize], pad: &[(usize, usize)], dil: &[usize], groups: usize, flip: bool) -> ConvSpec {
+        ConvSpec { stride: stride.to_vec(), pad: pad.to_vec(), dilation: dil.to_vec(), groups, flip }
+    }
+
+    /// (x shape, w shape, spec) covering 1-D, 2-D, 3-D, stride, asymmetric pad, dilation,
+    /// groups, flip, a 1x1 kernel and channel-less edge cases.
+    fn cases() -> Vec<(Vec<usize>, Vec<usize>, ConvSpec)> {
+        vec![
+            (vec![2, 3, 9], vec![4, 3, 3], spec(&[1], &[(0, 0)], &[1], 1, false)),
+            (vec![2, 2, 10], vec![4, 1, 3], spec(&[2], &[(1, 2)], &[2], 2, true)),
+            (vec![2, 2, 7, 6], vec![3, 2, 3, 2], spec(&[1, 1], &[(0, 0), (0, 0)], &[1, 1], 1, false)),
+            (vec![1, 4, 8, 7], vec![6, 2, 3, 3], spec(&[2, 1], &[(1, 0), (2, 1)], &[1, 2], 2, true)),
+            (vec![2, 3, 5, 5], vec![3, 1, 2, 2], spec(&[3, 2], &[(1, 1), (0, 1)], &[2, 1], 3, false)),
+            (vec![2, 3, 4, 5], vec![2, 3, 1, 1], spec(&[1, 1], &[(0, 0), (0, 0)], &[1, 1], 1, false)),
+            (vec![3, 4, 6, 5], vec![4, 2, 1, 1], spec(&[1, 1], &[(0, 0), (0, 0)], &[1, 1], 2, false)),
+            (vec![1, 2, 4, 5, 4], vec![2, 2, 2, 3, 2], spec(&[1, 2, 1], &[(1, 0), (0, 1), (1, 1)], &[1, 1, 2], 1, true)),
+        ]
+    }
+
+    #[test]
+    fn conv_matches_naive_loop() {
+        let mut rng = Rng(7);
+        for (xs, ws, sp) in cases() {
+            for bias in [false, true] {
+                let x = rng.t(&xs);
+                let w = rng.t(&ws);
+                let b = rng.t(&[ws[0]]);
+                let bv = b.to_vec_f64();
+                let (want, ys) = naive_conv(&x.to_vec_f64(), &xs, &w.to_vec_f64(), &ws, bias.then_some(bv.as_slice()), &sp);
+                let y = x.conv(&w, bias.then_some(&b), &sp, Act::Identity).unwrap();
+                assert_eq!(y.shape(), ys.as_slice());
+                close(&y.to_vec_f64(), &want, 1e-12);
+                // float32 too, and a fused activation
+                let y32 = x.cast(crate::DType::F32).unwrap().conv(&w.cast(crate::DType::F32).unwrap(), None, &sp, Act::Relu).unwrap();
+                let (want0, _) = naive_conv(&x.to_vec_f64(), &xs, &w.to_vec_f64(), &ws, None, &sp);
+                close(&y32.to_vec_f64(), &want0.iter().map(|v| v.max(0.0)).collect::<Vec<_>>(), 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn conv_transpose_is_the_adjoint_of_conv() {
+        // <conv(x, w), y> == <x, conv_transpose(y, w)> for every geometry, and
+        // <conv(x, w), y> == <w, conv_filter_grad(x, y)>.
+        let mut rng = Rng(11);
+        for (xs, ws, sp) in cases() {
+            let x = rng.t(&xs);
+            let w = rng.t(&ws);
+            let cx = x.conv(&w, None, &sp, Act::Identity).unwrap();
+            let y = rng.t(cx.shape());
+            let lhs: f64 = cx.to_vec_f64().iter().zip(y.to_vec_f64()).map(|(a, b)| a * b).sum();
+            let xt = y.conv_transpose(&w, None, &sp, Some(&xs[2..]), Act::Identity).unwrap();
+            assert_eq!(xt.shape(), xs.as_slice());
+            let rhs: f64 = x.to_vec_f64().iter().zip(xt.to_vec_f64()).map(|(a, b)| a * b).sum();
+            assert!((lhs - rhs).abs() < 1e-10, "{xs:?} {ws:?}: {lhs} vs {rhs}");
+            let fg = x.conv_filter_grad(&y, &sp, &ws[2..]).unwrap();
+            assert_eq!(fg.shape(), ws.as_slice());
+            let rhs2: f64 = w.to_vec_f64().iter().zip(fg.to_vec_f64()).map(|(a, b)| a * b).sum();
+            assert!((lhs - rhs2).abs() < 1e-10, "{xs:?} {ws:?}: {lhs} vs {rhs2}");
+        }
+    }
+
+    #[test]
+    fn conv_transpose_matches_scatter_loop() {
+        // The transposed convolution by its own definition: each input element scatters
+        // w-weighted copies into the output.
+        let mut rng = Rng(5);
+        let sp = spec(&[2, 3], &[(1, 0), (0, 2)], &[1, 2], 2, false);
+        let (ys, ws) = ([2usize, 4, 3, 3], [4usize, 3, 2, 3]);
+        let (y, w) = (rng.t(&ys), rng.t(&ws));
+        let out = y.conv_transpose(&w, None, &sp, None, Act::Identity).unwrap();
+        let (h, wd) = (out.shape()[2], out.shape()[3]);
+        assert_eq!(out.shape(), &[2, 6, (3 - 1) * 2 + 2 - 1, (3 - 1) * 3 + 2 * 2 + 1 - 2]);
+        let (yv, wv) = (y.to_vec_f64(), w.to_vec_f64());
+        let mut want = vec![0.0; out.numel()];
+        for n in 0..2 {
+            for c in 0..4 {
+                let gi = c / 2;
+                for p in 0..3 {
+                    for q in 0..3 {
+                        let v = yv[((n * 4 + c) * 3 + p) * 3 + q];
+                        for co in 0..3 {
+                            for a in 0..2 {
+                                for bb in 0..3 {
+                                    let (r, s) = ((p * 2 + a) as isize - 1, (q * 3 + bb * 2) as isize);
+                                    if r >= 0 && (r as usize) < h && (s as usize) < wd {
+                                        want[((n * 6 + gi * 3 + co) * h + r as usize) * wd + s as usize] += v * wv[((c * 3 + co) * 2 + a) * 3 + bb];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        close(&out.to_vec_f64(), &want, 1e-12);
+    }
+
+    /// Central finite differences of `f` (a scalar function of `leaves`) vs `grad`.
+    fn gradcheck(leaves: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) {
+        push_watch(leaves);
+        let l = f(leaves);
+        pop_watch();
+        let gs = grad(&l, leaves, None).unwrap();
+        let eps = 1e-6;
+        for (li, leaf) in leaves.iter().enumerate() {
+            let base = leaf.to_vec_f64();
+            let g = gs[li].as_ref().expect("gradient").to_vec_f64();
+            for i in 0..base.len() {
+                let eval = |delta: f64| {
+                    let mut v = base.clone();
+                    v[i] += delta;
+                    let mut ls = leaves.to_vec();
+                    ls[li] = Tensor::from_vec(v, leaf.shape()).unwrap();
+                    f(&ls).item().unwrap()
+                };
+                let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
+                assert!((fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()), "leaf {li} element {i}: fd {fd} vs grad {}", g[i]);
+            }
+        }
+    }
+
+    fn weighted_sum(y: &Tensor, seed: u64) -> Tensor {
+        let r = Rng(seed).t(y.shape());
+        y.mul(&r).unwrap().sum_all().unwrap()
+    }
+
+    #[test]
+    fn conv_gradients_match_finite_differences() {
+        let mut rng = Rng(3);
+        for (xs, ws, sp) in cases() {
+            let (x, w, b) = (rng.t(&xs), rng.t(&ws), rng.t(&[ws[0]]));
+            for act in [Act::Identity, Act::Tanh] {
+                let sp2 = sp.clone();
+                gradcheck(&[x.clone(), w.clone(), b.clone()], &move |t| weighted_sum(&t[0].conv(&t[1], Some(&t[2]), &sp2, act).unwrap(), 99));
+            }
+        }
+    }
+
+    #[test]
+    fn conv_transpose_and_filter_grad_gradients_match_finite_differences() {
+        let mut rng = Rng(13);
+        for (xs, ws, sp) in cases() {
+            let (x, w) = (rng.t(&xs), rng.t(&ws));
+            let y = rng.t(x.conv(&w, None, &sp, Act::Identity).unwrap().shape());
+            let cin = xs[1];
+            let b = rng.t(&[cin]);
+            let (sp2, xsp) = (sp.clone(), xs[2..].to_vec());
+            gradcheck(&[y.clone(), w.clone(), b], &move |t| {
+                weighted_sum(&t[0].conv_transpose(&t[1], Some(&t[2]), &sp2, Some(&xsp), Act::Sigmoid).unwrap(), 5)
+            });
+            let (sp3, k) = (sp.clone(), ws[2..].to_vec());
+            gradcheck(&[x.clone(), y.clone()], &move |t| weighted_sum(&t[0].conv_filter_grad(&t[1], &sp3, &k).unwrap(), 6));
+        }
+    }
+
+    #[test]
+    fn second_order_through_conv() {
+        // h(x, w) = <v, d/dw sum(conv(x, w)^2)>: its gradient, built by differentiating
+        // the recorded backward pass, against finite differences of h.
+        let mut rng = Rng(21);
+        let sp = spec(&[2, 1], &[(1, 0), (1, 1)], &[1, 1], 1, true);
+        let (x, w) = (rng.t(&[2, 2, 5, 4]), rng.t(&[3, 2, 2, 3]));
+        let v = rng.t(&[3, 2, 2, 3]);
+        let h = |x: &Tensor, w: &Tensor, create: bool| -> Tensor {
+            let leaves = [x.clone(), w.clone()];
+            if create {
+                push_watch(&leaves);
+            }
+            push_watch(&leaves);
+            let y = x.conv(w, None, &sp, Act::Tanh).unwrap();
+            let l = y.mul(&y).unwrap().sum_all().unwrap();
+            pop_watch();
+            let gw = grad(&l, &[w.clone()], None).unwrap().remove(0).unwrap();
+            let out = gw.mul(&v).unwrap().sum_all().unwrap();
+            if create {
+                pop_watch();
+            }
+            out
+        };
+        let hv = h(&x, &w, true);
+        let gs = grad(&hv, &[x.clone(), w.clone()], None).unwrap();
+        let eps = 1e-6;
+        for (li, leaf) in [x.clone(), w.clone()].iter().enumerate() {
+            let g = gs[li].as_ref().unwrap().to_vec_f64();
+            let base = leaf.to_vec_f64();
+            for i in 0..base.len() {
+                let eval = |delta: f64| {
+                    let mut vv = base.clone();
+                    vv[i] += delta;
+                    let t = Tensor::from_vec(vv, leaf.shape()).unwrap();
+                    let (xx, ww) = if li == 0 { (t, w.clone()) } else { (x.clone(), t) };
+                    h(&xx, &ww, false).item().unwrap()
+                };
+                let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
+                assert!((fd - g[i]).abs() < 1e-5 * (1.0 + fd.abs()), "leaf {li} element {i}: fd {fd} vs {}", g[i]);
+            }
+        }
+    }
+
+    /// The batch at once (chunked, maybe over threads) against one sample at a time.
+    fn batch_matches_per_sample(xs: &[usize], ws: &[usize], sp: &ConvSpec, seed: u64) {
+        let mut rng = Rng(seed);
+        let (x, w, b) = (rng.t(xs), rng.t(ws), rng.t(&[ws[0]]));
+        let isp = &xs[2..];
+        let y = x.conv(&w, Some(&b), sp, Act::Tanh).unwrap();
+        let gy = rng.t(y.shape());
+        let bx = rng.t(&[xs[1]]);
+        let dx = gy.conv_transpose(&w, Some(&bx), sp, Some(isp), Act::Sigmoid).unwrap();
+        let dw = x.conv_filter_grad(&gy, sp, &ws[2..]).unwrap();
+        let mut dw_sum = vec![0.0; dw.numel()];
+        for n in 0..xs[0] {
+            let xn = x.slice(0, n, n + 1, 1).unwrap();
+            let gyn = gy.slice(0, n, n + 1, 1).unwrap();
+            let yn = xn.conv(&w, Some(&b), sp, Act::Tanh).unwrap();
+            close(&yn.to_vec_f64(), &y.slice(0, n, n + 1, 1).unwrap().to_vec_f64(), 1e-12);
+            let dxn = gyn.conv_transpose(&w, Some(&bx), sp, Some(isp), Act::Sigmoid).unwrap();
+            close(&dxn.to_vec_f64(), &dx.slice(0, n, n + 1, 1).unwrap().to_vec_f64(), 1e-12);
+            for (a, b) in dw_sum.iter_mut().zip(xn.conv_filter_grad(&gyn, sp, &ws[2..]).unwrap().to_vec_f64()) {
+                *a += b;
+            }
+        }
+        close(&dw.to_vec_f64(), &dw_sum, 1e-10);
+    }
+
+    #[test]
+    fn parallel_batch_matches_serial() {
+        // Big enough to split the batch over threads, with an odd batch (a short last chunk).
+        batch_matches_per_sample(&[15, 3, 20, 20], &[8, 3, 5, 5], &spec(&[1, 1], &[(2, 2), (2, 2)], &[1, 1], 1, true), 17);
+    }
+
+    #[test]
+    fn batched_gemms_match_per_sample() {
+        // Small outputs put several samples side by side in one gemm: 256 outputs per
+        // sample makes chunks of 2, 2 and 1; 10 outputs put the whole batch in one; groups too.
+        batch_matches_per_sample(&[5, 2, 18, 18], &[3, 2, 3, 3], &ConvSpec::new(2), 19);
+        batch_matches_per_sample(&[7, 4, 19], &[6, 2, 3], &spec(&[2], &[(1, 1)], &[1], 2, true), 29);
+        batch_matches_per_sample(&[6, 4, 5, 5], &[4, 2, 1, 1], &spec(&[1, 1], &[(0, 0), (0, 0)], &[1, 1], 2, false), 31);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let x = Tensor::zeros(&[2, 3, 8, 8], crate::DType::F32);
+        let w = Tensor::zeros(&[4, 2, 3, 3], crate::DType::F32);
+        let sp = ConvSpec::new(2);
+        let e = x.conv(&w, None, &sp, Act::Identity).unwrap_err().to_string();
+        assert!(e.contains("takes 2 input channels, got 3"), "{e}");
+        let x3 = Tensor::zeros(&[3, 8, 8], crate::DType::F32);
+        let e = x3.conv(&w, None, &sp, Act::Identity).unwrap_err().to_string();
+        assert!(e.contains("(N, C, H, W)") && e.contains("[3, 8, 8]"), "{e}");
+        let big = Tensor::zeros(&[4, 3, 9, 9], crate::DType::F32);
+        let e = x.conv(&big, None, &sp, Act::Identity).unwrap_err().to_string();
+        assert!(e.contains("does not fit"), "{e}");
+        let mut g3 = ConvSpec::new(2);
+        g3.groups = 2;
+        let w2 = Tensor::zeros(&[3, 1, 3, 3], crate::DType::F32);
+        let x2 = Tensor::zeros(&[1, 2, 5, 5], crate::DType::F32);
+        assert!(x2.conv(&w2, None, &g3, Act::Identity).unwrap_err().to_string().contains("not divisible by groups=2"));
+        let w_ok = Tensor::zeros(&[4, 3, 3, 3], crate::DType::F32);
+        let b = Tensor::zeros(&[3], crate::DType::F32);
+        assert!(x.conv(&w_ok, Some(&b), &sp, Act::Identity).unwrap_err().to_string().contains("bias"));
+        let mut s0 = ConvSpec::new(2);
+        s0.stride = vec![0, 1];
+        assert!(matches!(x.conv(&w_ok, None, &s0, Act::Identity), Err(crate::Error::Value { .. })));
+        let y = Tensor::zeros(&[2, 4, 6, 6], crate::DType::F32);
+        let e = y.conv_transpose(&w_ok, None, &sp, Some(&[9, 8]), Act::Identity).unwrap_err().to_string();
+        assert!(e.contains("inconsistent"), "{e}");
+    }
+
+    // ---------- the im2col-vs-direct measurement ----------
+
+    /// A direct convolution: for each (output channel, input channel, kernel position),
+    /// an axpy of the shifted input row into the output row. No im2col buffer, no gemm.
+    fn direct_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
+        let (ip, op, kp, cig, cog, s2) = (g.ip(), g.op(), g.kp(), g.cig(), g.cog(), g.s[2]);
+        let mut y = vec![T::ZERO; g.n * g.cout * op];
+        for ni in 0..g.n {
+            for co in 0..g.cout {
+                let gi = co / cog;
+                let yc = &mut y[(ni * g.cout + co) * op..(ni * g.cout + co + 1) * op];
+                for ci in 0..cig {
+                    let xc = &x[(ni * g.cin + gi * cig + ci) * ip..][..ip];
+                    let wk = &w[(co * cig + ci) * kp..][..kp];
+                    for_each_row(g, |kidx, row, r, start| {
+                        let wv = wk[kidx];
+                        let dst = &mut yc[row + r.start..row + r.end];
+                        if s2 == 1 {
+                            for (d, &v) in dst.iter_mut().zip(&xc[start..start + r.end - r.start]) {
+                                *d += wv * v;
+                            }
+                        } else {
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d += wv * xc[start + j * s2];
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        y
+    }
+
+    /// Direct weight gradient: dw[co, ci, k] = sum of gy row . shifted x row.
+    fn direct_filter<T: Elem>(g: &Geom, x: &[T], gy: &[T]) -> Vec<T> {
+        let (ip, op, kp, cig, cog, s2) = (g.ip(), g.op(), g.kp(), g.cig(), g.cog(), g.s[2]);
+        let mut dw = vec![T::ZERO; g.cout * cig * kp];
+        for ni in 0..g.n {
+            for co in 0..g.cout {
+                let gi = co / cog;
+                let gc = &gy[(ni * g.cout + co) * op..][..op];
+                for ci in 0..cig {
+                    let xc = &x[(ni * g.cin + gi * cig + ci) * ip..][..ip];
+                    let dwk = &mut dw[(co * cig + ci) * kp..][..kp];
+                    for_each_row(g, |kidx, row, r, start| {
+                        let src = &gc[row + r.start..row + r.end];
+                        let mut acc = T::ZERO;
+                        if s2 == 1 {
+                            for (&a, &b) in src.iter().zip(&xc[start..start + src.len()]) {
+                                acc += a * b;
+                            }
+                        } else {
+                            for (j, &a) in src.iter().enumerate() {
+                                acc += a * xc[start + j * s2];
+                            }
+                        }
+                        dwk[kidx] += acc;
+                    });
+                }
+            }
+        }
+        dw
+    }
+
+    /// Direct input gradient: scatter-axpy of each gy row into the shifted x row.
+    fn direct_data<T: Elem>(g: &Geom, gy: &[T], w: &[T]) -> Vec<T> {
+        let (ip, op, kp, cig, cog, s2) = (g.ip(), g.op(), g.kp(), g.cig(), g.cog(), g.s[2]);
+        let mut dx = vec![T::ZERO; g.n * g.cin * ip];
+        for ni in 0..g.n {
+            for co in 0..g.cout {
+                let gi = co / cog;
+                let gc = &gy[(ni * g.cout + co) * op..][..op];
+                for ci in 0..cig {
+                    let dxc = &mut dx[(ni * g.cin + gi * cig + ci) * ip..][..ip];
+                    let wk = &w[(co * cig + ci) * kp..][..kp];
+                    for_each_row(g, |kidx, row, r, start| {
+                        let wv = wk[kidx];
+                        let src = &gc[row + r.start..row + r.end];
+                        if s2 == 1 {
+                            for (d, &v) in dxc[start..start + src.len()].iter_mut().zip(src) {
+                                *d += wv * v;
+                            }
+                        } else {
+                            for (j, &v) in src.iter().enumerate() {
+                                dxc[start + j * s2] += wv * v;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        dx
+    }
+
+    #[test]
+    fn direct_kernels_agree_with_im2col() {
+        let mut rng = Rng(23);
+        for (xs, ws, sp) in cases() {
+            let g = Geom::new("conv", xs[0], xs[1], &xs[2..], &ws, &sp).unwrap();
+            let (x, w) = (rng.vec(xs.iter().product()), rng.vec(ws.iter().product()));
+            let y = conv_fwd(&g, &x, &w, None, Act::Identity);
+            close(&direct_fwd(&g, &x, &w), &y, 1e-12);
+            let gy = rng.vec(y.len());
+            close(&direct_data(&g, &gy, &w), &conv_data(&g, &gy, &w, None, Act::Identity), 1e-12);
+            close(&direct_filter(&g, &x, &gy), &conv_filter(&g, &x, &gy), 1e-12);
+        }
+    }
+
+    /// `cargo test --release -p fluxrs-core bench_lenet -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn bench_lenet_im2col_vs_direct() {
+        use std::time::Instant;
+        fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+            f();
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let t = Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+            }
+            best * 1e6
+        }
+        let mut rng = Rng(1);
+        let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let s2p1 = ConvSpec { stride: vec![2], pad: vec![(1, 1)], flip: true, ..ConvSpec::new(1) };
+        for n in [1usize, 32, 128] {
+            // LeNet-5: conv1 (n,1,28,28) * (6,1,5,5); conv2 (n,6,12,12) * (16,6,5,5);
+            // and the MNIST-1D CNN's three 1-D convolutions (stride 2, pad 1)
+            let lenet = ConvSpec { flip: true, ..ConvSpec::new(2) };
+            let cases: [(&str, Vec<usize>, Vec<usize>, &ConvSpec); 5] = [
+                ("lenet conv1", vec![n, 1, 28, 28], vec![6, 1, 5, 5], &lenet),
+                ("lenet conv2", vec![n, 6, 12, 12], vec![16, 6, 5, 5], &lenet),
+                ("m1d conv1", vec![n, 1, 40], vec![25, 1, 5], &s2p1),
+                ("m1d conv2", vec![n, 25, 19], vec![25, 25, 3], &s2p1),
+                ("m1d conv3", vec![n, 25, 10], vec![25, 25, 3], &s2p1),
+            ];
+            for (name, xs, ws, sp) in cases {
+                let g = Geom::new("conv", xs[0], xs[1], &xs[2..], &ws, sp).unwrap();
+                let x: Vec<f32> = rng.vec(xs.iter().product()).into_iter().map(|v| v as f32).collect();
+                let w: Vec<f32> = rng.vec(ws.iter().product()).into_iter().map(|v| v as f32).collect();
+                let gy: Vec<f32> = rng.vec(g.n * g.cout * g.op()).into_iter().map(|v| v as f32).collect();
+                let reps = (2000 / n).max(3);
+                let report = |label: &str| {
+                    let f = time(reps, || { std::hint::black_box(conv_fwd(&g, &x, &w, None, Act::Identity)); });
+                    let d = time(reps, || { std::hint::black_box(conv_data(&g, &gy, &w, None, Act::Identity)); });
+                    let fl = time(reps, || { std::hint::black_box(conv_filter(&g, &x, &gy)); });
+                    let df = time(reps, || { std::hint::black_box(direct_fwd(&g, &x, &w)); });
+                    let dd = time(reps, || { std::hint::black_box(direct_data(&g, &gy, &w)); });
+                    let dfl = time(reps, || { std::hint::black_box(direct_filter(&g, &x, &gy)); });
+                    println!("{label:>9} {name:>11} n={n:>3}: im2col fwd {f:>8.1}us dx {d:>8.1}us dw {fl:>8.1}us | direct fwd {df:>8.1}us dx {dd:>8.1}us dw {dfl:>8.1}us | step {:.2}x faster",
+                             (df + dd + dfl) / (f + d + fl));
+                };
+                one_thread.install(|| report("1 thread"));
+                report(&format!("{} thr", threads()));
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Matrix products on the `gemm` crate (runtime-dispatched SIMD kernels, AVX-512 included),
+//! with numpy's `matmul` semantics: 1-D operands are promoted, batch axes broadcast.
+//! gemm takes arbitrary row/column strides, so transposed views multiply without a copy.
+
+use crate::backprop::{record, BackwardOp};
+use crate::error::{shape_err, Error, Result};
+use crate::layout::broadcast_shapes;
+use crate::storage::Elem;
+use crate::tensor::Tensor;
+use crate::with_dtype;
+
+/// m*n*k above which gemm may use rayon threads.
+const GEMM_PAR_FLOPS: usize = 1 << 20;
+
+/// Batched product of `a: [B.., m, k]` and `b: [B.., k, n]` with identical batch axes.
+fn bmm_kernel<T: Elem>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let nd = a.ndim();
+    let (m, k, n) = (a.shape()[nd - 2], a.shape()[nd - 1], b.shape()[nd - 1]);
+    let batch: Vec<usize> = a.shape()[..nd - 2].to_vec();
+    let nb: usize = batch.iter().product();
+    let mut out_shape = batch.clone();
+    out_shape.extend([m, n]);
+    let mut out = vec![T::ZERO; nb * m * n];
+    if k == 0 || m == 0 || n == 0 || nb == 0 {
+        return Tensor::from_vec(out, &out_shape);
+    }
+    let (la, lb) = (a.layout().clone(), b.layout().clone());
+    let par = if m * n * k >= GEMM_PAR_FLOPS && rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    let ga = a.0.storage.read_recursive();
+    let gb = b.0.storage.read_recursive();
+    let (pa, pb) = (T::slice(&ga).as_ptr(), T::slice(&gb).as_ptr());
+    let mut idx = vec![0usize; batch.len()];
+    for bi in 0..nb {
+        let mut oa = la.offset as isize;
+        let mut ob = lb.offset as isize;
+        for (d, &i) in idx.iter().enumerate() {
+            oa += i as isize * la.strides[d];
+            ob += i as isize * lb.strides[d];
+        }
+        // SAFETY: the offsets and strides come from valid layouts over the locked buffers
+        // (see Tensor::with_view); `out` is a fresh m*n block per batch element.
+        unsafe {
+            gemm::gemm(
+                m, n, k,
+                out.as_mut_ptr().add(bi * m * n), 1, n as isize, false,
+                pa.offset(oa), la.strides[nd - 1], la.strides[nd - 2],
+                pb.offset(ob), lb.strides[nd - 1], lb.strides[nd - 2],
+                T::ZERO, T::ONE, false, false, false, par,
+            );
+        }
+        for d in (0..idx.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < batch[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    drop((ga, gb));
+    Tensor::from_vec(out, &out_shape)
+}
+
+struct Bmm;
+impl BackwardOp for Bmm {
+    fn name(&self) -> &'static str {
+        "matmul"
+    }
+    fn backward(&self, inputs: &[Tensor], _o: &Tensor, g: &Tensor, need: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let (a, b) = (&inputs[0], &inputs[1]);
+        let ga = if need[0] { Some(g.bmm(&b.transpose(-1, -2)?)?) } else { None };
+        let gb = if need[1] { Some(a.transpose(-1, -2)?.bmm(g)?) } else { None };
+        Ok(vec![ga, gb])
+    }
+}
+
+impl Tensor {
+    /// Product of same-batch operands `[B.., m, k] @ [B.., k, n]`.
+    pub(crate) fn bmm(&self, b: &Tensor) -> Result<Tensor> {
+        let out = with_dtype!(self.dtype(), T => bmm_kernel::<T>(self, b)?);
+        Ok(record(out, Bmm, &[self, b]))
+    }
+
+    /// numpy `matmul`.
+    pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
+        crate::ops::binary::check_same_dtype("matmul", self, other)?;
+        let (a, b) = (self, other);
+        if a.ndim() == 0 || b.ndim() == 0 {
+            return shape_err("matmul", format!("operands must have at least one dimension, got shapes {:?} and {:?}", a.shape(), b.shape()));
+        }
+        let a1 = if a.ndim() == 1 { a.reshape(&[1, a.shape()[0]])? } else { a.clone() };
+        let b1 = if b.ndim() == 1 { b.reshape(&[b.shape()[0], 1])? } else { b.clone() };
+        let (na, nb) = (a1.ndim(), b1.ndim());
+        let (m, k) = (a1.shape()[na - 2], a1.shape()[na - 1]);
+        let (k2, n) = (b1.shape()[nb - 2], b1.shape()[nb - 1]);
+        if k != k2 {
+            return Err(Error::Shape {
+                op: "matmul",
+                msg: format!("shapes {:?} and {:?} are not aligned: {k} (last axis of the first) != {k2} (second-to-last of the second)", a.shape(), b.shape()),
+            });
+        }
+        let batch = broadcast_shapes("matmul", &a1.shape()[..na - 2], &b1.shape()[..nb - 2])?;
+        let mut out = if nb == 2 && na > 2 {
+            // [B.., m, k] @ [k, n]: fold the batch into the rows, one gemm and no broadcast copy.
+            let rows: usize = batch.iter().product::<usize>() * m;
+            let mut s = batch.clone();
+            s.extend([m, n]);
+            a1.reshape(&[rows, k])?.bmm(&b1)?.reshape(&s)?
+        } else {
+            let mut sa = batch.clone();
+            sa.extend([m, k]);
+            let mut sb = batch.clone();
+            sb.extend([k, n]);
+            a1.broadcast_to(&sa)?.bmm(&b1.broadcast_to(&sb)?)?
+        };
+        if a.ndim() == 1 || b.ndim() == 1 {
+            let mut s = batch;
+            if a.ndim() != 1 {
+                s.push(m);
+            }
+            if b.ndim() != 1 {
+                s.push(n);
+            }
+            out = out.reshape(&s)?;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,165 @@
+//! Fused layer kernels. `dense` computes act(x @ w^T + b) with one gemm (the bias is
+//! preloaded into the output and accumulated into) and the activation applied in place:
+//! one allocation and one pass instead of three ops. Its backward uses ordinary
+//! differentiable ops, so second derivatives still work.
+
+use crate::backprop::{record, BackwardOp};
+use crate::error::{shape_err, Result};
+use crate::ops::binary::check_same_dtype;
+use crate::ops::unary::sigmoid;
+use crate::storage::Elem;
+use crate::tensor::Tensor;
+use crate::with_dtype;
+
+/// Activations whose derivative can be computed from the output alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Identity,
+    Relu,
+    Sigmoid,
+    Tanh,
+}
+
+impl Act {
+    pub fn from_name(name: &str) -> Option<Act> {
+        Some(match name {
+            "identity" => Act::Identity,
+            "relu" => Act::Relu,
+            "sigmoid" => Act::Sigmoid,
+            "tanh" => Act::Tanh,
+            _ => return None,
+        })
+    }
+}
+
+fn dense_kernel<T: Elem>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -> Result<Tensor> {
+    let (n, k) = (x.shape()[0], x.shape()[1]);
+    let m = w.shape()[0];
+    let mut out = vec![T::ZERO; n * m];
+    if let Some(b) = b {
+        b.with_slice::<T, _>(|bs| out.chunks_exact_mut(m.max(1)).for_each(|row| row.copy_from_slice(bs)))?;
+    }
+    if n > 0 && m > 0 && k > 0 {
+        let (lx, lw) = (x.layout().clone(), w.layout().clone());
+        let gx = x.0.storage.read_recursive();
+        let gw = w.0.storage.read_recursive();
+        let par = if n * m * k >= 1 << 20 && rayon::current_num_threads() > 1 {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: layouts are valid views of the locked buffers (see Tensor::with_view);
+        // out is n*m, row-major. w^T is read through w's strides, without a copy.
+        unsafe {
+            gemm::gemm(
+                n, m, k,
+                out.as_mut_ptr(), 1, m as isize, b.is_some(),
+                T::slice(&gx).as_ptr().add(lx.offset), lx.strides[1], lx.strides[0],
+                T::slice(&gw).as_ptr().add(lw.offset), lw.strides[0], lw.strides[1],
+                T::ONE, T::ONE, false, false, false, par,
+            );
+        }
+    }
+    match act {
+        Act::Identity => {}
+        Act::Relu => out.iter_mut().for_each(|v| if *v < T::ZERO { *v = T::ZERO }),
+        Act::Sigmoid => out.iter_mut().for_each(|v| *v = sigmoid(*v)),
+        Act::Tanh => out.iter_mut().for_each(|v| *v = v.tanh()),
+    }
+    Tensor::from_vec(out, &[n, m])
+}
+
+struct Dense(Act);
+
+impl BackwardOp for Dense {
+    fn name(&self) -> &'static str {
+        "dense"
+    }
+    fn backward(&self, inputs: &[Tensor], out: &Tensor, g: &Tensor, need: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let (x, w) = (&inputs[0], &inputs[1]);
+        // Gradient at the pre-activation, from the output alone.
+        let gp = match self.0 {
+            Act::Identity => g.clone(),
+            Act::Relu => g.mul(&out.gt(&Tensor::full(&[], 0.0, out.dtype()))?)?,
+            Act::Sigmoid => g.mul(&out.mul(&out.one_minus()?)?)?,
+            Act::Tanh => g.mul(&out.mul(out)?.one_minus()?)?,
+        };
+        let gx = if need[0] { Some(gp.matmul(w)?) } else { None };
+        let gw = if need[1] { Some(gp.transpose(0, 1)?.matmul(x)?) } else { None };
+        let mut grads = vec![gx, gw];
+        if inputs.len() == 3 {
+            grads.push(if need[2] { Some(gp.sum_axes(Some(&[0]), false)?) } else { None });
+        }
+        Ok(grads)
+    }
+}
+
+impl Tensor {
+    /// act(x @ w^T + b) for x `(n, in)`, w `(out, in)`, b `(out,)`.
+    pub fn dense(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -> Result<Tensor> {
+        check_same_dtype("dense", x, w)?;
+        if x.ndim() != 2 || w.ndim() != 2 || x.shape()[1] != w.shape()[1] {
+            return shape_err("dense", format!("expects x (n, {}) for a weight of shape {:?}, got x of shape {:?}",
+                w.shape().get(1).copied().unwrap_or(0), w.shape(), x.shape()));
+        }
+        if let Some(b) = b {
+            check_same_dtype("dense", x, b)?;
+            if b.shape() != [w.shape()[0]] {
+                return shape_err("dense", format!("bias of shape {:?} does not match weight of shape {:?}", b.shape(), w.shape()));
+            }
+        }
+        let out = with_dtype!(x.dtype(), T => dense_kernel::<T>(x, w, b, act)?);
+        Ok(match b {
+            Some(b) => record(out, Dense(act), &[x, w, b]),
+            None => record(out, Dense(act), &[x, w]),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f64], s: &[usize]) -> Tensor {
+        Tensor::from_vec(v.to_vec(), s).unwrap()
+    }
+
+    #[test]
+    fn dense_matches_composed_ops_in_value_and_gradient() {
+        let x = t(&[0.5, -1.0, 2.0, 0.1, 0.3, -0.7], &[2, 3]);
+        let w = t(&[0.2, -0.4, 0.6, -0.1, 0.5, 0.3], &[2, 3]).transpose(0, 1).unwrap().contiguous().unwrap().transpose(0, 1).unwrap();
+        let b = t(&[0.05, -0.2], &[2]);
+        for act in [Act::Identity, Act::Relu, Act::Sigmoid, Act::Tanh] {
+            let leaves = [x.clone(), w.clone(), b.clone()];
+            crate::push_watch(&leaves);
+            let fused = Tensor::dense(&x, &w, Some(&b), act).unwrap();
+            let pre = x.matmul(&w.transpose(0, 1).unwrap()).unwrap().add(&b).unwrap();
+            let composed = match act {
+                Act::Identity => pre,
+                Act::Relu => pre.relu().unwrap(),
+                Act::Sigmoid => pre.sigmoid().unwrap(),
+                Act::Tanh => pre.tanh().unwrap(),
+            };
+            let wsum = t(&[1.0, 2.0, -1.0, 0.5], &[2, 2]);
+            let lf = fused.mul(&wsum).unwrap().sum_all().unwrap();
+            let lc = composed.mul(&wsum).unwrap().sum_all().unwrap();
+            crate::pop_watch();
+            assert!((lf.item().unwrap() - lc.item().unwrap()).abs() < 1e-12, "{act:?}");
+            let gf = crate::grad(&lf, &leaves, None).unwrap();
+            let gc = crate::grad(&lc, &leaves, None).unwrap();
+            for (a, c) in gf.iter().zip(&gc) {
+                let (a, c) = (a.as_ref().unwrap().to_vec_f64(), c.as_ref().unwrap().to_vec_f64());
+                for (p, q) in a.iter().zip(&c) {
+                    assert!((p - q).abs() < 1e-12, "{act:?}: {a:?} vs {c:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dense_rejects_wrong_feature_count() {
+        let x = t(&[1.0; 6], &[2, 3]);
+        let w = t(&[1.0; 8], &[2, 4]);
+        assert!(matches!(Tensor::dense(&x, &w, None, Act::Identity), Err(crate::Error::Shape { .. })));
+    }
+}

@@ -1,0 +1,72 @@
+//! softmax and logsoftmax along one axis, max-shifted so they never overflow.
+
+use ndarray::{Axis, Zip};
+
+use crate::backprop::{record, BackwardOp};
+use crate::error::Result;
+use crate::layout::normalize_axis;
+use crate::storage::Elem;
+use crate::tensor::Tensor;
+use crate::with_dtype;
+
+fn kernel<T: Elem>(x: &Tensor, axis: usize, log: bool) -> Result<Tensor> {
+    x.with_view::<T, _>(|v| {
+        let mut out = ndarray::ArrayD::<T>::zeros(v.raw_dim());
+        Zip::from(out.lanes_mut(Axis(axis))).and(v.lanes(Axis(axis))).for_each(|mut o, i| {
+            let m = i.iter().fold(T::NEG_INFINITY, |m, &a| if a > m { a } else { m });
+            let m = if m.is_finite() { m } else { T::ZERO };
+            let mut s = T::ZERO;
+            for (oo, &a) in o.iter_mut().zip(i.iter()) {
+                let e = (a - m).exp();
+                *oo = e;
+                s += e;
+            }
+            if log {
+                let ls = s.ln() + m;
+                for (oo, &a) in o.iter_mut().zip(i.iter()) {
+                    *oo = a - ls;
+                }
+            } else {
+                for oo in o.iter_mut() {
+                    *oo /= s;
+                }
+            }
+        });
+        Tensor::from_array(out)
+    })
+}
+
+struct Softmax {
+    axis: usize,
+    log: bool,
+}
+
+impl BackwardOp for Softmax {
+    fn name(&self) -> &'static str {
+        if self.log { "logsoftmax" } else { "softmax" }
+    }
+    fn backward(&self, _i: &[Tensor], out: &Tensor, g: &Tensor, _n: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let ax = [self.axis as isize];
+        let gx = if self.log {
+            // d logsoftmax: g - softmax * sum(g)
+            g.sub(&out.exp()?.mul(&g.sum_axes(Some(&ax), true)?)?)?
+        } else {
+            // d softmax: y * (g - sum(g * y))
+            out.mul(&g.sub(&g.mul(out)?.sum_axes(Some(&ax), true)?)?)?
+        };
+        Ok(vec![Some(gx)])
+    }
+}
+
+impl Tensor {
+    pub fn softmax(&self, axis: isize) -> Result<Tensor> {
+        let ax = normalize_axis("softmax", axis, self.ndim())?;
+        let out = with_dtype!(self.dtype(), T => kernel::<T>(self, ax, false)?);
+        Ok(record(out, Softmax { axis: ax, log: false }, &[self]))
+    }
+    pub fn logsoftmax(&self, axis: isize) -> Result<Tensor> {
+        let ax = normalize_axis("logsoftmax", axis, self.ndim())?;
+        let out = with_dtype!(self.dtype(), T => kernel::<T>(self, ax, true)?);
+        Ok(record(out, Softmax { axis: ax, log: true }, &[self]))
+    }
+}

@@ -1,0 +1,206 @@
+//! Elementwise unary math and activations.
+
+use crate::backprop::{record, BackwardOp};
+use crate::dtype::Float;
+use crate::error::Result;
+use crate::ops::PAR_THRESHOLD;
+use crate::storage::Elem;
+use crate::tensor::Tensor;
+use crate::with_dtype;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Log1p,
+    Sqrt,
+    Abs,
+    Tanh,
+    Sigmoid,
+    Relu,
+    Sin,
+    Cos,
+    /// log(1 + exp(x)), computed without overflow.
+    Softplus,
+    LeakyRelu(f64),
+    Elu(f64),
+    Clamp(f64, f64),
+    /// sign(x): -1, 0 or 1. Piecewise constant, so no gradient flows through it.
+    Sign,
+    /// 1 where lo <= x <= hi else 0: a mask, no gradient.
+    InRange(f64, f64),
+}
+
+impl UnaryOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Log1p => "log1p",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
+            UnaryOp::Softplus => "softplus",
+            UnaryOp::LeakyRelu(_) => "leakyrelu",
+            UnaryOp::Elu(_) => "elu",
+            UnaryOp::Clamp(..) => "clamp",
+            UnaryOp::Sign => "sign",
+            UnaryOp::InRange(..) => "in_range",
+        }
+    }
+    fn differentiable(self) -> bool {
+        !matches!(self, UnaryOp::Sign | UnaryOp::InRange(..))
+    }
+}
+
+#[inline(always)]
+pub(crate) fn sigmoid<T: Float>(x: T) -> T {
+    if x >= T::ZERO {
+        T::ONE / (T::ONE + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (T::ONE + e)
+    }
+}
+
+#[inline(always)]
+fn softplus<T: Float>(x: T) -> T {
+    x.max(T::ZERO) + (-x.abs()).exp().ln_1p()
+}
+
+pub(crate) fn map<T: Elem>(x: &Tensor, f: impl Fn(T) -> T + Sync + Send) -> Result<Tensor> {
+    let v = x.with_slice::<T, _>(|s| {
+        if s.len() >= PAR_THRESHOLD {
+            use rayon::prelude::*;
+            s.par_iter().map(|&a| f(a)).collect::<Vec<T>>()
+        } else {
+            s.iter().map(|&a| f(a)).collect::<Vec<T>>()
+        }
+    })?;
+    Tensor::from_vec(v, x.shape())
+}
+
+fn forward(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
+    with_dtype!(x.dtype(), T => {
+        let c = |v: f64| T::from_f64(v);
+        match op {
+            UnaryOp::Neg => map::<T>(x, |a| -a),
+            UnaryOp::Exp => map::<T>(x, |a| a.exp()),
+            UnaryOp::Log => map::<T>(x, |a| a.ln()),
+            UnaryOp::Log1p => map::<T>(x, |a| a.ln_1p()),
+            UnaryOp::Sqrt => map::<T>(x, |a| a.sqrt()),
+            UnaryOp::Abs => map::<T>(x, |a| a.abs()),
+            UnaryOp::Tanh => map::<T>(x, |a| a.tanh()),
+            UnaryOp::Sigmoid => map::<T>(x, sigmoid),
+            // `a < 0` rather than `a > 0`: NaN must pass through, or a non-finite loss goes unseen.
+            UnaryOp::Relu => map::<T>(x, |a| if a < T::ZERO { T::ZERO } else { a }),
+            UnaryOp::Sin => map::<T>(x, |a| a.sin()),
+            UnaryOp::Cos => map::<T>(x, |a| a.cos()),
+            UnaryOp::Softplus => map::<T>(x, softplus),
+            UnaryOp::LeakyRelu(s) => { let s = c(s); map::<T>(x, move |a| if a > T::ZERO { a } else { s * a }) }
+            UnaryOp::Elu(al) => { let al = c(al); map::<T>(x, move |a| if a > T::ZERO { a } else { al * (a.exp() - T::ONE) }) }
+            UnaryOp::Clamp(lo, hi) => { let (lo, hi) = (c(lo), c(hi)); map::<T>(x, move |a| if a.is_nan() { a } else { a.max(lo).min(hi) }) }
+            // `Float::signum` (0 at 0): with `T` a concrete type here, `a.signum()` would pick
+            // the inherent `f32::signum`/`f64::signum`, which is 1 at +0 (abs got gradient 1 at 0).
+            UnaryOp::Sign => map::<T>(x, <T as Float>::signum),
+            UnaryOp::InRange(lo, hi) => { let (lo, hi) = (c(lo), c(hi)); map::<T>(x, move |a| if a >= lo && a <= hi { T::ONE } else { T::ZERO }) }
+        }
+    })
+}
+
+struct Unary(UnaryOp);
+
+impl BackwardOp for Unary {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn backward(&self, inputs: &[Tensor], out: &Tensor, g: &Tensor, _need: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let x = &inputs[0];
+        let gx = match self.0 {
+            UnaryOp::Neg => g.neg()?,
+            UnaryOp::Exp => g.mul(out)?,
+            UnaryOp::Log => g.div(x)?,
+            UnaryOp::Log1p => g.div(&x.add_scalar(1.0)?)?,
+            UnaryOp::Sqrt => g.div(&out.scale(2.0)?)?,
+            UnaryOp::Abs => g.mul(&x.sign()?)?,
+            UnaryOp::Tanh => g.mul(&out.mul(out)?.one_minus()?)?,
+            UnaryOp::Sigmoid => g.mul(&out.mul(&out.one_minus()?)?)?,
+            UnaryOp::Relu => g.mul(&x.gt(&Tensor::full(&[], 0.0, x.dtype()))?)?,
+            UnaryOp::Sin => g.mul(&x.cos()?)?,
+            UnaryOp::Cos => g.mul(&x.sin()?)?.neg()?,
+            UnaryOp::Softplus => g.mul(&x.sigmoid()?)?,
+            UnaryOp::LeakyRelu(s) => {
+                // slope 1 where x > 0, s elsewhere: s + (1 - s) * [x > 0]
+                let pos = x.gt(&Tensor::full(&[], 0.0, x.dtype()))?;
+                g.mul(&pos.scale(1.0 - s)?.add_scalar(s)?)?
+            }
+            UnaryOp::Elu(a) => {
+                // 1 where x > 0, out + a elsewhere
+                let pos = x.gt(&Tensor::full(&[], 0.0, x.dtype()))?;
+                let neg_slope = out.add_scalar(a)?.mul(&pos.one_minus()?)?;
+                g.mul(&pos.add(&neg_slope)?)?
+            }
+            UnaryOp::Clamp(lo, hi) => g.mul(&x.unary(UnaryOp::InRange(lo, hi))?)?,
+            UnaryOp::Sign | UnaryOp::InRange(..) => return Ok(vec![None]),
+        };
+        Ok(vec![Some(gx)])
+    }
+}
+
+impl Tensor {
+    pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        let out = forward(op, self)?;
+        if !op.differentiable() {
+            return Ok(out);
+        }
+        Ok(record(out, Unary(op), &[self]))
+    }
+    pub fn neg(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Neg)
+    }
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Exp)
+    }
+    pub fn log(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Log)
+    }
+    pub fn log1p(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Log1p)
+    }
+    pub fn sqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sqrt)
+    }
+    pub fn abs(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Abs)
+    }
+    pub fn tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Tanh)
+    }
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sigmoid)
+    }
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu)
+    }
+    pub fn sin(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sin)
+    }
+    pub fn cos(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Cos)
+    }
+    pub fn softplus(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Softplus)
+    }
+    pub fn sign(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sign)
+    }
+    pub fn clamp(&self, lo: f64, hi: f64) -> Result<Tensor> {
+        self.unary(UnaryOp::Clamp(lo, hi))
+    }
+}

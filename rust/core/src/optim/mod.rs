@@ -1,0 +1,174 @@
+//! Optimiser rules (small pure functions, as Optimisers.jl) and the fused update that
+//! applies a chain of rules to every parameter of a model in one call.
+
+mod rules;
+
+pub use rules::{Rule, Step};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::storage::Elem;
+use crate::tensor::Tensor;
+use crate::with_dtype;
+
+/// One parameter's optimiser state: per rule of the chain, its state arrays and scalars.
+pub struct ParamState {
+    pub arrays: Vec<Vec<Tensor>>,
+    pub scalars: Vec<Vec<f64>>,
+}
+
+impl ParamState {
+    /// Fresh state for `chain` on a parameter shaped like `x`.
+    pub fn init(chain: &[Rule], x: &Tensor) -> ParamState {
+        let mut arrays = Vec::with_capacity(chain.len());
+        let mut scalars = Vec::with_capacity(chain.len());
+        for r in chain {
+            let (init, sc) = r.state_spec();
+            arrays.push(init.into_iter().map(|v| Tensor::full(x.shape(), v, x.dtype())).collect());
+            scalars.push(sc);
+        }
+        ParamState { arrays, scalars }
+    }
+}
+
+/// Parameters above this many elements in total are updated in parallel.
+const PAR_ELEMS: usize = 1 << 16;
+
+/// Update each `xs[i] -= chain(dxs[i])` in place, advancing `states[i]`. All parameters are
+/// checked before any is touched, so a bad argument leaves the model as it was.
+pub fn update(chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut ParamState]) -> Result<()> {
+    if xs.len() != dxs.len() || xs.len() != states.len() {
+        return Err(Error::Value { op: "update", msg: format!("{} parameters, {} gradients and {} states", xs.len(), dxs.len(), states.len()) });
+    }
+    for (i, ((x, dx), st)) in xs.iter().zip(dxs).zip(states.iter()).enumerate() {
+        if x.shape() != dx.shape() {
+            return Err(Error::Shape { op: "update", msg: format!("parameter #{i} has shape {:?} but its gradient has shape {:?}", x.shape(), dx.shape()) });
+        }
+        if x.dtype() != dx.dtype() {
+            return Err(Error::DType { op: "update", msg: format!("parameter #{i} is {} but its gradient is {}", x.dtype(), dx.dtype()) });
+        }
+        if !x.is_contiguous() {
+            return Err(Error::Value { op: "update", msg: format!("parameter #{i} is a non-contiguous view; optimise the tensor it views") });
+        }
+        if st.arrays.len() != chain.len() || st.scalars.len() != chain.len() {
+            return Err(Error::Value { op: "update", msg: format!("state of parameter #{i} was made for a different rule") });
+        }
+        for (r, arrs) in chain.iter().zip(&st.arrays) {
+            if arrs.len() != r.state_spec().0.len() || arrs.iter().any(|a| a.shape() != x.shape() || a.dtype() != x.dtype() || !a.is_contiguous()) {
+                return Err(Error::Value { op: "update", msg: format!("state of parameter #{i} does not fit its shape {:?} or rule", x.shape()) });
+            }
+        }
+    }
+    let total: usize = xs.iter().map(|x| x.numel()).sum();
+    let work = |((x, dx), st): ((&Tensor, &Tensor), &mut &mut ParamState)| -> Result<()> {
+        with_dtype!(x.dtype(), T => update_one::<T>(chain, x, dx, st))
+    };
+    if total >= PAR_ELEMS && xs.len() > 1 {
+        xs.par_iter().zip(dxs.par_iter()).zip(states.par_iter_mut()).map(work).collect::<Result<Vec<()>>>()?;
+    } else {
+        xs.iter().zip(dxs.iter()).zip(states.iter_mut()).map(work).collect::<Result<Vec<()>>>()?;
+    }
+    Ok(())
+}
+
+fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamState) -> Result<()> {
+    let mut step: Vec<T> = dx.to_vec::<T>()?;
+    // Lock the state arrays for writing; they are private to this parameter.
+    let offsets: Vec<Vec<usize>> = st.arrays.iter().map(|arrs| arrs.iter().map(|a| a.layout().offset).collect()).collect();
+    let mut guards: Vec<Vec<_>> = st.arrays.iter().map(|arrs| arrs.iter().map(|a| a.0.storage.write()).collect()).collect();
+    let mut xguard = x.0.storage.write();
+    let off = x.layout().offset;
+    let n = x.numel();
+    let xs: &mut [T] = &mut T::slice_mut(&mut xguard)[off..off + n];
+    for (((rule, gs), offs), sc) in chain.iter().zip(guards.iter_mut()).zip(&offsets).zip(st.scalars.iter_mut()) {
+        let mut views: Vec<&mut [T]> = gs.iter_mut().zip(offs).map(|(g, &o)| &mut T::slice_mut(g)[o..o + n]).collect();
+        if rule.apply::<T>(xs, &mut step, &mut views, sc)? == Step::Hold {
+            return Ok(());
+        }
+    }
+    for (xi, s) in xs.iter_mut().zip(&step) {
+        *xi -= *s;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(chain: &[Rule], x: &Tensor, g: &[f64], st: &mut ParamState) {
+        let dx = Tensor::from_vec(g.to_vec(), x.shape()).unwrap();
+        update(chain, std::slice::from_ref(x), &[dx], &mut [st]).unwrap();
+    }
+
+    #[test]
+    fn accumgrad_chain_matches_optimisers_jl_docstring() {
+        // Optimisers.jl's AccumGrad example: x = [1], y = [2]; gradients (33, 0) then (0, 444).
+        let chain = [Rule::AccumGrad { n: 2 }, Rule::WeightDecay { lambda: 0.01 }, Rule::Descent { eta: 0.1 }];
+        let x = Tensor::from_vec(vec![1.0f64], &[1]).unwrap();
+        let y = Tensor::from_vec(vec![2.0f64], &[1]).unwrap();
+        let (mut sx, mut sy) = (ParamState::init(&chain, &x), ParamState::init(&chain, &y));
+        step(&chain, &x, &[33.0], &mut sx);
+        step(&chain, &y, &[0.0], &mut sy);
+        assert_eq!((x.item().unwrap(), y.item().unwrap()), (1.0, 2.0), "model unchanged while accumulating");
+        step(&chain, &x, &[0.0], &mut sx);
+        step(&chain, &y, &[444.0], &mut sy);
+        assert!((x.item().unwrap() - -0.651).abs() < 1e-9, "{}", x.item().unwrap());
+        assert!((y.item().unwrap() - -20.202).abs() < 1e-9, "{}", y.item().unwrap());
+    }
+
+    #[test]
+    fn adam_first_step_is_eta_times_sign() {
+        // After one step Adam's bias-corrected update is eta * g / (|g| + eps') ~ eta * sign(g).
+        let chain = [Rule::Adam { eta: 0.1, beta: (0.9, 0.999), eps: 1e-8 }];
+        let x = Tensor::from_vec(vec![1.0f64, 1.0], &[2]).unwrap();
+        let mut st = ParamState::init(&chain, &x);
+        step(&chain, &x, &[2.0, -3.0], &mut st);
+        let v = x.to_vec::<f64>().unwrap();
+        assert!((v[0] - 0.9).abs() < 1e-6 && (v[1] - 1.1).abs() < 1e-6, "{v:?}");
+        assert!((st.scalars[0][0] - 0.81).abs() < 1e-12);
+    }
+
+    #[test]
+    fn clipnorm_errors_on_nonfinite_and_leaves_model() {
+        let chain = [Rule::ClipNorm { omega: 1.0, p: 2.0, throw: true }, Rule::Descent { eta: 1.0 }];
+        let x = Tensor::from_vec(vec![1.0f32], &[1]).unwrap();
+        let mut st = ParamState::init(&chain, &x);
+        let dx = Tensor::from_vec(vec![f32::NAN], &[1]).unwrap();
+        assert!(update(&chain, std::slice::from_ref(&x), &[dx], &mut [&mut st]).is_err());
+        assert_eq!(x.item().unwrap(), 1.0);
+    }
+
+    #[test]
+    fn mismatched_gradient_is_an_error_not_a_panic() {
+        let chain = [Rule::Descent { eta: 0.1 }];
+        let x = Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap();
+        let mut st = ParamState::init(&chain, &x);
+        let dx = Tensor::from_vec(vec![1.0f32], &[1]).unwrap();
+        assert!(matches!(update(&chain, std::slice::from_ref(&x), &[dx], &mut [&mut st]), Err(Error::Shape { .. })));
+    }
+}
+
+#[cfg(test)]
+mod nan_tests {
+    use super::*;
+
+    fn run(chain: &[Rule], g: &[f64]) -> Vec<f64> {
+        let x = Tensor::from_vec(vec![0.0f64; g.len()], &[g.len()]).unwrap();
+        let mut st = ParamState::init(chain, &x);
+        let dx = Tensor::from_vec(g.to_vec(), &[g.len()]).unwrap();
+        update(chain, std::slice::from_ref(&x), &[dx], &mut [&mut st]).unwrap();
+        x.to_vec::<f64>().unwrap()
+    }
+
+    #[test]
+    fn nan_gradients_stay_visible_as_in_optimisers_jl() {
+        let v = run(&[Rule::ClipGrad { delta: 1.0 }, Rule::Descent { eta: 1.0 }], &[1.0, f64::NAN]);
+        assert!(v[0] == -1.0 && v[1].is_nan(), "ClipGrad {v:?}");
+        let v = run(&[Rule::ClipNorm { omega: 1.0, p: 2.0, throw: false }, Rule::Descent { eta: 1.0 }], &[3.0, f64::NAN]);
+        assert!(v.iter().all(|x| x.is_nan()), "ClipNorm {v:?}");
+        let v = run(&[Rule::Lion { eta: 0.1, beta: (0.9, 0.999) }], &[1.0, f64::NAN]);
+        assert!(v[0] == -0.1 && v[1].is_nan(), "Lion {v:?}");
+    }
+}

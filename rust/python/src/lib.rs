@@ -1,0 +1,156 @@
+//! pyo3 bindings for fluxrs-core, built by maturin into `fluxrs._core`.
+//! This crate converts, validates, maps errors and releases the GIL; the math is in the core.
+
+mod convert;
+mod errors;
+mod nn;
+mod optim;
+mod tensor;
+
+use fluxrs_core::{backprop, Tensor};
+use pyo3::prelude::*;
+
+use crate::convert::{parse_dtype, sizes};
+use crate::errors::run;
+use crate::tensor::PyTensor;
+
+fn unwrap_all(ts: &[PyRef<'_, PyTensor>]) -> Vec<Tensor> {
+    ts.iter().map(|t| t.inner.clone()).collect()
+}
+
+/// Gradients of `root` w.r.t. each of `leaves` (None where it does not depend on one).
+/// `seed` is the incoming gradient (ones for a scalar root when omitted).
+#[pyfunction]
+#[pyo3(signature = (root, leaves, seed = None))]
+fn grad(py: Python<'_>, root: PyRef<'_, PyTensor>, leaves: Vec<PyRef<'_, PyTensor>>, seed: Option<PyRef<'_, PyTensor>>) -> PyResult<Vec<Option<PyTensor>>> {
+    let root = root.inner.clone();
+    let leaves = unwrap_all(&leaves);
+    let seed = seed.map(|s| s.inner.clone());
+    let gs = run(py, move || fluxrs_core::grad(&root, &leaves, seed.as_ref()))?;
+    Ok(gs.into_iter().map(|g| g.map(PyTensor::wrap)).collect())
+}
+
+/// Open a differentiation context on this thread: ops touching `tensors` record from now on.
+#[pyfunction]
+fn push_watch(tensors: Vec<PyRef<'_, PyTensor>>) {
+    fluxrs_core::push_watch(&unwrap_all(&tensors));
+}
+
+/// Close the innermost differentiation context on this thread.
+#[pyfunction]
+fn pop_watch() {
+    fluxrs_core::pop_watch();
+}
+
+#[pyfunction]
+fn watch_depth() -> usize {
+    backprop::watch_depth()
+}
+
+#[pyfunction]
+fn is_recording() -> bool {
+    backprop::is_recording()
+}
+
+/// Holds recording off on this thread while alive; `fluxrs.no_grad` wraps it.
+#[pyclass(unsendable)]
+struct NoGrad(Option<backprop::NoGradGuard>);
+
+#[pymethods]
+impl NoGrad {
+    #[new]
+    fn new() -> NoGrad {
+        NoGrad(None)
+    }
+    fn __enter__(mut slf: PyRefMut<'_, Self>) -> PyRefMut<'_, Self> {
+        slf.0 = Some(backprop::NoGradGuard::new());
+        slf
+    }
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&mut self, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.0 = None;
+        false
+    }
+}
+
+#[pyfunction]
+#[pyo3(signature = (tensors, axis = 0))]
+fn concat(py: Python<'_>, tensors: Vec<PyRef<'_, PyTensor>>, axis: isize) -> PyResult<PyTensor> {
+    let ts = unwrap_all(&tensors);
+    run(py, move || Tensor::concat(&ts, axis)).map(PyTensor::wrap)
+}
+
+#[pyfunction]
+#[pyo3(signature = (tensors, axis = 0))]
+fn stack(py: Python<'_>, tensors: Vec<PyRef<'_, PyTensor>>, axis: isize) -> PyResult<PyTensor> {
+    let ts = unwrap_all(&tensors);
+    run(py, move || Tensor::stack(&ts, axis)).map(PyTensor::wrap)
+}
+
+/// `a` where `cond` is nonzero else `b` (tensors of one dtype, broadcast together).
+#[pyfunction]
+#[pyo3(name = "where")]
+fn where_(py: Python<'_>, cond: PyRef<'_, PyTensor>, a: PyRef<'_, PyTensor>, b: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
+    let (c, a, b) = (cond.inner.clone(), a.inner.clone(), b.inner.clone());
+    run(py, move || Tensor::where_(&c, &a, &b)).map(PyTensor::wrap)
+}
+
+#[pyfunction]
+#[pyo3(signature = (shape, value, dtype = "float32"))]
+fn full(shape: Vec<isize>, value: f64, dtype: &str) -> PyResult<PyTensor> {
+    Ok(PyTensor::wrap(Tensor::full(&sizes("full", &shape)?, value, parse_dtype(dtype)?)))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyTensor>()?;
+    m.add_class::<NoGrad>()?;
+    m.add_class::<optim::OptState>()?;
+    m.add_function(wrap_pyfunction!(optim::optim_update, m)?)?;
+    m.add_function(wrap_pyfunction!(grad, m)?)?;
+    m.add_function(wrap_pyfunction!(push_watch, m)?)?;
+    m.add_function(wrap_pyfunction!(pop_watch, m)?)?;
+    m.add_function(wrap_pyfunction!(watch_depth, m)?)?;
+    m.add_function(wrap_pyfunction!(is_recording, m)?)?;
+    m.add_function(wrap_pyfunction!(concat, m)?)?;
+    m.add_function(wrap_pyfunction!(stack, m)?)?;
+    m.add_function(wrap_pyfunction!(where_, m)?)?;
+    m.add_function(wrap_pyfunction!(full, m)?)?;
+    m.add_function(wrap_pyfunction!(dense, m)?)?;
+    m.add_function(wrap_pyfunction!(gru_sequence, m)?)?;
+    m.add_function(wrap_pyfunction!(nn::conv, m)?)?;
+    m.add_function(wrap_pyfunction!(nn::conv_transpose, m)?)?;
+    m.add_function(wrap_pyfunction!(nn::maxpool, m)?)?;
+    m.add_function(wrap_pyfunction!(nn::meanpool, m)?)?;
+    Ok(())
+}
+
+/// act(x @ w.T + b) in one fused kernel; x may be one vector `(in,)` or a batch `(..., in)`.
+#[pyfunction]
+#[pyo3(signature = (x, w, b = None, act = "identity"))]
+fn dense(py: Python<'_>, x: PyRef<'_, PyTensor>, w: PyRef<'_, PyTensor>, b: Option<PyRef<'_, PyTensor>>, act: &str) -> PyResult<PyTensor> {
+    let act = fluxrs_core::ops::nn::Act::from_name(act)
+        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("dense: unsupported fused activation {act:?}")))?;
+    let (x, w, b) = (x.inner.clone(), w.inner.clone(), b.map(|b| b.inner.clone()));
+    run(py, move || {
+        let lead: Vec<usize> = x.shape()[..x.ndim().saturating_sub(1)].to_vec();
+        let k = x.shape().last().copied().unwrap_or(0);
+        let x2 = if x.ndim() == 2 { x.clone() } else { x.reshape(&[lead.iter().product(), k])? };
+        let y = Tensor::dense(&x2, &w, b.as_ref(), act)?;
+        if x.ndim() == 2 {
+            return Ok(y);
+        }
+        let mut s = lead;
+        s.push(w.shape()[0]);
+        y.reshape(&s)
+    })
+    .map(PyTensor::wrap)
+}
+
+/// All hidden states of a GRU over `gx = x @ Wi.T + b` `(N, T, 3H)`, recurrent weight
+/// `wh` `(3H, H)`, initial state `h0` `(N, H)`: the whole sequence in one call.
+#[pyfunction]
+fn gru_sequence(py: Python<'_>, gx: PyRef<'_, PyTensor>, wh: PyRef<'_, PyTensor>, h0: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
+    let (gx, wh, h0) = (gx.inner.clone(), wh.inner.clone(), h0.inner.clone());
+    run(py, move || Tensor::gru_sequence(&gx, &wh, &h0)).map(PyTensor::wrap)
+}

@@ -1,0 +1,66 @@
+//! Fused optimiser updates: one call applies a rule chain to every parameter of a model.
+
+use fluxrs_core::optim::{self, ParamState, Rule};
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+
+use crate::errors::{run, to_py};
+use crate::tensor::PyTensor;
+
+fn parse_chain(chain: &[(String, Vec<f64>)]) -> PyResult<Vec<Rule>> {
+    chain.iter().map(|(n, p)| Rule::from_name(n, p).map_err(to_py)).collect()
+}
+
+/// One parameter's optimiser state (its arrays and scalars, per rule of the chain).
+#[pyclass(module = "fluxrs._core", frozen)]
+pub struct OptState {
+    inner: Mutex<ParamState>,
+}
+
+#[pymethods]
+impl OptState {
+    /// Fresh state for `chain` (a list of `(rule_name, hyperparameters)`) on a parameter like `x`.
+    #[new]
+    fn new(chain: Vec<(String, Vec<f64>)>, x: PyRef<'_, PyTensor>) -> PyResult<OptState> {
+        let rules = parse_chain(&chain)?;
+        Ok(OptState { inner: Mutex::new(ParamState::init(&rules, &x.inner)) })
+    }
+    /// State arrays, per rule (shared with the optimiser: updates are visible).
+    #[getter]
+    fn arrays(&self) -> Vec<Vec<PyTensor>> {
+        self.inner.lock().arrays.iter().map(|a| a.iter().map(|t| PyTensor::wrap(t.clone())).collect()).collect()
+    }
+    #[setter]
+    fn set_arrays(&self, arrays: Vec<Vec<PyRef<'_, PyTensor>>>) {
+        self.inner.lock().arrays = arrays.iter().map(|a| a.iter().map(|t| t.inner.clone()).collect()).collect();
+    }
+    /// Scalar state (e.g. Adam's running beta powers), per rule.
+    #[getter]
+    fn scalars(&self) -> Vec<Vec<f64>> {
+        self.inner.lock().scalars.clone()
+    }
+    #[setter]
+    fn set_scalars(&self, scalars: Vec<Vec<f64>>) {
+        self.inner.lock().scalars = scalars;
+    }
+}
+
+/// `xs[i] -= chain(dxs[i])` for every parameter, in place, with the GIL released.
+#[pyfunction]
+pub fn optim_update(
+    py: Python<'_>,
+    chain: Vec<(String, Vec<f64>)>,
+    xs: Vec<PyRef<'_, PyTensor>>,
+    dxs: Vec<PyRef<'_, PyTensor>>,
+    states: Vec<PyRef<'_, OptState>>,
+) -> PyResult<()> {
+    let rules = parse_chain(&chain)?;
+    let xs: Vec<_> = xs.iter().map(|t| t.inner.clone()).collect();
+    let dxs: Vec<_> = dxs.iter().map(|t| t.inner.clone()).collect();
+    let states: Vec<&OptState> = states.iter().map(|s| &**s).collect();
+    run(py, move || {
+        let mut guards: Vec<_> = states.iter().map(|s| s.inner.lock()).collect();
+        let mut refs: Vec<&mut ParamState> = guards.iter_mut().map(|g| &mut **g).collect();
+        optim::update(&rules, &xs, &dxs, &mut refs)
+    })
+}

@@ -1,0 +1,523 @@
+//! `fluxrs.Tensor`: the core tensor as a Python class. Arithmetic and math are bound here
+//! directly (one crossing per op); ergonomics that need Python (indexing, repr, numpy
+//! ufunc dispatch) are delegated to `fluxrs.tensor`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fluxrs_core::ops::UnaryOp;
+use fluxrs_core::{DType, Tensor};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyTuple, PyType};
+use pyo3::IntoPyObjectExt;
+
+use crate::convert::{dims, from_array_like, operand, parse_dtype, sizes, to_numpy};
+use crate::errors::run;
+
+#[pyclass(name = "Tensor", module = "fluxrs", frozen, weakref)]
+pub struct PyTensor {
+    pub inner: Tensor,
+}
+
+impl PyTensor {
+    pub fn wrap(t: Tensor) -> PyTensor {
+        PyTensor { inner: t }
+    }
+}
+
+static WARNED_F64: AtomicBool = AtomicBool::new(false);
+
+/// float64 data becomes float32 unless asked for; say so once per process, since a
+/// silent float64 slowdown is a classic complaint of Flux users.
+fn default_dtype(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<DType> {
+    let is_f64 = data
+        .getattr("dtype")
+        .ok()
+        .and_then(|d| d.str().ok().map(|s| s.to_string() == "float64"))
+        .unwrap_or(false);
+    if is_f64 && !WARNED_F64.swap(true, Ordering::Relaxed) {
+        let warnings = py.import("warnings")?;
+        warnings.call_method1(
+            "warn",
+            ("fluxrs converts float64 data to float32 (the default dtype); pass dtype='float64' to keep it. This warning is shown once.", py.get_type::<pyo3::exceptions::PyUserWarning>(), 3),
+        )?;
+    }
+    Ok(DType::F32)
+}
+
+fn py_delegate<'py>(py: Python<'py>, name: &str, args: impl pyo3::call::PyCallArgs<'py>) -> PyResult<Bound<'py, PyAny>> {
+    py.import("fluxrs.tensor")?.getattr(name)?.call1(args)
+}
+
+fn axes_arg(axis: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<isize>>> {
+    match axis {
+        None => Ok(None),
+        Some(a) if a.is_none() => Ok(None),
+        Some(a) => Ok(Some(dims(a)?)),
+    }
+}
+
+/// Shape arguments given either as `f(2, 3)` or `f((2, 3))`, with one `-1` resolved.
+fn shape_args(op: &str, args: &Bound<'_, PyTuple>, numel: usize) -> PyResult<Vec<usize>> {
+    let raw: Vec<isize> = if args.len() == 1 { dims(&args.get_item(0)?)? } else { args.extract()? };
+    let unknown = raw.iter().filter(|&&d| d == -1).count();
+    if unknown > 1 {
+        return Err(PyValueError::new_err(format!("{op}: only one dimension can be -1, got {raw:?}")));
+    }
+    if unknown == 1 {
+        let known: usize = raw.iter().filter(|&&d| d != -1).map(|&d| d.max(0) as usize).product();
+        if known == 0 || numel % known != 0 {
+            return Err(PyValueError::new_err(format!("{op}: cannot reshape {numel} elements into {raw:?}")));
+        }
+        return sizes(op, &raw.iter().map(|&d| if d == -1 { (numel / known) as isize } else { d }).collect::<Vec<_>>());
+    }
+    sizes(op, &raw)
+}
+
+/// A 0-d tensor takes the other operand's dtype (as a Python number would), so a float64
+/// scalar leaf can multiply a float32 weight; any other mix is an error from the core.
+fn coerce(a: Tensor, o: Tensor) -> fluxrs_core::Result<(Tensor, Tensor)> {
+    if a.dtype() == o.dtype() {
+        return Ok((a, o));
+    }
+    if o.ndim() == 0 {
+        let o = o.cast(a.dtype())?;
+        return Ok((a, o));
+    }
+    if a.ndim() == 0 {
+        let a = a.cast(o.dtype())?;
+        return Ok((a, o));
+    }
+    Ok((a, o))
+}
+
+macro_rules! binary_dunder {
+    ($name:ident, $rname:ident, $method:ident) => {
+        fn $name(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+            let o = operand(py, other, self.inner.dtype())?;
+            let a = self.inner.clone();
+            run(py, move || {
+                let (a, o) = coerce(a, o)?;
+                a.$method(&o)
+            })
+            .map(PyTensor::wrap)
+        }
+        fn $rname(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+            let o = operand(py, other, self.inner.dtype())?;
+            let a = self.inner.clone();
+            run(py, move || {
+                let (a, o) = coerce(a, o)?;
+                o.$method(&a)
+            })
+            .map(PyTensor::wrap)
+        }
+    };
+}
+
+macro_rules! unary_method {
+    ($($name:ident => $op:expr),* $(,)?) => {
+        #[pymethods]
+        impl PyTensor {
+            $(
+                fn $name(&self, py: Python<'_>) -> PyResult<PyTensor> {
+                    let a = self.inner.clone();
+                    run(py, move || a.unary($op)).map(PyTensor::wrap)
+                }
+            )*
+        }
+    };
+}
+
+unary_method! {
+    exp => UnaryOp::Exp, log => UnaryOp::Log, log1p => UnaryOp::Log1p, sqrt => UnaryOp::Sqrt,
+    abs => UnaryOp::Abs, tanh => UnaryOp::Tanh, sigmoid => UnaryOp::Sigmoid, relu => UnaryOp::Relu,
+    sin => UnaryOp::Sin, cos => UnaryOp::Cos, softplus => UnaryOp::Softplus, sign => UnaryOp::Sign,
+    __neg__ => UnaryOp::Neg, __abs__ => UnaryOp::Abs,
+}
+
+#[pymethods]
+impl PyTensor {
+    #[new]
+    #[pyo3(signature = (data, dtype = None))]
+    fn py_new(py: Python<'_>, data: &Bound<'_, PyAny>, dtype: Option<&str>) -> PyResult<PyTensor> {
+        if let Ok(t) = data.cast::<PyTensor>() {
+            let t = t.get().inner.clone();
+            let d = match dtype {
+                Some(d) => parse_dtype(d)?,
+                None => t.dtype(),
+            };
+            return run(py, move || t.cast(d).map(|c| c.detach())).map(PyTensor::wrap);
+        }
+        let d = match dtype {
+            Some(d) => parse_dtype(d)?,
+            None => default_dtype(py, data)?,
+        };
+        from_array_like(py, data, d).map(PyTensor::wrap)
+    }
+
+    // ---------- metadata ----------
+
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, self.inner.shape())
+    }
+    #[getter]
+    fn ndim(&self) -> usize {
+        self.inner.ndim()
+    }
+    #[getter]
+    fn size(&self) -> usize {
+        self.inner.numel()
+    }
+    #[getter]
+    fn dtype<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        py.import("numpy")?.getattr("dtype")?.call1((self.inner.dtype().name(),))
+    }
+    /// The core's identity of this tensor (stable for its lifetime).
+    #[getter]
+    fn id(&self) -> u64 {
+        self.inner.id().as_u64()
+    }
+    /// Whether this tensor was produced by a recorded (differentiable) op.
+    #[getter]
+    fn is_tracked(&self) -> bool {
+        self.inner.has_node()
+    }
+    /// Name of the op that produced this tensor, when recorded.
+    #[getter]
+    fn op(&self) -> Option<&'static str> {
+        self.inner.op_name()
+    }
+    #[getter]
+    fn is_contiguous(&self) -> bool {
+        self.inner.is_contiguous()
+    }
+    fn __len__(&self) -> PyResult<usize> {
+        self.inner.shape().first().copied().ok_or_else(|| PyTypeError::new_err("len() of a 0-d tensor"))
+    }
+    fn __hash__(&self) -> u64 {
+        self.inner.id().as_u64()
+    }
+    fn same_storage(&self, other: PyRef<'_, PyTensor>) -> bool {
+        self.inner.same_storage(&other.inner)
+    }
+
+    // ---------- numpy and Python values ----------
+
+    /// A numpy array sharing this tensor's memory (no copy).
+    fn numpy<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        to_numpy(slf.py(), &slf.get().inner, slf.clone().into_any())
+    }
+    #[pyo3(signature = (dtype = None, copy = None))]
+    fn __array__<'py>(slf: &Bound<'py, Self>, dtype: Option<&Bound<'py, PyAny>>, copy: Option<bool>) -> PyResult<Bound<'py, PyAny>> {
+        let mut a = to_numpy(slf.py(), &slf.get().inner, slf.clone().into_any())?;
+        if let Some(d) = dtype {
+            if !d.is_none() {
+                a = a.call_method1("astype", (d,))?;
+            }
+        }
+        if copy == Some(true) {
+            a = a.call_method0("copy")?;
+        }
+        Ok(a)
+    }
+    fn tolist<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        Self::numpy(slf)?.call_method0("tolist")
+    }
+    fn item(&self) -> PyResult<f64> {
+        self.inner.item().map_err(crate::errors::to_py)
+    }
+    fn __float__(&self) -> PyResult<f64> {
+        self.item()
+    }
+    fn __int__(&self) -> PyResult<i64> {
+        Ok(self.item()? as i64)
+    }
+    fn __bool__(&self) -> PyResult<bool> {
+        if self.inner.numel() != 1 {
+            return Err(PyValueError::new_err(format!(
+                "the truth value of a tensor with {} elements is ambiguous; use .any() or .all()", self.inner.numel()
+            )));
+        }
+        Ok(self.item()? != 0.0)
+    }
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        py_delegate(slf.py(), "_repr", (slf,))?.extract()
+    }
+    fn __getitem__<'py>(slf: &Bound<'py, Self>, key: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        py_delegate(slf.py(), "_getitem", (slf, key))
+    }
+    fn __setitem__(slf: &Bound<'_, Self>, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        py_delegate(slf.py(), "_setitem", (slf, key, value)).map(|_| ())
+    }
+    #[pyo3(signature = (ufunc, method, *inputs, **kwargs))]
+    fn __array_ufunc__<'py>(
+        slf: &Bound<'py, Self>,
+        ufunc: &Bound<'py, PyAny>,
+        method: &Bound<'py, PyAny>,
+        inputs: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, pyo3::types::PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = slf;
+        py_delegate(slf.py(), "_array_ufunc", (ufunc, method, inputs, kwargs))
+    }
+    #[pyo3(signature = (func, types, args, kwargs))]
+    fn __array_function__<'py>(
+        slf: &Bound<'py, Self>,
+        func: &Bound<'py, PyAny>,
+        types: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyAny>,
+        kwargs: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        py_delegate(slf.py(), "_array_function", (func, types, args, kwargs))
+    }
+
+    // ---------- arithmetic ----------
+
+    fn __add__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.add_(py, o)
+    }
+    fn __radd__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.radd_(py, o)
+    }
+    fn __sub__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.sub_(py, o)
+    }
+    fn __rsub__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.rsub_(py, o)
+    }
+    fn __mul__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.mul_(py, o)
+    }
+    fn __rmul__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.rmul_(py, o)
+    }
+    fn __truediv__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.div_(py, o)
+    }
+    fn __rtruediv__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.rdiv_(py, o)
+    }
+    fn __pow__(&self, py: Python<'_>, o: &Bound<'_, PyAny>, modulo: Option<&Bound<'_, PyAny>>) -> PyResult<PyTensor> {
+        let _ = modulo;
+        self.pow_(py, o)
+    }
+    fn __rpow__(&self, py: Python<'_>, o: &Bound<'_, PyAny>, modulo: Option<&Bound<'_, PyAny>>) -> PyResult<PyTensor> {
+        let _ = modulo;
+        self.rpow_(py, o)
+    }
+    fn __matmul__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.matmul_(py, o)
+    }
+    fn __rmatmul__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.rmatmul_(py, o)
+    }
+    fn __pos__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+    fn __lt__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.lt_(py, o)
+    }
+    fn __le__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.le_(py, o)
+    }
+    fn __gt__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.gt_(py, o)
+    }
+    fn __ge__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.ge_(py, o)
+    }
+    /// Elementwise equality (a 0/1 mask), as numpy and PyTorch do; identity is `is`.
+    fn __eq__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        match operand(py, o, self.inner.dtype()) {
+            Ok(t) => {
+                let a = self.inner.clone();
+                PyTensor::wrap(run(py, move || a.eq(&t))?).into_py_any(py)
+            }
+            Err(_) => Ok(py.NotImplemented()),
+        }
+    }
+    fn __ne__(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        match operand(py, o, self.inner.dtype()) {
+            Ok(t) => {
+                let a = self.inner.clone();
+                PyTensor::wrap(run(py, move || a.ne(&t))?).into_py_any(py)
+            }
+            Err(_) => Ok(py.NotImplemented()),
+        }
+    }
+    fn maximum(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.max_(py, o)
+    }
+    fn minimum(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.min_(py, o)
+    }
+    fn matmul(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.matmul_(py, o)
+    }
+
+    // ---------- parameterised elementwise ----------
+
+    #[pyo3(signature = (min = None, max = None))]
+    fn clamp(&self, py: Python<'_>, min: Option<f64>, max: Option<f64>) -> PyResult<PyTensor> {
+        let a = self.inner.clone();
+        let (lo, hi) = (min.unwrap_or(f64::NEG_INFINITY), max.unwrap_or(f64::INFINITY));
+        if lo > hi {
+            return Err(PyValueError::new_err(format!("clamp: min ({lo}) is greater than max ({hi})")));
+        }
+        run(py, move || a.clamp(lo, hi)).map(PyTensor::wrap)
+    }
+    #[pyo3(signature = (a = 0.01))]
+    fn leakyrelu(&self, py: Python<'_>, a: f64) -> PyResult<PyTensor> {
+        let t = self.inner.clone();
+        run(py, move || t.unary(UnaryOp::LeakyRelu(a))).map(PyTensor::wrap)
+    }
+    #[pyo3(signature = (a = 1.0))]
+    fn elu(&self, py: Python<'_>, a: f64) -> PyResult<PyTensor> {
+        let t = self.inner.clone();
+        run(py, move || t.unary(UnaryOp::Elu(a))).map(PyTensor::wrap)
+    }
+
+    // ---------- reductions ----------
+
+    #[pyo3(signature = (axis = None, keepdims = false))]
+    fn sum(&self, py: Python<'_>, axis: Option<&Bound<'_, PyAny>>, keepdims: bool) -> PyResult<PyTensor> {
+        let ax = axes_arg(axis)?;
+        let a = self.inner.clone();
+        run(py, move || a.sum_axes(ax.as_deref(), keepdims)).map(PyTensor::wrap)
+    }
+    #[pyo3(signature = (axis = None, keepdims = false))]
+    fn mean(&self, py: Python<'_>, axis: Option<&Bound<'_, PyAny>>, keepdims: bool) -> PyResult<PyTensor> {
+        let ax = axes_arg(axis)?;
+        let a = self.inner.clone();
+        run(py, move || a.mean_axes(ax.as_deref(), keepdims)).map(PyTensor::wrap)
+    }
+    #[pyo3(signature = (axis = None, keepdims = false))]
+    fn max(&self, py: Python<'_>, axis: Option<&Bound<'_, PyAny>>, keepdims: bool) -> PyResult<PyTensor> {
+        let ax = axes_arg(axis)?;
+        let a = self.inner.clone();
+        run(py, move || a.max_axes(ax.as_deref(), keepdims)).map(PyTensor::wrap)
+    }
+    #[pyo3(signature = (axis = None, keepdims = false))]
+    fn min(&self, py: Python<'_>, axis: Option<&Bound<'_, PyAny>>, keepdims: bool) -> PyResult<PyTensor> {
+        let ax = axes_arg(axis)?;
+        let a = self.inner.clone();
+        run(py, move || a.min_axes(ax.as_deref(), keepdims)).map(PyTensor::wrap)
+    }
+    #[pyo3(signature = (axis = None, keepdims = false))]
+    fn logsumexp(&self, py: Python<'_>, axis: Option<&Bound<'_, PyAny>>, keepdims: bool) -> PyResult<PyTensor> {
+        let ax = axes_arg(axis)?;
+        let a = self.inner.clone();
+        run(py, move || a.logsumexp(ax.as_deref(), keepdims)).map(PyTensor::wrap)
+    }
+    #[pyo3(signature = (axis = -1))]
+    fn softmax(&self, py: Python<'_>, axis: isize) -> PyResult<PyTensor> {
+        let a = self.inner.clone();
+        run(py, move || a.softmax(axis)).map(PyTensor::wrap)
+    }
+    #[pyo3(signature = (axis = -1))]
+    fn logsoftmax(&self, py: Python<'_>, axis: isize) -> PyResult<PyTensor> {
+        let a = self.inner.clone();
+        run(py, move || a.logsoftmax(axis)).map(PyTensor::wrap)
+    }
+
+    // ---------- shape ----------
+
+    #[pyo3(signature = (*shape))]
+    fn reshape(&self, py: Python<'_>, shape: &Bound<'_, PyTuple>) -> PyResult<PyTensor> {
+        let s = shape_args("reshape", shape, self.inner.numel())?;
+        let a = self.inner.clone();
+        run(py, move || a.reshape(&s)).map(PyTensor::wrap)
+    }
+    /// numpy `transpose`: reverse the axes, or apply the given permutation.
+    #[pyo3(signature = (*axes))]
+    fn transpose(&self, py: Python<'_>, axes: &Bound<'_, PyTuple>) -> PyResult<PyTensor> {
+        let perm: Vec<isize> = if axes.is_empty() {
+            (0..self.inner.ndim() as isize).rev().collect()
+        } else if axes.len() == 1 {
+            dims(&axes.get_item(0)?)?
+        } else {
+            axes.extract()?
+        };
+        let a = self.inner.clone();
+        run(py, move || a.permute(&perm)).map(PyTensor::wrap)
+    }
+    #[pyo3(signature = (*axes))]
+    fn permute(&self, py: Python<'_>, axes: &Bound<'_, PyTuple>) -> PyResult<PyTensor> {
+        self.transpose(py, axes)
+    }
+    fn swapaxes(&self, py: Python<'_>, a: isize, b: isize) -> PyResult<PyTensor> {
+        let t = self.inner.clone();
+        run(py, move || t.transpose(a, b)).map(PyTensor::wrap)
+    }
+    #[getter(T)]
+    fn t_(&self, py: Python<'_>) -> PyResult<PyTensor> {
+        let perm: Vec<isize> = (0..self.inner.ndim() as isize).rev().collect();
+        let a = self.inner.clone();
+        run(py, move || a.permute(&perm)).map(PyTensor::wrap)
+    }
+    fn broadcast_to(&self, py: Python<'_>, shape: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        let s = sizes("broadcast_to", &dims(shape)?)?;
+        let a = self.inner.clone();
+        run(py, move || a.broadcast_to(&s)).map(PyTensor::wrap)
+    }
+    #[pyo3(signature = (axis, start, stop, step = 1))]
+    fn slice(&self, py: Python<'_>, axis: isize, start: usize, stop: usize, step: usize) -> PyResult<PyTensor> {
+        let a = self.inner.clone();
+        run(py, move || a.slice(axis, start, stop, step)).map(PyTensor::wrap)
+    }
+    fn select(&self, py: Python<'_>, axis: isize, index: isize) -> PyResult<PyTensor> {
+        let a = self.inner.clone();
+        run(py, move || a.select(axis, index)).map(PyTensor::wrap)
+    }
+    fn index_select(&self, py: Python<'_>, axis: isize, indices: Vec<usize>) -> PyResult<PyTensor> {
+        let a = self.inner.clone();
+        run(py, move || a.index_select(axis, &indices)).map(PyTensor::wrap)
+    }
+    fn contiguous(&self, py: Python<'_>) -> PyResult<PyTensor> {
+        let a = self.inner.clone();
+        run(py, move || a.contiguous()).map(PyTensor::wrap)
+    }
+    /// The same data cut off from the autodiff graph (shares memory).
+    fn detach(&self) -> PyTensor {
+        PyTensor::wrap(self.inner.detach())
+    }
+    /// A copy in `dtype` ('float32' or 'float64'); differentiable.
+    fn astype(&self, py: Python<'_>, dtype: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        let name: String = match dtype.extract::<String>() {
+            Ok(s) => s,
+            Err(_) => py.import("numpy")?.getattr("dtype")?.call1((dtype,))?.str()?.extract()?,
+        };
+        let d = parse_dtype(&name)?;
+        let a = self.inner.clone();
+        run(py, move || a.cast(d)).map(PyTensor::wrap)
+    }
+    /// Overwrite the elements in place with `value` (broadcast), unrecorded. Optimisers and
+    /// `loadmodel_` use this so that parameters stay the same objects.
+    fn assign_(slf: PyRef<'_, Self>, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyTensor>> {
+        let v = operand(py, value, slf.inner.dtype())?;
+        let a = slf.inner.clone();
+        run(py, move || a.assign(&v))?;
+        Ok(slf.into())
+    }
+
+    #[classmethod]
+    fn __class_getitem__(cls: &Bound<'_, PyType>, _item: &Bound<'_, PyAny>) -> Py<PyType> {
+        cls.clone().unbind()
+    }
+}
+
+impl PyTensor {
+    binary_dunder!(add_, radd_, add);
+    binary_dunder!(sub_, rsub_, sub);
+    binary_dunder!(mul_, rmul_, mul);
+    binary_dunder!(div_, rdiv_, div);
+    binary_dunder!(pow_, rpow_, pow);
+    binary_dunder!(matmul_, rmatmul_, matmul);
+    binary_dunder!(lt_, _rlt, lt);
+    binary_dunder!(le_, _rle, le);
+    binary_dunder!(gt_, _rgt, gt);
+    binary_dunder!(ge_, _rge, ge);
+    binary_dunder!(max_, _rmax, maximum);
+    binary_dunder!(min_, _rmin, minimum);
+}

@@ -1,0 +1,29 @@
+"""Shared test configuration: hypothesis profiles.
+
+``quick`` (used unless HYPOTHESIS_PROFILE names another) keeps the property tests fast
+enough for every CI run; ``long`` is the dedicated robustness job of issue 8, over 10,000
+examples in tests/test_properties.py:
+
+    HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py
+
+``quick-fixed`` is ``quick`` with derandomised examples, for bisecting a failure.
+"""
+
+import os
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is in the test extra; without it only the property tests fail
+    settings = None
+
+_common = None if settings is None else dict(
+    deadline=None,  # timings on a loaded CI machine say nothing about correctness
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    print_blob=True,
+)
+
+if settings is not None:
+    settings.register_profile("quick", max_examples=12, **_common)
+    settings.register_profile("quick-fixed", max_examples=12, derandomize=True, **_common)
+    settings.register_profile("long", max_examples=500, **_common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))

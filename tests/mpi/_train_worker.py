@@ -1,0 +1,162 @@
+"""Worker for tests/test_distributed.py, run as ``mpiexec -n 2 python tests/mpi/_train_worker.py MODE OUTDIR``.
+
+MODE
+  equiv  train a small model in three ways (explicit Descent, explicit Adam, implicit Descent)
+         with fx.distributed.train_ on shards; each rank writes its final parameters to
+         OUTDIR/{kind}_rank{r}.npz. Ranks start from different parameters and optimiser
+         state: only the broadcast from rank 0 makes them agree.
+  die    rank 1 exits abruptly (os._exit(1)) in its 3rd step; rank 0 keeps training.
+  hang   rank 1 stops (sleeps) in its 3rd step; rank 0 keeps training.
+  bench  (not a test) samples/s of the MNIST-1D-sized MLP: BENCH_BATCH per rank, BENCH_STEPS steps.
+
+The functions below are also imported by the test, to train the single-process reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import fluxrs as fx
+
+N, D, K = 96, 6, 2
+GLOBAL_BATCH = 24
+EPOCHS = 5
+SHUFFLE_SEED = 7
+KINDS = ("descent", "adam", "implicit")
+
+
+def problem():
+    rng = np.random.default_rng(123)
+    X = rng.normal(size=(N, D)).astype(np.float32)
+    W = rng.normal(size=(D, K))
+    Y = (np.tanh(X @ W) + 0.1 * rng.normal(size=(N, K))).astype(np.float32)
+    return X, Y
+
+
+def build(seed: int):
+    fx.seed_(seed)
+    return fx.Chain(fx.Dense(D, 16, fx.tanh), fx.Dense(16, K))
+
+
+def loss(m, x, y):
+    return fx.mse(m(x), y)
+
+
+def rule(kind: str):
+    return fx.Adam(0.01) if kind == "adam" else fx.Descent(0.1)
+
+
+def train(kind: str, rank: int, size: int, distributed: bool):
+    """Train and return the model. With size 1 and distributed=False: the reference, on
+    batches of GLOBAL_BATCH in the same order as the ranks' batches together."""
+    X, Y = problem()
+    model = build(seed=1 + rank)  # ranks start apart; the broadcast from rank 0 fixes that
+    loader = fx.DataLoader((X, Y), batchsize=GLOBAL_BATCH // size, shuffle=True)
+    sharded = fx.distributed.shard(loader, rank=rank, size=size, seed=SHUFFLE_SEED)
+    step = fx.distributed.train_ if distributed else fx.train_
+    if kind == "implicit":
+        ps = fx.params(model)
+        opt = rule(kind)
+        for _ in range(EPOCHS):
+            step(lambda x, y: loss(model, x, y), ps, sharded, opt)
+        return model
+    opt = fx.setup(rule(kind), model)
+    if rank != 0:  # put this rank's optimiser state (moments, step count) out of line too
+        fx.train_(loss, model, [(3 * X[:8], Y[:8])], opt)
+    for _ in range(EPOCHS):
+        step(loss, model, sharded, opt)
+    return model
+
+
+def params(model) -> list[np.ndarray]:
+    return [np.array(p.numpy()) for p in fx.params(model)]
+
+
+def main() -> None:
+    mode, out = sys.argv[1], sys.argv[2]
+    t = os.environ.get("WORKER_TIMEOUT", "20")
+    timeout = None if t == "none" else float(t)
+    b = fx.distributed.init(timeout=timeout)
+    r, n = b.rank, b.size
+    if mode == "equiv":
+        for kind in KINDS:
+            np.savez(os.path.join(out, f"{kind}_rank{r}.npz"), *params(train(kind, r, n, True)))
+        if r == 0:
+            with open(os.path.join(out, "info.json"), "w") as f:
+                json.dump({"size": n, "rayon": os.environ.get("RAYON_NUM_THREADS")}, f)
+    elif mode in ("die", "hang"):
+        X, Y = problem()
+        model = build(seed=1)
+        opt = fx.setup(fx.Descent(0.01), model)
+        calls = [0]
+
+        def faulty(m, x, y):
+            calls[0] += 1
+            if r == 1 and calls[0] == 3:
+                print(f"rank 1: {'exiting' if mode == 'die' else 'stopping'} at step 3", file=sys.stderr, flush=True)
+                if mode == "die":
+                    os._exit(1)
+                time.sleep(3600)
+            return loss(m, x, y)
+
+        loader = fx.distributed.shard(fx.DataLoader((X, Y), batchsize=4, shuffle=True))
+        for _ in range(10_000):
+            fx.distributed.train_(faulty, model, loader, opt)
+        print("rank", r, "finished training, which it should not have", flush=True)
+    elif mode == "bench":
+        bench(out, r, n)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+def bench(out: str, r: int, n: int) -> None:
+    """Throughput of the MNIST-1D MLP (40-100-100-10, Adam, logitcrossentropy; BENCH_MODEL=mnist1d)
+    or of a wide MLP (784-1024-1024-10; BENCH_MODEL=wide) on random data; per-rank batch
+    BENCH_BATCH, at least BENCH_STEPS steps. Used by bench/distributed_scaling.py."""
+    bs = int(os.environ.get("BENCH_BATCH", "100"))
+    steps = int(os.environ.get("BENCH_STEPS", "2000"))
+    wide = os.environ.get("BENCH_MODEL", "mnist1d") == "wide"
+    d_in, hidden, nb = (784, 1024, 8) if wide else (40, 100, 40)
+    rng = np.random.default_rng(r)
+    X = rng.normal(size=(bs * nb, d_in)).astype(np.float32)
+    Y = fx.onehotbatch(rng.integers(0, 10, bs * nb), range(10)).numpy()
+    fx.seed_(0)
+    model = fx.Chain(fx.Dense(d_in, hidden, fx.relu), fx.Dense(hidden, hidden, fx.relu), fx.Dense(hidden, 10))
+    opt = fx.setup(fx.Adam(1e-3), model)
+    loader = fx.distributed.shard(fx.DataLoader((X, Y), batchsize=bs, shuffle=True), rank=0, size=1, seed=0)
+    lossf = lambda m, x, y: fx.logitcrossentropy(m(x), y)  # noqa: E731
+    train = fx.distributed.train_ if os.environ.get("BENCH_PLAIN") != "1" else fx.train_
+    b = fx.distributed.backend()
+    waited = [0.0]
+    plain_allreduce = b.allreduce_
+
+    def timed_allreduce(buf, what="allreduce"):  # time in the gradient allreduce: communication + waiting
+        t = time.perf_counter()
+        plain_allreduce(buf, what)
+        waited[0] += time.perf_counter() - t
+
+    b.allreduce_ = timed_allreduce
+    train(lossf, model, loader, opt)  # warm up (and broadcast)
+    fx.distributed.barrier()
+    waited[0] = 0.0
+    t0 = time.perf_counter()
+    done = 0
+    while done < steps:
+        train(lossf, model, loader, opt)
+        done += len(loader)
+    dt = time.perf_counter() - t0
+    fx.distributed.barrier()
+    if r == 0:
+        res = {"model": "wide" if wide else "mnist1d", "ranks": n, "batch_per_rank": bs, "steps": done, "seconds": dt,
+               "samples_per_s": n * bs * done / dt, "step_ms": 1e3 * dt / done,
+               "rayon": os.environ.get("RAYON_NUM_THREADS"), "allreduce_ms": 1e3 * waited[0] / done}
+        print(json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()

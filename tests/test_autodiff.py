@@ -1,0 +1,240 @@
+"""The gradient API (issue 3): explicit and implicit styles, structure mirroring,
+second order, finite-difference checks through the Python layer, threads."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import fluxrs as fx
+
+
+def fd_grad(f, x, eps=1e-6):
+    """Central finite differences of scalar f at numpy float64 x."""
+    g = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        xp, xm = x.copy(), x.copy()
+        xp[i] += eps
+        xm[i] -= eps
+        g[i] = (f(xp) - f(xm)) / (2 * eps)
+    return g
+
+
+def t64(a):
+    return fx.tensor(np.asarray(a, dtype=np.float64), dtype="float64")
+
+
+def test_scalar_gradient_and_closed_forms():
+    assert fx.gradient(lambda x: 3 * x ** 2, 2.0) == (12.0,)
+    (ga, gb) = fx.gradient(lambda a, b: a * b + a, 3.0, 4.0)
+    assert (ga, gb) == (5.0, 3.0)
+    # no dependence -> None, as Zygote's `nothing`
+    assert fx.gradient(lambda x: 1.0, 2.0) == (None,)
+
+
+def test_second_order_gradient():
+    d2 = fx.gradient(lambda x: fx.gradient(lambda y: y ** 3, x)[0], 2.0)
+    assert d2 == (12.0,)
+    # mixed: d/dx d/dy (x*y) = 1
+    mixed = fx.gradient(lambda x: fx.gradient(lambda y: x * y, 5.0)[0], 3.0)
+    assert mixed == (1.0,)
+    # tensor-valued second derivative of sum(tanh(x)) is -2 tanh(x) (1 - tanh(x)^2)
+    x = t64([0.3, -1.2, 0.8])
+    h = fx.gradient(lambda x: fx.gradient(lambda z: z.tanh().sum(), x)[0].sum(), x)[0]
+    th = np.tanh(np.asarray(x))
+    np.testing.assert_allclose(np.asarray(h), -2 * th * (1 - th ** 2), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name,f", [
+    ("broadcast-mul-sum", lambda a, b: (a[:, None, :] * b[None] * b[1]).sum()),
+    ("matmul-logsumexp", lambda a, b: (a @ b.T).logsumexp(axis=1).sum()),
+    ("softmax-log", lambda a, b: ((a @ b.T).softmax(axis=0) * 1.5).log().mean()),
+    ("div-pow", lambda a, b: ((a / (b[0] * b[0] + 1.0)) ** 2).sum() + (2.0 ** b).sum()),
+    ("max-min", lambda a, b: a.max(axis=0).sum() - b.min(axis=1).sum()),
+    ("index-slice", lambda a, b: (a[1:, ::2] * b[0, :2]).sum() + a[[0, 2, 2]].sum()),
+])
+def test_gradients_match_finite_differences(name, f):
+    rng = np.random.default_rng(1)
+    a0 = rng.normal(size=(3, 4))
+    b0 = rng.normal(size=(2, 4))
+    ga, gb = fx.gradient(f, t64(a0), t64(b0))
+    fa = fd_grad(lambda a: float(f(t64(a), t64(b0))), a0)
+    fb = fd_grad(lambda b: float(f(t64(a0), t64(b))), b0)
+    np.testing.assert_allclose(np.asarray(ga), fa, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(gb), fb, rtol=1e-6, atol=1e-8)
+
+
+def test_gradient_mirrors_containers_and_objects():
+    class Model:
+        def __init__(self):
+            self.w = t64([1.0, 2.0])
+            self.name = "m"
+            self.parts = [t64([3.0]), 7]
+
+    m = Model()
+    d = {"a": t64([1.0, 1.0]), "skip": "text"}
+    gm, gd = fx.gradient(lambda m, d: (m.w * d["a"]).sum() + m.parts[0].sum() * 2, m, d)
+    assert isinstance(gm, fx.Struct)
+    assert gm.w.tolist() == [1.0, 1.0]
+    assert gm.name is None and gm.parts[1] is None and gm.parts[0].tolist() == [2.0]
+    assert gd["a"].tolist() == [1.0, 2.0] and gd["skip"] is None
+
+
+def test_withgradient_and_pullback():
+    r = fx.withgradient(lambda x: (x * x).sum(), t64([1.0, 2.0]))
+    assert r.val == 5.0 and r.grad[0].tolist() == [2.0, 4.0]
+    val, grads = r
+    assert val == 5.0
+    W = t64([[1.0, 2.0], [3.0, 4.0]])
+    ps = fx.params(W)
+    l, back = fx.pullback(lambda: (W * W).sum(), ps)
+    assert l == 30.0
+    gs = back(1.0)
+    assert gs[W].tolist() == [[2.0, 4.0], [6.0, 8.0]]
+    assert back(2.0)[W].tolist() == [[4.0, 8.0], [12.0, 16.0]]
+
+
+def test_params_are_references_and_follow_seed_rules():
+    W, b = fx.ones((2, 3)), fx.zeros(2)
+    ps = fx.params([W, b])
+    assert len(ps) == 2 and ps[0] is W and ps[1] is b
+    assert W in ps and fx.ones(1) not in ps
+    assert len(fx.params(W, W)) == 1  # identity-keyed, no duplicates
+    # ignores scalars and functions, unpacks dicts and lists
+    ps = fx.params(1, [fx.ones(2)], {"alpha": fx.ones(3), "beta": 4, "gamma": np.sin})
+    assert [tuple(p.shape) for p in ps] == [(2,), (3,)]
+    gs = fx.gradient(lambda: (W * 2).sum(), fx.Params([W, b]))
+    assert gs[W].tolist() == [[2.0] * 3] * 2 and gs[b] is None
+    with pytest.raises(KeyError, match="not in the Params"):
+        gs[fx.ones(1)]
+
+
+def test_non_scalar_loss_is_a_clear_error():
+    with pytest.raises(ValueError, match="must return a scalar"):
+        fx.gradient(lambda x: x * 2, fx.ones(3))
+
+
+def test_errors_are_python_exceptions_naming_the_problem():
+    with pytest.raises(ValueError, match="broadcast"):
+        fx.ones(3) + fx.ones(4)
+    with pytest.raises(ValueError, match="not aligned"):
+        fx.ones((2, 3)) @ fx.ones((2, 3))
+    with pytest.raises(ValueError, match="axis 5 is out of range"):
+        fx.ones((2, 3)).sum(axis=5)
+    with pytest.raises(TypeError, match="different dtypes"):
+        fx.ones(3, dtype="float64") @ fx.ones(3)
+    with pytest.raises(ValueError, match="cannot reshape"):
+        fx.ones(6).reshape(4, 2)
+    with pytest.raises(IndexError):
+        fx.ones(3)[5]
+    with pytest.raises(TypeError, match="expected numbers"):
+        fx.tensor(np.array(["a", "b"]))
+    with pytest.raises(TypeError, match="unsupported dtype"):
+        fx.tensor([1, 2], dtype="int32")
+
+
+def test_no_grad_records_nothing():
+    x = fx.ones(3)
+    with fx.no_grad():
+        assert fx.gradient(lambda x: (x * x).sum(), x) == (None,)
+    assert fx.gradient(lambda x: (x * x).sum(), x)[0] is not None
+
+
+def test_numpy_interop_zero_copy_and_ufuncs():
+    t = fx.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    a = np.asarray(t)
+    assert a.dtype == np.float32 and a.shape == (2, 3)
+    t.assign_(np.zeros((2, 3), dtype=np.float32))
+    assert a.sum() == 0.0  # the array is a view of the tensor's memory
+    x = t64([0.5, 1.0])
+    g = fx.gradient(lambda x: np.exp(x).sum() + np.multiply(x, x).sum(), x)[0]
+    np.testing.assert_allclose(np.asarray(g), np.exp([0.5, 1.0]) + 2 * np.array([0.5, 1.0]))
+    assert isinstance(np.exp(x), fx.Tensor)
+    assert np.allclose(np.sum(fx.ones((2, 2)), axis=0).tolist(), [2.0, 2.0])
+
+
+def test_float64_input_warns_once_and_converts():
+    import fluxrs._core as core
+    t = fx.tensor(np.ones(3))  # may or may not warn depending on earlier tests; dtype must be float32
+    assert t.dtype == np.float32
+    assert fx.tensor(np.ones(3), dtype="float64").dtype == np.float64
+    assert core.Tensor(np.ones(2, dtype=np.int64)).dtype == np.float32
+
+
+def _work(seed, n=100):
+    rng = np.random.default_rng(seed)
+    W = t64(rng.normal(size=(8, 8)))
+    x = t64(rng.normal(size=(4, 8)))
+    out = []
+    for i in range(n):
+        g = fx.gradient(lambda W: ((x @ W).tanh() * (i + seed)).sum(), W)[0]
+        out.append(np.asarray(g).copy())
+    return out
+
+
+def test_two_threads_differentiate_independently():
+    alone = [_work(1), _work(2)]
+    results = [None, None]
+
+    def run(k):
+        results[k] = _work(k + 1)
+
+    ts = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for k in range(2):
+        for a, b in zip(alone[k], results[k]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_thread_reading_a_watched_tensor_records_nothing():
+    W = fx.ones((3, 3))
+    seen = {}
+    started, done = threading.Event(), threading.Event()
+
+    def other():
+        started.wait()
+        seen["tracked"] = (W * 2).is_tracked
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+
+    def f(W):
+        started.set()
+        done.wait()
+        return (W * W).sum()
+
+    fx.gradient(f, W)
+    t.join()
+    assert seen["tracked"] is False
+
+
+def test_gil_is_released_inside_kernels():
+    a = fx.randn(768, 768)
+    ticks = [0]
+    stop = threading.Event()
+
+    def count():
+        while not stop.is_set():
+            ticks[0] += 1
+
+    t = threading.Thread(target=count)
+    t.start()
+    before = ticks[0]
+    for _ in range(10):
+        a @ a
+    stop.set()
+    t.join()
+    # With the GIL held for each matmul, the counter could only advance between calls.
+    assert ticks[0] - before > 1000
+
+
+def test_fortran_ordered_and_strided_numpy_arrays_keep_their_logical_order():
+    a = np.array([[1.0, 2.0, 3.0], [2.0, 1.0, 1.0], [3.0, 3.0, 2.0]])
+    for arr in (a.T, np.asfortranarray(a), a[::-1, ::2], np.moveaxis(a, 0, 1)):
+        np.testing.assert_array_equal(fx.tensor(arr, dtype="float64").numpy(), arr)

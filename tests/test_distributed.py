@@ -1,0 +1,310 @@
+"""fx.distributed: sharding, the gradient-reducer hook, and (under mpiexec -n 2) data-parallel
+training equal to full-batch training, and jobs that fail, not hang, when a rank dies."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fluxrs as fx
+from fluxrs import distributed as dist
+
+HERE = pathlib.Path(__file__).resolve().parent
+WORKER = HERE / "mpi" / "_train_worker.py"
+sys.path.insert(0, str(HERE / "mpi"))
+import _train_worker as worker  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_world():
+    dist.shutdown()
+    yield
+    dist.shutdown()
+
+
+# ---------------------------------------------------------------- without MPI
+
+def test_import_does_not_load_mpi4py():
+    code = "import sys, fluxrs as fx; fx.distributed.shard; print('mpi4py' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def _loader(n=10, bs=2, shuffle=False):
+    return fx.DataLoader(np.arange(float(n)), batchsize=bs, shuffle=shuffle)
+
+
+@pytest.mark.parametrize("n,size,drop_last", [(10, 4, False), (10, 4, True), (12, 3, False), (3, 4, False),
+                                              (7, 2, True)])
+def test_shard_partitions_each_epoch(n, size, drop_last):
+    base = _loader(n, bs=2, shuffle=True)
+    shards = [dist.shard(base, rank=r, size=size, seed=5, drop_last=drop_last) for r in range(size)]
+    assert len({len(s) for s in shards}) == 1  # every rank makes the same number of steps
+    orders = []
+    for epoch in range(3):
+        idx = [s.indices(epoch) for s in shards]
+        assert len({len(i) for i in idx}) == 1
+        got = np.concatenate(idx)
+        if drop_last:
+            assert len(got) == (n // size) * size and len(set(got.tolist())) == len(got)
+        else:
+            assert set(got.tolist()) == set(range(n)) and len(got) == -(-n // size) * size
+        orders.append(np.stack(idx, 1).reshape(-1).tolist())  # the epoch's order, rank-interleaved
+    assert orders[0] != orders[1]  # reshuffled per epoch...
+    again = dist.shard(base, rank=0, size=size, seed=5, drop_last=drop_last)
+    assert again.indices(1).tolist() == shards[0].indices(1).tolist()  # ...from the shared seed
+
+
+def test_shard_steps_together_make_the_global_batch():
+    # at step j the ranks' batches are observations j*B..(j+1)*B-1 of the epoch's order (B = size * batchsize)
+    X = np.arange(24.0)
+    full = dist.shard(fx.DataLoader(X, batchsize=6, shuffle=True), rank=0, size=1, seed=3)
+    parts = [dist.shard(fx.DataLoader(X, batchsize=2, shuffle=True), rank=r, size=3, seed=3) for r in range(3)]
+    for _ in range(2):  # two epochs: iterating advances the epoch on every loader alike
+        for big, *small in zip(full, *parts):
+            assert sorted(big.tolist()) == sorted(sum((s.tolist() for s in small), []))
+
+
+def test_shard_without_shuffle_strides_and_pads():
+    got = [[b.tolist() for b in dist.shard(_loader(10, 2), rank=r, size=4, seed=0)] for r in range(4)]
+    assert got == [[[0.0, 4.0], [8.0]], [[1.0, 5.0], [9.0]], [[2.0, 6.0], [0.0]], [[3.0, 7.0], [1.0]]]
+    s = dist.shard(_loader(10, 2), rank=1, size=4, seed=0)
+    assert len(s) == 2 and "rank 1 of 4" in repr(s)
+    s.set_epoch(4)
+    assert s.epoch == 4
+
+
+def test_shard_needs_a_seed_or_a_world():
+    with pytest.raises(ValueError, match="seed"):
+        dist.shard(_loader(), rank=0, size=2)
+    with pytest.raises(RuntimeError, match="init"):
+        dist.shard(_loader(), seed=1)
+    with pytest.raises(ValueError, match="rank"):
+        dist.shard(_loader(), rank=2, size=2, seed=1)
+    with pytest.raises(TypeError, match="DataLoader"):
+        dist.shard([1, 2, 3], rank=0, size=1, seed=1)
+    dist.init("local")
+    s = dist.shard(_loader())  # rank 0 of 1, a drawn seed
+    assert s.size == 1 and len(s) == 5
+
+
+def test_grad_reducer_hook_sees_params_grads_loss():
+    fx.seed_(0)
+    m = fx.Dense(3, 1)
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 1), np.float32)
+    seen = []
+
+    def halve(xs, gs, loss):
+        seen.append(([tuple(p.shape) for p in xs], [g is not None for g in gs], loss))
+        return [None if g is None else g * 0.5 for g in gs], loss * 2
+
+    w0 = m.weight.numpy().copy()
+    ref = fx.Dense(3, 1)
+    ref.weight.assign_(w0), ref.bias.assign_(m.bias.numpy())
+    with fx.train.grad_reducer(halve):
+        fx.train_(lambda m, x, y: fx.mse(m(x), y), m, [(x, y)], fx.setup(fx.Descent(0.2), m))
+    fx.train_(lambda m, x, y: fx.mse(m(x), y), ref, [(x, y)], fx.setup(fx.Descent(0.1), ref))
+    assert seen[0][0] == [(1, 3), (1,)] and seen[0][1] == [True, True]
+    np.testing.assert_allclose(m.weight.numpy(), ref.weight.numpy(), rtol=1e-6)  # 0.2 * g/2 == 0.1 * g
+    # outside the block: no reducer
+    fx.train_(lambda m, x, y: fx.mse(m(x), y), m, [(x, y)], fx.setup(fx.Descent(0.2), m))
+    assert len(seen) == 1
+
+
+def test_grad_reducer_loss_is_the_one_checked():
+    m = fx.Dense(2, 1)
+    opt = fx.setup(fx.Descent(0.1), m)
+    with fx.train.grad_reducer(lambda xs, gs, loss: (gs, float("nan"))):
+        with pytest.raises(fx.NonFiniteLossError):
+            fx.train_(lambda m, x: m(x).sum(), m, [np.ones((1, 2), np.float32)], opt)
+
+
+def test_grad_reducer_called_when_loss_is_not_a_tensor():
+    m = fx.Dense(2, 1)
+    calls = []
+    with fx.train.grad_reducer(lambda xs, gs, loss: (calls.append(gs) or gs, loss)):
+        fx.train_(lambda m, x: 1.5, m, [0, 1], fx.setup(fx.Descent(0.1), m))
+    assert calls == [[None, None], [None, None]]
+
+
+def test_local_backend_training_equals_plain_training():
+    X, Y = worker.problem()
+    a, b = worker.build(1), worker.build(1)
+    oa, ob = fx.setup(fx.Adam(0.01), a), fx.setup(fx.Adam(0.01), b)
+    dist.init("local")
+    assert (dist.rank(), dist.size(), dist.is_root()) == (0, 1, True)
+    for _ in range(3):
+        dist.train_(worker.loss, a, fx.DataLoader((X, Y), batchsize=16), oa)
+        fx.train_(worker.loss, b, fx.DataLoader((X, Y), batchsize=16), ob)
+    for p, q in zip(fx.params(a), fx.params(b)):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+    assert dist.broadcast_(a, oa) is a
+    assert dist.allreduce(2.5) == 2.5
+    dist.barrier()
+
+
+class _TwinBackend(dist.Backend):
+    """A pretend world of two ranks: the other rank's buffer is `twin(buf)`."""
+
+    name = "twin"
+
+    def __init__(self, twin, timeout=None):
+        self.rank, self.size, self.timeout, self.twin = 0, 2, timeout, twin
+
+    def allreduce_(self, buf, what="allreduce"):
+        buf += self.twin(buf.copy())
+
+    def broadcast_(self, buf, root=0, what="broadcast"):
+        pass
+
+
+def test_grad_averager_means_and_presence():
+    xs = [fx.zeros((2, 3)), fx.zeros((3,)), fx.zeros((1,))]
+    grads = [fx.Tensor(np.full((2, 3), 4.0, np.float32)), None, None]
+
+    def twin(buf):  # the other rank: gradient 2 for xs[0], 6 for xs[1], none for xs[2]; loss 3
+        other = np.zeros_like(buf)
+        other[:6], other[6:9] = 2.0, 6.0
+        other[10:12] = 1.0  # presence of xs[0], xs[1]
+        other[13], other[14] = 3.0, buf[14]  # loss, step tag
+        return other
+
+    avg = dist.GradAverager(_TwinBackend(twin))
+    gs, loss = avg(xs, grads, 1.0)
+    assert gs[0].tolist() == [[3.0] * 3] * 2 and gs[1].tolist() == [3.0] * 3 and gs[2] is None
+    assert loss == 2.0
+
+
+def test_grad_averager_detects_ranks_out_of_step():
+    def behind(buf):
+        other = buf.copy()
+        other[-1] -= 1  # the other rank is one step behind
+        return other
+
+    avg = dist.GradAverager(_TwinBackend(behind))
+    with pytest.raises(dist.DesyncError, match="out of step"):
+        avg([fx.zeros((2,))], [fx.ones((2,))], 0.5)
+
+
+def test_backends_by_name_and_errors():
+    with pytest.raises(ValueError, match="no distributed backend named 'nope'"):
+        dist.init("nope")
+    dist.register_backend("twin", lambda timeout=None: _TwinBackend(lambda b: b, timeout))
+    b = dist.init("twin", timeout=7)
+    assert isinstance(b, _TwinBackend) and b.timeout == 7 and dist.size() == 2
+    assert dist.init() is b
+    with pytest.raises(RuntimeError, match="already initialised"):
+        dist.init("local")
+    dist.shutdown()
+    with pytest.raises(RuntimeError, match="init"):
+        dist.rank()
+    with pytest.raises(ValueError, match="timeout"):
+        dist.init("local", timeout=-1)
+
+
+def test_root_only_callbacks():
+    class Logger:
+        root_only = True
+
+    class Monitor:
+        pass
+
+    assert dist._root_only(Logger()) and not dist._root_only(Monitor())
+    assert dist._root_only(fx.callbacks.CSVLogger("x.csv")) and not dist._root_only(fx.callbacks.EarlyStopping())
+
+
+# ---------------------------------------------------------------- under mpiexec
+
+@functools.lru_cache(maxsize=None)
+def _mpi() -> tuple[str | None, str, bool]:
+    """(mpiexec, why not, is MPICH's hydra): skip reasons when MPI is unusable here."""
+    if importlib.util.find_spec("mpi4py") is None:
+        return None, "mpi4py is not installed (pip install 'fluxrs[mpi]')", False
+    exe = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    if exe is None:
+        return None, "no mpiexec next to this Python or on PATH (pip install mpich)", False
+    code = "from mpi4py import MPI; c = MPI.COMM_WORLD; print(f'size={c.Get_size()}') if c.Get_rank() == 0 else None"
+    try:
+        r = subprocess.run([exe, "-n", "2", sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None, f"{exe} -n 2 did not start two processes within 60 s", False
+    if r.returncode != 0 or r.stdout.split() != ["size=2"]:
+        return None, (f"{exe} -n 2 does not run a 2-process mpi4py job (mpiexec from another MPI than mpi4py "
+                      f"loads?): rc={r.returncode} out={r.stdout.strip()!r} err={r.stderr.strip()[-300:]!r}"), False
+    v = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    return exe, "", "HYDRA" in v.upper()
+
+
+def _launch(mode: str, out: pathlib.Path, extra=(), timeout_s=20, limit=120):
+    exe, why, _ = _mpi()
+    if exe is None:
+        pytest.skip(why)
+    env = dict(os.environ, WORKER_TIMEOUT=str(timeout_s), PYTHONUNBUFFERED="1")
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run([exe, *extra, "-n", "2", sys.executable, str(WORKER), mode, str(out)], capture_output=True,
+                           text=True, timeout=limit, env=env)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"mpiexec {mode} did not finish within {limit} s (a hang): {e.stdout!r} {e.stderr!r}")
+    return r, time.monotonic() - t0
+
+
+def test_two_ranks_on_shards_equal_one_process_on_full_batches(tmp_path):
+    r, _ = _launch("equiv", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((tmp_path / "info.json").read_text())["size"] == 2
+    for kind in worker.KINDS:
+        ranks = [np.load(tmp_path / f"{kind}_rank{k}.npz") for k in (0, 1)]
+        p0, p1 = ([z[f] for f in z.files] for z in ranks)
+        for a, b in zip(p0, p1):
+            np.testing.assert_array_equal(a, b, err_msg=f"{kind}: ranks differ")
+        ref = worker.params(worker.train(kind, rank=0, size=1, distributed=False))
+        start = worker.params(worker.build(1))
+        assert len(ref) == len(p0) == 4
+        for a, b, s in zip(p0, ref, start):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{kind}: 2 ranks != full batch")
+            assert np.abs(a - s).max() > 1e-2  # it trained
+
+
+def test_a_rank_that_exits_fails_the_job_fast(tmp_path):
+    # MPICH's launcher kills the survivors when a rank exits; -disable-auto-cleanup lets them
+    # report it: the launcher signals them, and the one waiting in the allreduce says so.
+    hydra = _mpi()[2]
+    r, dt = _launch("die", tmp_path, extra=("-disable-auto-cleanup",) if hydra else (), timeout_s=10)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert dt < 60, dt
+    assert "finished training" not in out
+    if hydra:
+        assert "PeerFailure: rank 0 of 2" in out and "step 3" in out and "aborting the job" in out, out
+
+
+def test_a_rank_that_exits_under_default_launcher_fails_the_job(tmp_path):
+    r, dt = _launch("die", tmp_path, timeout_s=10)
+    assert r.returncode != 0 and dt < 60, (r.returncode, dt, r.stdout + r.stderr)
+    assert "finished training" not in r.stdout
+
+
+def test_a_hung_rank_times_out_with_a_clear_message(tmp_path):
+    r, dt = _launch("hang", tmp_path, timeout_s=5)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert 5 <= dt < 60, dt
+    assert "CommTimeout: rank 0 of 2 waited 5 s for the gradient allreduce of step 3" in out, out
+    assert "aborting the job" in out
+
+
+def test_docstring_examples():
+    import doctest
+    res = doctest.testmod(dist, optionflags=doctest.ELLIPSIS)
+    assert res.failed == 0 and res.attempted >= 3

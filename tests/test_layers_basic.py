@@ -1,0 +1,292 @@
+"""Dense, Chain and activations: values against numpy, gradients against central finite
+differences (float64), indexing, naming and the Flux-style repr."""
+
+import math
+
+import numpy as np
+import pytest
+
+import fluxrs as fx
+
+ACTS = {
+    "identity": lambda z: z,
+    "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+    "relu": lambda z: np.maximum(z, 0),
+    "tanh": np.tanh,
+    "softplus": lambda z: np.log1p(np.exp(z)),
+    "swish": lambda z: z / (1 + np.exp(-z)),
+    "gelu": lambda z: 0.5 * z * (1 + np.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z ** 3))),
+    "elu": lambda z: np.where(z > 0, z, np.exp(z) - 1),
+    "leakyrelu": lambda z: np.where(z > 0, z, 0.01 * z),
+    "celu": lambda z: np.where(z > 0, z, np.exp(z) - 1),
+    "selu": lambda z: 1.0507009873554805 * np.where(z > 0, z, 1.6732632423543772 * (np.exp(z) - 1)),
+    "hardsigmoid": lambda z: np.clip((z + 3) / 6, 0, 1),
+    "hardtanh": lambda z: np.clip(z, -1, 1),
+    "relu6": lambda z: np.clip(z, 0, 6),
+    "mish": lambda z: z * np.tanh(np.log1p(np.exp(z))),
+    "tanhshrink": lambda z: z - np.tanh(z),
+    "softsign": lambda z: z / (1 + np.abs(z)),
+    "logsigmoid": lambda z: -np.log1p(np.exp(-z)),
+    "lisht": lambda z: z * np.tanh(z),
+    "hardswish": lambda z: z * np.clip((z + 3) / 6, 0, 1),
+}
+
+
+def numpy_softmax(z, axis=-1):
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@pytest.mark.parametrize("name", sorted(ACTS))
+def test_activation_values_match_numpy(name):
+    z = np.linspace(-4, 4, 17)
+    got = getattr(fx, name)(fx.tensor(z, dtype="float64")).numpy()
+    np.testing.assert_allclose(got, ACTS[name](z), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(ACTS))
+def test_activation_gradients_match_finite_differences(name):
+    # away from kinks, where the derivative is defined
+    z = np.array([-2.7, -1.3, -0.4, 0.35, 1.1, 2.45, 4.2])
+    g = fx.gradient(lambda x: getattr(fx, name)(x).sum(), fx.tensor(z, dtype="float64"))[0].numpy()
+    h = 1e-6
+    fd = (ACTS[name](z + h) - ACTS[name](z - h)) / (2 * h)
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7)
+
+
+def test_activations_accept_arraylikes_and_numbers():
+    assert fx.relu([-1.0, 2.0]).tolist() == [0.0, 2.0]
+    assert isinstance(fx.sigmoid(0.0), float) and fx.σ(0.0) == 0.5
+    assert fx.σ is fx.sigmoid
+    assert fx.leakyrelu(-1.0, 0.2) == pytest.approx(-0.2)
+    np.testing.assert_allclose(fx.softmax(np.array([[1.0, 2.0], [3.0, 3.0]])).numpy(),
+                               numpy_softmax(np.array([[1.0, 2.0], [3.0, 3.0]])), rtol=1e-6)
+    # softmax over another axis, by Flux's keyword or numpy's
+    a = np.random.default_rng(0).normal(size=(3, 4))
+    np.testing.assert_allclose(fx.softmax(fx.tensor(a), dims=0).numpy(), numpy_softmax(a, 0), rtol=1e-5)
+    np.testing.assert_allclose(fx.logsoftmax(fx.tensor(a), axis=0).numpy(), np.log(numpy_softmax(a, 0)), rtol=1e-5)
+
+
+def test_elu_like_gradients_stay_finite_for_large_inputs():
+    x = fx.tensor([100.0, 500.0, -3.0])
+    for f in (fx.celu, fx.selu):
+        g = fx.gradient(lambda x: f(x).sum(), x)[0].numpy()
+        assert np.all(np.isfinite(g)), f.__name__
+
+
+# ---------------------------------------------------------------- Dense
+
+def test_dense_shapes_and_default_init():
+    fx.seed_(1)
+    d = fx.Dense(784, 32, fx.σ)
+    assert d.weight.shape == (32, 784) and d.bias.shape == (32,)
+    assert d.weight.dtype == np.float32 and d.bias.tolist() == [0.0] * 32
+    bound = math.sqrt(6 / (784 + 32))  # Glorot uniform, as Flux
+    w = d.weight.numpy()
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
+    assert abs(w.mean()) < 0.01 * bound * 10
+    assert d.σ is fx.sigmoid
+
+
+@pytest.mark.parametrize("act", ["identity", "sigmoid", "relu", "tanh", "gelu"])
+def test_dense_output_matches_numpy(act):
+    fx.seed_(2)
+    d = fx.Dense(5, 3, getattr(fx, act))
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    W, b = d.weight.numpy(), d.bias.numpy()
+    d.bias.assign_(fx.tensor([0.1, -0.2, 0.3]))
+    b = d.bias.numpy()
+    want = ACTS[act](x @ W.T + b)
+    np.testing.assert_allclose(d(x).numpy(), want, rtol=1e-5, atol=1e-6)
+    # one unbatched vector
+    np.testing.assert_allclose(d(x[0]).numpy(), want[0], rtol=1e-5, atol=1e-6)
+    assert d(x[0]).shape == (3,)
+
+
+def test_dense_constructor_forms():
+    assert repr(fx.Dense((784, 32))) == "Dense(784 => 32)  # 25_120 parameters"
+    assert repr(fx.Dense((784, 32), fx.σ)) == "Dense(784 => 32, σ)  # 25_120 parameters"
+    assert repr(fx.Dense(784, 32, fx.σ)) == "Dense(784 => 32, σ)  # 25_120 parameters"
+    d = fx.Dense(3, 2, bias=False)
+    assert d.bias is None and repr(d) == "Dense(3 => 2, bias=False)  # 6 parameters"
+    assert d(fx.ones(3)).shape == (2,)
+    d = fx.Dense(np.ones((2, 3)))  # Flux's Dense(ones(2, 3)): weight given, Float64 kept
+    assert d.weight.shape == (2, 3) and d.weight.dtype == np.float64 and d.bias.tolist() == [0.0, 0.0]
+    d = fx.Dense(fx.ones(2, 3), [1.0, 2.0], fx.relu)
+    assert d.bias.tolist() == [1.0, 2.0] and d.act is fx.relu
+    d = fx.Dense(3, 2, init=fx.zeros32)
+    assert d.weight.tolist() == [[0.0] * 3] * 2
+    with pytest.raises(ValueError, match="bias must have shape"):
+        fx.Dense(3, 2, bias=[1.0])
+    with pytest.raises(TypeError, match="out must be an integer"):
+        fx.Dense(3)
+    with pytest.raises(TypeError, match="callable"):
+        fx.Dense(3, 2, "relu")
+
+
+def test_dense_wrong_input_size_names_the_layer():
+    d = fx.Dense(784, 32)
+    with pytest.raises(ValueError) as e:
+        d(np.zeros((32, 28, 28), dtype=np.float32))
+    msg = str(e.value)
+    assert "Dense(784 => 32) expects input with 784 features on axis -1, got (32, 28, 28)" in msg
+    assert "reshape(32, 784)" in msg
+    with pytest.raises(ValueError, match="expects input with 784 features"):
+        d(fx.ones(10))
+
+
+def test_dense_converts_float64_numpy_once_with_a_warning():
+    import fluxrs.layers.basic as basic
+    basic._warned_f64 = False
+    d = fx.Dense(4, 2)
+    with pytest.warns(UserWarning, match="float64 input converted to float32"):
+        y = d(np.ones(4))
+    assert y.dtype == np.float32
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d(np.ones(4))  # no second warning
+        d([1.0, 2.0, 3.0, 4.0])
+
+
+def finite_difference(f, tensors, h=1e-6):
+    """Central differences of the scalar f() with respect to every element of every tensor."""
+    out = []
+    for t in tensors:
+        base = t.numpy().copy()
+        g = np.zeros_like(base)
+        for idx in np.ndindex(base.shape):
+            for sign in (1, -1):
+                p = base.copy()
+                p[idx] += sign * h
+                t.assign_(fx.tensor(p, dtype="float64"))
+                g[idx] += sign * float(f())
+            g[idx] /= 2 * h
+        t.assign_(fx.tensor(base, dtype="float64"))
+        out.append(g)
+    return out
+
+
+def test_dense_and_chain_gradients_match_finite_differences():
+    fx.seed_(3)
+    m = fx.f64(fx.Chain(fx.Dense(4, 5, fx.tanh), fx.Dense(5, 3, fx.σ), fx.Dense(3, 2), fx.softmax))
+    assert m[0].weight.dtype == np.float64
+    x = fx.tensor(np.random.default_rng(1).normal(size=(6, 4)), dtype="float64")
+    y = fx.tensor(np.random.default_rng(2).random((6, 2)), dtype="float64")
+
+    def loss(m):
+        return ((m(x) - y) ** 2).sum()
+
+    g = fx.gradient(loss, m)[0]
+    ps = [m[0].weight, m[0].bias, m[1].weight, m[1].bias, m[2].weight, m[2].bias]
+    gs = [g.layers[0].weight, g.layers[0].bias, g.layers[1].weight, g.layers[1].bias, g.layers[2].weight,
+          g.layers[2].bias]
+    fds = finite_difference(lambda: loss(m), ps)
+    for got, fd in zip(gs, fds):
+        np.testing.assert_allclose(got.numpy(), fd, rtol=1e-6, atol=1e-8)
+    assert g.layers[3] is None  # softmax has nothing to differentiate
+
+
+def test_dense_gradient_wrt_single_vector_input():
+    m = fx.f64(fx.Dense(3, 2, fx.relu))
+    m.bias.assign_(fx.tensor([0.5, 0.5], dtype="float64"))
+    x = fx.tensor([0.3, -0.2, 0.9], dtype="float64")
+    gx = fx.gradient(lambda x: m(x).sum(), x)[0]
+    W = m.weight.numpy()
+    active = (W @ x.numpy() + 0.5) > 0
+    np.testing.assert_allclose(gx.numpy(), (W * active[:, None]).sum(0), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- Chain
+
+def test_chain_indexing_slicing_iteration():
+    a, b, c = fx.Dense(4, 3), fx.Dense(3, 2), fx.softmax
+    m = fx.Chain(a, b, c)
+    assert m[0] is a and m[-1] is c and len(m) == 3 and list(m) == [a, b, c]
+    head = m[0:2]
+    assert isinstance(head, fx.Chain) and head[0] is a and head[1] is b
+    x = fx.rand(5, 4)
+    np.testing.assert_allclose(m(x).numpy(), fx.softmax(head(x)).numpy(), rtol=1e-6)
+    # slices share parameters with the whole
+    assert fx.params(head)[0] is a.weight
+    with pytest.raises(KeyError, match="not named"):
+        m["enc"]
+
+
+def test_named_chain():
+    m = fx.Chain(enc=fx.Dense(4, 2, fx.relu), dec=fx.Dense(2, 4))
+    assert m["enc"] is m[0] and m["dec"] is m[1]
+    assert repr(m) == "Chain(enc=Dense(4 => 2, relu), dec=Dense(2 => 4))  # 22 parameters"
+    sub = m[1:]
+    assert isinstance(sub, fx.Chain) and list(sub.layers) == ["dec"]
+    g = fx.gradient(lambda m: m(fx.ones(4)).sum(), m)[0]
+    assert g.layers["enc"].weight.shape == (2, 4)
+    with pytest.raises(KeyError, match="no layer named 'middle'"):
+        m["middle"]
+    with pytest.raises(TypeError, match="not both"):
+        fx.Chain(fx.relu, enc=fx.relu)
+
+
+def test_chain_repr_param_counts():
+    m = fx.Chain(fx.Dense(784, 32, fx.σ), fx.Dense(32, 10), fx.softmax)
+    assert repr(m) == "Chain(Dense(784 => 32, σ), Dense(32 => 10), softmax)  # 25_450 parameters"
+    assert sum(p.size for p in fx.params(m)) == 25_450
+    nested = fx.Chain(fx.Chain(fx.Dense(2, 2), fx.relu), fx.Dense(2, 1))
+    assert repr(nested) == "Chain(Chain(Dense(2 => 2), relu), Dense(2 => 1))  # 9 parameters"
+    assert repr(fx.Chain(fx.relu)) == "Chain(relu)"
+
+
+def test_chain_vector_form_and_non_callable_layer():
+    m = fx.Chain([fx.Dense(2, 2), fx.relu])
+    assert isinstance(m.layers, list) and len(m) == 2
+    assert repr(m).startswith("Chain([Dense(2 => 2), relu])")
+    with pytest.raises(TypeError, match="layer 1 is not callable"):
+        fx.Chain(fx.relu, 3)
+
+
+def test_fmap_over_chain_returns_new_model():
+    m = fx.Chain(fx.Dense(2, 2), fx.Dense(2, 1))
+    g = fx.gradient(lambda m: m(fx.ones(2)).sum(), m)[0]
+    m2 = fx.fmap(lambda p, g: p - 0.01 * g, m, g)
+    assert isinstance(m2, fx.Chain) and m2[1] is not m[1]
+    np.testing.assert_allclose(m2[1].bias.numpy(), m[1].bias.numpy() - 0.01, rtol=1e-6)
+
+
+def test_initialisers():
+    fx.seed_(0)
+    for init, dims in [(fx.glorot_uniform, (100, 50)), (fx.glorot_normal, (100, 50)),
+                       (fx.kaiming_uniform, (100, 50)), (fx.kaiming_normal, (100, 50))]:
+        w = init(*dims)
+        assert w.shape == dims and w.dtype == np.float32
+    assert np.std(fx.glorot_normal(200, 300).numpy()) == pytest.approx(math.sqrt(2 / 500), rel=0.05)
+    assert np.std(fx.kaiming_normal(200, 300).numpy()) == pytest.approx(math.sqrt(2 / 300), rel=0.05)
+    assert np.abs(fx.kaiming_uniform(200, 300).numpy()).max() <= math.sqrt(2) * math.sqrt(3 / 300)
+    assert fx.glorot_uniform(3, 4, dtype="float64").dtype == np.float64
+    fx.seed_(5); a = fx.glorot_uniform(3, 3).tolist()
+    fx.seed_(5); b = fx.glorot_uniform(3, 3).tolist()
+    assert a == b
+    assert fx.ones32(2).tolist() == [1.0, 1.0] and fx.layers.init.zeros(2, 2).shape == (2, 2)
+
+
+def test_f32_f64_roundtrip():
+    m = fx.Dense(2, 3)
+    m64 = fx.f64(m)
+    assert m64.weight.dtype == np.float64 and m.weight.dtype == np.float32
+    assert fx.f32(m64).weight.dtype == np.float32
+    np.testing.assert_allclose(m64.weight.numpy(), m.weight.numpy())
+
+
+@pytest.mark.parametrize("act", ["identity", "relu", "sigmoid", "tanh"])
+def test_fused_and_composed_dense_agree(act, monkeypatch):
+    import fluxrs.layers.basic as basic
+    fx.seed_(4)
+    m = fx.f64(fx.Dense(6, 3, getattr(fx, act)))
+    m.bias.assign_(fx.tensor([0.1, -0.2, 0.3], dtype="float64"))
+    x = fx.tensor(np.random.default_rng(4).normal(size=(5, 6)), dtype="float64")
+    f = lambda m, x: (m(x) ** 2).sum()
+    y1, g1 = fx.withgradient(f, m, x)
+    monkeypatch.setattr(basic, "_fused_dense", None)  # the x @ W.T + b, act(...) path
+    y2, g2 = fx.withgradient(f, m, x)
+    assert y1 == pytest.approx(y2, rel=1e-12)
+    for a, b in [(g1[0].weight, g2[0].weight), (g1[0].bias, g2[0].bias), (g1[1], g2[1])]:
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-12)

@@ -1,0 +1,222 @@
+"""Recurrent layers (RNN, LSTM, GRU cells and sequence layers, Bidirectional): values against
+numpy references written here, state handling, gradients against central finite
+differences in float64, and a small GRU that learns a memory task."""
+
+import numpy as np
+import pytest
+
+import fluxrs as fx
+from gradcheck import check_gradients, f64
+
+
+def sig(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def np_rnn_cell(p, x, h, act=np.tanh):
+    h = act(x @ p["Wi"].T + h @ p["Wh"].T + p["b"])
+    return h, h
+
+
+def np_lstm_cell(p, x, state):
+    h, c = state
+    g = x @ p["Wi"].T + h @ p["Wh"].T + p["b"]
+    i, f, cc, o = np.split(g, 4, axis=-1)
+    c = sig(f) * c + sig(i) * np.tanh(cc)
+    h = sig(o) * np.tanh(c)
+    return h, (h, c)
+
+
+def np_gru_cell(p, x, h):
+    gx = x @ p["Wi"].T + p["b"]
+    gh = h @ p["Wh"].T
+    xr, xz, xn = np.split(gx, 3, axis=-1)
+    hr, hz, hn = np.split(gh, 3, axis=-1)
+    r, z = sig(xr + hr), sig(xz + hz)
+    cand = np.tanh(xn + r * hn)
+    h = (1 - z) * cand + z * h
+    return h, h
+
+
+def params_of(cell):
+    return {"Wi": cell.Wi.numpy(), "Wh": cell.Wh.numpy(), "b": cell.bias.numpy()}
+
+
+def randomise(layer, rng, scale=0.5):
+    for p in fx.params(layer):
+        p.assign_(f64(rng.normal(scale=scale, size=tuple(p.shape))))
+    return layer
+
+
+def np_sequence(step, p, x, state):
+    outs = []
+    for t in range(x.shape[1]):
+        out, state = step(p, x[:, t], state)
+        outs.append(out)
+    return np.stack(outs, axis=1), state
+
+
+# ---------------------------------------------------------------- cells
+
+def test_cell_shapes_params_and_repr():
+    assert repr(fx.RNNCell((3, 5))) == "RNNCell(3 => 5)  # 45 parameters"
+    assert repr(fx.RNNCell(3, 5, fx.relu)) == "RNNCell(3 => 5, relu)  # 45 parameters"
+    assert repr(fx.LSTMCell(3, 5)) == "LSTMCell(3 => 5)  # 180 parameters"
+    assert repr(fx.GRUCell((3, 5))) == "GRUCell(3 => 5)  # 135 parameters"
+    c = fx.LSTMCell(3, 5)
+    assert c.Wi.shape == (20, 3) and c.Wh.shape == (20, 5) and c.bias.shape == (20,)
+    assert [p.shape for p in fx.params(c)] == [(20, 3), (20, 5), (20,)]
+    assert repr(fx.GRUCell(2, 3, bias=False)) == "GRUCell(2 => 3, bias=False)  # 45 parameters"
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_cells_match_numpy(kind):
+    rng = np.random.default_rng(0)
+    make, ref = {"rnn": (fx.RNNCell, np_rnn_cell), "lstm": (fx.LSTMCell, np_lstm_cell),
+                 "gru": (fx.GRUCell, np_gru_cell)}[kind]
+    cell = randomise(fx.f64(make(3, 4)), rng)
+    p = params_of(cell)
+    x = rng.normal(size=(5, 3))
+    state = (rng.normal(size=(5, 4)), rng.normal(size=(5, 4))) if kind == "lstm" else rng.normal(size=(5, 4))
+    fx_state = tuple(f64(s) for s in state) if kind == "lstm" else f64(state)
+    out, new = cell(f64(x), fx_state)
+    want_out, want_state = ref(p, x, state)
+    np.testing.assert_allclose(out.numpy(), want_out, rtol=1e-12, atol=1e-12)
+    if kind == "lstm":
+        np.testing.assert_allclose(new[1].numpy(), want_state[1], rtol=1e-12, atol=1e-12)
+    # default state is zeros; a single vector works too
+    out0, _ = cell(f64(x[0]))
+    zero = np.zeros(4)
+    want0, _ = ref(p, x[0], (zero, zero) if kind == "lstm" else zero)
+    np.testing.assert_allclose(out0.numpy(), want0, rtol=1e-12, atol=1e-12)
+    assert out0.shape == (4,)
+
+
+def test_cell_errors():
+    cell = fx.GRUCell(3, 4)
+    with pytest.raises(ValueError, match=r"GRUCell\(3 => 4\) expects one time step \(N, 3\).*\(2, 5, 3\)"):
+        cell(fx.ones(2, 5, 3))
+    with pytest.raises(ValueError, match=r"state must have shape \(2, 4\).*got \(2, 3\)"):
+        cell(fx.ones(2, 3), fx.ones(2, 3))
+    with pytest.raises(TypeError, match=r"pair \(h, c\)"):
+        fx.LSTMCell(3, 4)(fx.ones(2, 3), fx.ones(2, 4))
+    with pytest.raises(TypeError, match="sizes"):
+        fx.RNNCell(3)
+
+
+# ---------------------------------------------------------------- sequence layers
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_sequence_layers_match_numpy(kind):
+    rng = np.random.default_rng(1)
+    make, ref = {"rnn": (fx.RNN, np_rnn_cell), "lstm": (fx.LSTM, np_lstm_cell), "gru": (fx.GRU, np_gru_cell)}[kind]
+    layer = randomise(fx.f64(make((3, 4))), rng)
+    p = params_of(layer.cell)
+    x = rng.normal(size=(2, 6, 3))
+    zero = np.zeros((2, 4))
+    init = (zero, zero) if kind == "lstm" else zero
+    want, want_state = np_sequence(ref, p, x, init)
+    y = layer(f64(x))
+    assert y.shape == (2, 6, 4)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-12, atol=1e-12)
+    # one unbatched sequence (T, in)
+    y1 = layer(f64(x[1]))
+    np.testing.assert_allclose(y1.numpy(), want[1], rtol=1e-12, atol=1e-12)
+    # return_state, and continuing from a state equals running the whole sequence
+    layer.return_state = True
+    y_a, s_a = layer(f64(x[:, :4]))
+    y_b, s_b = layer(f64(x[:, 4:]), s_a)
+    np.testing.assert_allclose(np.concatenate([y_a.numpy(), y_b.numpy()], axis=1), want, rtol=1e-12, atol=1e-12)
+    final = s_b[0] if kind == "lstm" else s_b
+    np.testing.assert_allclose(final.numpy(), want[:, -1], rtol=1e-12, atol=1e-12)
+
+
+def test_sequence_layer_repr_and_errors():
+    assert repr(fx.RNN((3, 4))) == "RNN(3 => 4)  # 32 parameters"
+    assert repr(fx.RNN(3, 4, fx.relu)) == "RNN(3 => 4, relu)  # 32 parameters"
+    assert repr(fx.LSTM(3, 4, return_state=True)) == "LSTM(3 => 4, return_state=True)  # 128 parameters"
+    assert repr(fx.Recurrence(fx.GRUCell(3, 4))) == "Recurrence(GRUCell(3 => 4))  # 96 parameters"
+    with pytest.raises(ValueError, match=r"GRU\(3 => 4\) expects a batch of sequences \(N, T, 3\)"):
+        fx.GRU(3, 4)(fx.ones(2, 5, 2))
+    with pytest.raises(TypeError, match="cell must be"):
+        fx.Recurrence(fx.Dense(2, 2))
+
+
+def test_bidirectional_matches_numpy():
+    rng = np.random.default_rng(2)
+    fwd = randomise(fx.f64(fx.GRU(3, 4)), rng)
+    bwd = randomise(fx.f64(fx.GRU(3, 2)), rng)
+    m = fx.Bidirectional(fwd, bwd, return_state=True)
+    x = rng.normal(size=(2, 5, 3))
+    y, (sf, sb) = m(f64(x))
+    yf, _ = np_sequence(np_gru_cell, params_of(fwd.cell), x, np.zeros((2, 4)))
+    yb, _ = np_sequence(np_gru_cell, params_of(bwd.cell), x[:, ::-1], np.zeros((2, 2)))
+    want = np.concatenate([yf, yb[:, ::-1]], axis=-1)
+    assert y.shape == (2, 5, 6)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sb.numpy(), yb[:, -1], rtol=1e-12, atol=1e-12)
+    # one layer given: a twin with fresh weights for the backward direction
+    b2 = fx.Bidirectional(fx.LSTM(3, 4))
+    assert repr(b2) == "Bidirectional(LSTM(3 => 4), LSTM(3 => 4))  # 256 parameters"
+    assert not np.array_equal(b2.forward.cell.Wi.numpy(), b2.backward.cell.Wi.numpy())
+    assert b2(fx.ones(2, 5, 3)).shape == (2, 5, 8)
+
+
+# ---------------------------------------------------------------- gradients
+
+@pytest.mark.parametrize("make", [
+    lambda: fx.RNNCell(3, 2),
+    lambda: fx.LSTMCell(3, 2),
+    lambda: fx.GRUCell(3, 2),
+])
+def test_cell_gradients_match_finite_differences(make):
+    rng = np.random.default_rng(3)
+    cell = randomise(fx.f64(make()), rng)
+    x = f64(rng.normal(size=(4, 3)))
+    if isinstance(cell, fx.LSTMCell):
+        h, c = f64(rng.normal(size=(4, 2))), f64(rng.normal(size=(4, 2)))
+        check_gradients(lambda: (lambda o, s: (o, s[1]))(*cell(x, (h, c))), cell, x, h, c)
+    else:
+        h = f64(rng.normal(size=(4, 2)))
+        check_gradients(lambda: cell(x, h)[0], cell, x, h)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fx.RNN(2, 3),
+    lambda: fx.LSTM(2, 3),
+    lambda: fx.GRU(2, 3),
+    lambda: fx.Bidirectional(fx.GRU(2, 2), fx.RNN(2, 1)),
+])
+def test_sequence_gradients_match_finite_differences(make):
+    rng = np.random.default_rng(4)
+    layer = randomise(fx.f64(make()), rng)
+    x = f64(rng.normal(size=(2, 4, 2)))
+    check_gradients(lambda: layer(x), layer, x)
+
+
+def test_stacked_gru_gradients_match_finite_differences():
+    rng = np.random.default_rng(5)
+    m = randomise(fx.f64(fx.Chain(fx.GRU(2, 3), fx.LSTM(3, 2), lambda y: y[:, -1])), rng)
+    x = f64(rng.normal(size=(2, 3, 2)))
+    check_gradients(lambda: m(x), m, x)
+
+
+# ---------------------------------------------------------------- learning
+
+def test_gru_learns_to_recall_the_first_element():
+    """Output, after the last of 10 random ±1 inputs, the first one: needs memory."""
+    fx.seed_(0)
+    rng = np.random.default_rng(0)
+    m = fx.Chain(fx.GRU(1, 8), lambda y: y[:, -1], fx.Dense(8, 1))
+    opt = fx.setup(fx.Adam(0.02), m)
+    losses = []
+    for _ in range(200):
+        x = rng.choice([-1.0, 1.0], size=(32, 10, 1)).astype(np.float32)
+        y = x[:, 0, :]
+        l, g = fx.withgradient(lambda m: ((m(x) - y) ** 2).mean(), m)
+        fx.update_(opt, m, g[0])
+        losses.append(l)
+    assert losses[0] > 0.5
+    assert np.mean(losses[-10:]) < 0.05, losses[-10:]
+    x = rng.choice([-1.0, 1.0], size=(256, 10, 1)).astype(np.float32)
+    assert np.mean(np.sign(m(x).numpy()) == x[:, 0, :]) == 1.0

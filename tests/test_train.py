@@ -1,0 +1,289 @@
+"""train_ in all three styles, its callbacks and misuse errors, and the helpers
+throttle / epochs / ncycle."""
+
+import itertools
+import logging
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fluxrs as fx
+from fluxrs.optimise import StateMismatchError
+
+
+def signal_data(n=512, seed=0):
+    """Inputs with a learnable class: the label is the argmax of a fixed linear map."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 784)).astype(np.float32)
+    T = rng.normal(size=(784, 10)).astype(np.float32)
+    labels = (X @ T).argmax(axis=1)
+    return X, fx.onehotbatch(labels, range(10)).numpy(), labels
+
+
+def seed_model():
+    return fx.Chain(fx.Dense(784, 32, fx.σ), fx.Dense(32, 10), fx.softmax)
+
+
+def test_seed_model_with_mse_really_learns_explicit_style():
+    fx.seed_(0)
+    X, Y, labels = signal_data()
+    m = seed_model()
+    loss = lambda m, x, y: fx.mse(m(x), y)
+    before = float(loss(m, X, Y))
+    opt = fx.setup(fx.Adam(0.01), m)
+    data = fx.DataLoader((X, Y), batchsize=32, shuffle=True)
+    for _ in range(10):
+        fx.train_(loss, m, data, opt)
+    after = float(loss(m, X, Y))
+    assert after < 0.5 * before, (before, after)
+    assert (fx.onecold(m(X)) == labels).mean() > 0.6  # chance is 0.1
+
+
+def test_seed_model_with_mse_really_learns_implicit_style():
+    fx.seed_(1)
+    X, Y, _ = signal_data()
+    m = seed_model()
+    loss = lambda x, y: fx.mse(m(x), y)
+    before = float(loss(X, Y))
+    opt = fx.Momentum(0.5, 0.9)  # state kept inside the rule across epochs
+    data = fx.DataLoader((X, Y), batchsize=16)
+    for _ in fx.epochs(8):
+        fx.train_(loss, fx.params(m), data, opt)
+    assert float(loss(X, Y)) < 0.6 * before
+
+
+def test_oldest_style_bound_rule():
+    fx.seed_(2)
+    X, Y, _ = signal_data(64)
+    m = seed_model()
+    loss = lambda x, y: fx.mse(m(x), y)
+    before = float(loss(X, Y))
+    opt = fx.Descent(0.5, fx.params(m))
+    fx.train_(loss, itertools.repeat((X, Y), 30), opt)
+    assert float(loss(X, Y)) < before
+    with pytest.raises(TypeError, match="not bound to any parameters"):
+        fx.train_(loss, [(X, Y)], fx.Descent(0.1))
+    with pytest.raises(TypeError, match="bound to parameters"):
+        fx.train_(loss, [(X, Y)], fx.setup(fx.Descent(), m))
+
+
+# ---------------------------------------------------------------- non-finite loss
+
+def test_nan_loss_raises_before_its_update():
+    fx.seed_(3)
+    m = fx.Dense(3, 1)
+    good = (np.ones((4, 3), np.float32), np.zeros((4, 1), np.float32))
+    bad = (np.full((4, 3), np.nan, np.float32), np.zeros((4, 1), np.float32))
+    snapshots = []
+    cb = lambda: snapshots.append(m.weight.numpy().copy())
+    opt = fx.setup(fx.Descent(0.1), m)
+    with pytest.raises(fx.NonFiniteLossError, match=r"loss is nan on data item 2") as e:
+        fx.train_(lambda m, x, y: fx.mse(m(x), y), m, [good, good, bad, good], opt, cb=cb)
+    assert e.value.index == 2 and math.isnan(e.value.value)
+    assert len(snapshots) == 2
+    np.testing.assert_array_equal(m.weight.numpy(), snapshots[-1])  # unchanged by the bad item
+    assert np.all(np.isfinite(m.weight.numpy()))
+
+
+def test_inf_loss_raises_in_implicit_style_too():
+    x = fx.tensor([1.0])
+    ps = fx.params(x)
+    with pytest.raises(fx.NonFiniteLossError, match="loss is inf on data item 0"):
+        fx.train_(lambda d: (x * d).sum(), ps, [np.float32(np.inf)], fx.Descent())
+    assert x.tolist() == [1.0]
+
+
+# ---------------------------------------------------------------- misuse
+
+def test_non_scalar_loss_is_a_clear_error():
+    m = fx.Dense(3, 2)
+    opt = fx.setup(fx.Descent(), m)
+    with pytest.raises(ValueError, match=r"loss must return a scalar.*data item 0.*shape \(4, 2\).*\.mean\(\)"):
+        fx.train_(lambda m, x: m(x), m, [(np.ones((4, 3), np.float32),)], opt)
+    with pytest.raises(TypeError, match="loss must return a scalar.*str"):
+        fx.train_(lambda m, x: "small", m, [(np.ones(3, np.float32),)], opt)
+
+
+def test_wrong_datapoint_arity_is_a_clear_error():
+    m = fx.Dense(3, 1)
+    opt = fx.setup(fx.Descent(), m)
+    x, y = np.ones((2, 3), np.float32), np.ones((2, 1), np.float32)
+
+    def loss(m, x, y):
+        return fx.mse(m(x), y)
+
+    with pytest.raises(TypeError, match=r"data item 0 is a tuple of 3 values.*4 positional.*loss\(m, x, y\)"):
+        fx.train_(loss, m, [(x, y, y)], opt)
+    with pytest.raises(TypeError, match=r"data item 0 is a single ndarray \(not a tuple.*2 positional"):
+        fx.train_(loss, m, [x], opt)
+    with pytest.raises(TypeError, match=r"data item 1 is a tuple of 1 values"):
+        fx.train_(loss, m, [(x, y), (x,)], opt)
+    ps = fx.params(m)
+    with pytest.raises(TypeError, match=r"loss\(\*item\).*3 positional.*<lambda>\(x, y\)"):
+        fx.train_(lambda x, y: fx.mse(m(x), y), ps, [(x, y, y)], fx.Descent())
+
+
+def test_type_errors_inside_the_loss_are_left_alone():
+    m = fx.Dense(3, 1)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        fx.train_(lambda m, x: None + 1, m, [(np.ones(3),)], fx.setup(fx.Descent(), m))
+
+
+def test_state_from_another_model_fails_before_training():
+    m = fx.Chain(fx.Dense(3, 4), fx.Dense(4, 1))
+    other = fx.Chain(fx.Dense(3, 5), fx.Dense(5, 1))
+    calls = []
+
+    def loss(m, x):
+        calls.append(1)
+        return m(x).sum()
+
+    with pytest.raises(StateMismatchError, match=r"\.layers\[0\]\.weight"):
+        fx.train_(loss, m, [(np.ones(3, np.float32),)], fx.setup(fx.Adam(), other))
+    assert calls == []
+
+
+def test_implicit_style_with_a_setup_state_is_a_clear_error():
+    m = fx.Dense(3, 1)
+    with pytest.raises(TypeError, match="explicit style"):
+        fx.train_(lambda x: m(x).sum(), fx.params(m), [np.ones(3)], fx.setup(fx.Adam(), m))
+
+
+def test_explicit_style_with_a_bare_rule_warns_and_trains():
+    m = fx.Dense(3, 1)
+    b = m.bias.tolist()
+    with pytest.warns(UserWarning, match="fx.setup"):
+        fx.train_(lambda m, x: m(x).sum(), m, [(np.ones(3, np.float32),)], fx.Descent(1.0))
+    assert m.bias.tolist() == [b[0] - 1.0]
+
+
+def test_train_with_wrong_number_of_arguments():
+    with pytest.raises(TypeError, match="train_ takes"):
+        fx.train_(lambda: 0.0, [1])
+
+
+# ---------------------------------------------------------------- callbacks, stop, skip
+
+def test_cb_callable_or_list_called_after_each_batch():
+    x = fx.tensor([1.0])
+    ps = fx.params(x)
+    seen, seen2 = [], []
+    data = [np.float32(v) for v in (1.0, 2.0, 3.0)]
+    fx.train_(lambda d: (x * d).sum(), ps, data, fx.Descent(0.1), cb=lambda: seen.append(x.tolist()[0]))
+    assert seen == pytest.approx([0.9, 0.7, 0.4])  # after each update
+    fx.train_(lambda d: (x * d).sum(), ps, data, fx.Descent(0.1),
+              cb=[lambda: seen.append("a"), lambda: seen2.append("b")])
+    assert seen[3:] == ["a"] * 3 and seen2 == ["b"] * 3
+    with pytest.raises(TypeError, match="callable"):
+        fx.train_(lambda d: (x * d).sum(), ps, data, fx.Descent(0.1), cb=[1])
+
+
+def test_stop_in_a_callback_ends_training_cleanly():
+    x = fx.tensor([0.0])
+    n = []
+
+    def cb():
+        n.append(1)
+        if len(n) == 3:
+            fx.stop()
+
+    fx.train_(lambda m, d: (m * d).sum(), x, [np.float32(1.0)] * 10, fx.setup(fx.Descent(1.0), x), cb=cb)
+    assert len(n) == 3 and x.tolist() == [-3.0]
+
+
+def test_stop_and_skip_inside_the_loss():
+    x = fx.tensor([0.0])
+    ps = fx.params(x)
+
+    def loss(d):
+        if d == 2:
+            fx.skip()
+        if d == 4:
+            fx.stop()
+        return (x * float(d)).sum()
+
+    fx.train_(loss, ps, [1, 2, 3, 4, 5], fx.Descent(1.0))
+    assert x.tolist() == [-4.0]  # items 1 and 3 only
+
+
+def test_progress_bar(capsys):
+    m = fx.Dense(2, 1)
+    data = fx.DataLoader((np.ones((8, 2), np.float32), np.ones((8, 1), np.float32)), batchsize=2)
+    fx.train_(lambda m, x, y: fx.mse(m(x), y), m, data, fx.setup(fx.Descent(0.01), m), progress=True)
+    err = capsys.readouterr().err
+    assert "4/4" in err and "loss=" in err
+
+
+def test_data_forms_repeat_zip_ncycle():
+    x = fx.tensor([0.0])
+    opt = fx.setup(fx.Descent(1.0), x)
+    loss = lambda m, a, b: (m * (a + b)).sum()
+    fx.train_(loss, x, itertools.repeat((np.float32(1), np.float32(0)), 3), opt)
+    assert x.tolist() == [-3.0]
+    fx.train_(loss, x, zip([1.0, 1.0], [0.0, 1.0]), opt)
+    assert x.tolist() == [-6.0]
+    fx.train_(loss, x, fx.ncycle([(1.0, 0.0)], 3), opt)
+    assert x.tolist() == [-9.0]
+
+
+# ---------------------------------------------------------------- helpers
+
+def test_throttle_with_a_fake_clock():
+    now = [0.0]
+    calls = []
+    f = fx.throttle(lambda i: calls.append(i) or i, 5, clock=lambda: now[0])
+    results = []
+    for i, t in enumerate([0.0, 1.0, 4.9, 5.0, 9.0, 10.1, 20.0]):
+        now[0] = t
+        results.append(f(i))
+    assert calls == [0, 3, 5, 6]
+    assert results == [0, 0, 0, 3, 3, 5, 6]  # the last result while throttled
+
+
+def test_throttle_rate_over_many_calls():
+    now = [0.0]
+    calls = []
+    f = fx.throttle(lambda: calls.append(now[0]), 1.0, clock=lambda: now[0])
+    for k in range(1000):  # 10 "seconds" of calls every 10 ms
+        now[0] = k * 0.01
+        f()
+    assert len(calls) == 10
+    assert all(b - a >= 1.0 - 1e-9 for a, b in zip(calls, calls[1:]))
+
+
+def test_throttle_trailing_and_not_leading():
+    calls = []
+    lock = threading.Lock()
+
+    def f(i):
+        with lock:
+            calls.append(i)
+
+    g = fx.throttle(f, 0.05, trailing=True)
+    g(1)
+    g(2)
+    g(3)
+    assert calls == [1]
+    time.sleep(0.5)
+    assert calls == [1, 3]  # the latest throttled call runs when the period ends
+    h = fx.throttle(f, 0.05, leading=False)
+    h(10)
+    assert calls == [1, 3]
+    time.sleep(0.5)
+    assert calls == [1, 3, 10]
+
+
+def test_epochs_logs(caplog):
+    with caplog.at_level(logging.INFO, logger="fluxrs"):
+        seen = [e for e in fx.epochs(2)]
+    assert seen == [1, 2]
+    assert [r.getMessage() for r in caplog.records if r.name == "fluxrs"] == ["Epoch 1", "Epoch 2"]
+
+
+def test_ncycle():
+    assert list(fx.ncycle([1, 2], 2)) == [1, 2, 1, 2]
+    assert list(fx.ncycle(iter([1, 2]), 2)) == [1, 2, 1, 2]
+    assert list(fx.ncycle([1], 0)) == []
