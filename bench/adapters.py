@@ -14,6 +14,14 @@ import threading
 
 import numpy as np
 
+
+def _flip_kernel(p):
+    """A conv weight (out, in, kh, kw) reversed along its spatial axes, anything else as it is. The shared
+    init is for fluxrs' `Conv`, a true convolution as Flux's; PyTorch and JAX cross-correlate, so they
+    get the flipped kernel (the same model) and give it back flipped for the check."""
+    return np.ascontiguousarray(p[:, :, ::-1, ::-1]) if p.ndim == 4 else p
+
+
 # ----------------------------------------------------------------------------------------- fluxrs
 
 
@@ -27,6 +35,12 @@ class FluxrsTrain:
             gru, dense = fx.GRU(spec["n_in"], spec["hidden"]), fx.Dense(spec["hidden"], spec["n_out"])
             self.model = fx.Chain(gru, lambda y: y[:, -1], dense)  # the class from the last step's output
             self.tensors = [gru.cell.Wi, gru.cell.Wh, gru.cell.bias, dense.weight, dense.bias]
+        elif spec.get("arch") == "lenet5":
+            # the model zoo's LeNet-5, as a Flux user writes it (fx.Conv flips its kernel, as Flux's does)
+            convs = [fx.Conv((k, k), (i, o), fx.relu) for i, o, k in spec["convs"]]
+            dense = [fx.Dense(i, o, fx.relu) if a else fx.Dense(i, o) for i, o, a in spec["layers"]]
+            self.model = fx.Chain(convs[0], fx.MaxPool((2, 2)), convs[1], fx.MaxPool((2, 2)), fx.flatten, *dense)
+            self.tensors = [t for layer in convs + dense for t in (layer.weight, layer.bias)]
         else:
             acts = {"sigmoid": fx.sigmoid, "relu": fx.relu}
             dense = [fx.Dense(i, o, acts[a]) if a else fx.Dense(i, o) for i, o, a in spec["layers"]]
@@ -147,6 +161,10 @@ class TorchTrain:
             self.reset()
             return
         mods = []
+        for i, o, k in spec.get("convs", []):  # LeNet-5
+            mods += [nn.Conv2d(i, o, k), nn.ReLU(), nn.MaxPool2d(2)]
+        if "convs" in spec:
+            mods.append(nn.Flatten())
         for i, o, a in spec["layers"]:
             mods.append(nn.Linear(i, o))
             if a == "sigmoid":
@@ -156,7 +174,7 @@ class TorchTrain:
         if spec["head"] == "softmax":
             mods.append(nn.Softmax(dim=1))
         self.model = nn.Sequential(*mods)
-        self.tensors = [p for m in mods if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
+        self.tensors = [p for m in mods if isinstance(m, (nn.Conv2d, nn.Linear)) for p in (m.weight, m.bias)]
         if spec["loss"] == "mse":
             self.lossf = F.mse_loss
             self.batches = [(torch.from_numpy(x.copy()), torch.from_numpy(y.copy())) for x, y, _ in data]
@@ -197,7 +215,7 @@ class TorchTrain:
         torch = self.torch
         with torch.no_grad():
             for t, p in zip(self.tensors, self.init):
-                t.copy_(torch.from_numpy(p))
+                t.copy_(torch.from_numpy(_flip_kernel(p)))
         kind, lr = self.spec["opt"]
         ps = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.SGD(ps, lr=lr) if kind == "descent" else torch.optim.Adam(ps, lr=lr)
@@ -226,7 +244,7 @@ class TorchTrain:
         return seen
 
     def params(self):
-        return [p.detach().numpy().astype(np.float32) for p in self.tensors]
+        return [_flip_kernel(p.detach().numpy().astype(np.float32)) for p in self.tensors]
 
 
 class TorchSgemm:
@@ -272,8 +290,18 @@ class JaxTrain:
             h, _ = jax.lax.scan(cell, jnp.zeros((x.shape[0], n), x.dtype), gx)
             return h @ w.T + bo
 
+        convs = spec.get("convs", [])
+
         def forward(params, x):
             h = x
+            for k in range(len(convs)):  # LeNet-5: conv (cross-correlation, as torch), relu, 2x2 max pool
+                h = jax.lax.conv_general_dilated(h, params[2 * k], (1, 1), "VALID",
+                                                 dimension_numbers=("NCHW", "OIHW", "NCHW"))
+                h = jax.nn.relu(h + params[2 * k + 1][None, :, None, None])
+                h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+            if convs:
+                h = h.reshape(h.shape[0], -1)
+            params = params[2 * len(convs):]
             for k, (_, _, a) in enumerate(layers):
                 h = h @ params[2 * k].T + params[2 * k + 1]
                 if a == "sigmoid":
@@ -308,7 +336,7 @@ class JaxTrain:
         self.reset()
 
     def reset(self):
-        self.params_ = [self.jax.device_put(p.copy()) for p in self.init]
+        self.params_ = [self.jax.device_put(_flip_kernel(p).copy()) for p in self.init]
         self.opt_state = self.tx.init(self.params_)
         self.cursor = 0
 
@@ -334,7 +362,7 @@ class JaxTrain:
         return [float(v) for v in seen]
 
     def params(self):
-        return [np.asarray(p, dtype=np.float32) for p in self.params_]
+        return [_flip_kernel(np.asarray(p, dtype=np.float32)) for p in self.params_]
 
 
 # ----------------------------------------------------------------------------------- numpy (reference)
@@ -369,6 +397,8 @@ class NumpyTrain:
     def loss_and_grads(self, x, y):
         if self.spec.get("arch") == "gru":
             return self._gru_loss_and_grads(x, y)
+        if self.spec.get("arch") == "lenet5":
+            return self._lenet_loss_and_grads(x, y)
         spec, ps = self.spec, self.ps
         hs, zs = [x], []
         for k, (_, _, a) in enumerate(spec["layers"]):
@@ -442,6 +472,61 @@ class NumpyTrain:
             dwh += dgh.T @ hp
             dh = dh * z + dgh @ wh
         return float(loss), [dwi, dwh, db, dw, dbo]
+
+    def _lenet_loss_and_grads(self, x, y):
+        """LeNet-5: two (true) convolutions by im2col, each with relu and a 2x2 max pool (the gradient
+        goes to each window's argmax), flatten, the Dense layers, logitcrossentropy."""
+        spec, ps = self.spec, self.ps
+        nc = len(spec["convs"])
+        h, cache = x, []
+        for c in range(nc):
+            w, b = ps[2 * c], ps[2 * c + 1]
+            wf = w[:, :, ::-1, ::-1]  # a convolution is a cross-correlation with the flipped kernel
+            o, ci, k, _ = w.shape
+            n, _, hh, ww = h.shape
+            ho, wo = hh - k + 1, ww - k + 1
+            # im2col: rows (n, i, j), columns (channel, ki, kj) as the weight's
+            cols = np.lib.stride_tricks.sliding_window_view(h, (k, k), axis=(2, 3))  # (n, ci, ho, wo, k, k)
+            cols = cols.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, ci * k * k)
+            z = (cols @ wf.reshape(o, -1).T + b).reshape(n, ho, wo, o).transpose(0, 3, 1, 2)
+            a = np.maximum(z, 0)
+            win = a.reshape(n, o, ho // 2, 2, wo // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(n, o, ho // 2, wo // 2, 4)
+            arg = win.argmax(axis=-1)
+            cache.append((h.shape, cols, wf, z, arg))
+            h = np.take_along_axis(win, arg[..., None], axis=-1)[..., 0]
+        pooled_shape = h.shape
+        hs, zs = [h.reshape(h.shape[0], -1)], []
+        dense = ps[2 * nc:]
+        for k, (_, _, act) in enumerate(spec["layers"]):
+            z = hs[-1] @ dense[2 * k].T + dense[2 * k + 1]
+            zs.append(z)
+            hs.append(np.maximum(z, 0) if act == "relu" else z)
+        loss, d = self._lce(hs[-1], y)
+        grads = [None] * len(ps)
+        for k in reversed(range(len(spec["layers"]))):
+            grads[2 * nc + 2 * k] = d.T @ hs[k]
+            grads[2 * nc + 2 * k + 1] = d.sum(axis=0)
+            d = d @ dense[2 * k]
+            if k > 0:
+                d = d * (zs[k - 1] > 0)
+        d = d.reshape(pooled_shape)
+        for c in reversed(range(nc)):
+            xshape, cols, wf, z, arg = cache[c]
+            n, o, ho, wo = z.shape
+            k = wf.shape[-1]
+            dwin = np.zeros(arg.shape + (4,), np.float32)
+            np.put_along_axis(dwin, arg[..., None], d[..., None], axis=-1)
+            da = dwin.reshape(n, o, ho // 2, wo // 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(n, o, ho, wo)
+            dz = (da * (z > 0)).transpose(0, 2, 3, 1).reshape(n * ho * wo, o)
+            grads[2 * c] = (dz.T @ cols).reshape(wf.shape)[:, :, ::-1, ::-1].copy()
+            grads[2 * c + 1] = dz.sum(axis=0)
+            if c > 0:  # col2im: every kernel offset adds its slice of the column gradient back
+                dcols = (dz @ wf.reshape(o, -1)).reshape(n, ho, wo, *wf.shape[1:])
+                d = np.zeros(xshape, np.float32)
+                for i in range(k):
+                    for j in range(k):
+                        d[:, :, i:i + ho, j:j + wo] += dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+        return float(loss), grads
 
     def _update(self, grads):
         kind, lr = self.spec["opt"]

@@ -27,8 +27,13 @@ FULL = {
                 loss="logitcrossentropy", opt=("adam", 1e-3), batch=256, nbatches=16,
                 # Adam turns tiny gradients into ±η steps, so float32 summation order shows up more here
                 update_tol=5e-2),
-    "lenet5": dict(kind="todo", title="(c) LeNet-5 on 28x28, batch 128, Adam",
-                   why="Conv/MaxPool layers are not in fluxrs yet"),
+    # the Flux model zoo's LeNet-5: convs are (in, out, k), each followed by relu and a 2x2 max pool;
+    # then flatten (16*4*4 = 256) into the Dense layers
+    "lenet5": dict(kind="train", arch="lenet5", label="(c) LeNet-5", image=28, convs=[(1, 6, 5), (6, 16, 5)],
+                   layers=[(256, 120, "relu"), (120, 84, "relu"), (84, 10, None)], head=None,
+                   loss="logitcrossentropy", opt=("adam", 1e-3), batch=128, nbatches=16,
+                   # unlike (b), no loose tolerance is needed: updates agree to ~1e-5 here, ~1.5e-4 at smoke size
+                   update_tol=1e-3),
     # MNIST-1D shaped: sequences of 40 one-feature steps, 10 classes; the class comes from the last output
     "gru": dict(kind="train", arch="gru", label="(d) GRU, MNIST-1D shaped", seq_len=40, n_in=1, hidden=64, n_out=10,
                 loss="logitcrossentropy", opt=("adam", 1e-3), batch=128, nbatches=16, update_tol=1e-3),
@@ -43,7 +48,7 @@ SMOKE = {
     "seed_descent": dict(FULL["seed_descent"], layers=[(64, 16, "sigmoid"), (16, 10, None)], batch=8, nbatches=4),
     "seed_adam": dict(FULL["seed_adam"], layers=[(64, 16, "sigmoid"), (16, 10, None)], batch=8, nbatches=4),
     "mlp": dict(FULL["mlp"], layers=[(64, 48, "relu"), (48, 48, "relu"), (48, 10, None)], batch=16, nbatches=4),
-    "lenet5": FULL["lenet5"],
+    "lenet5": dict(FULL["lenet5"], batch=4, nbatches=4),  # the image stays 28x28: the Dense sizes follow from it
     "gru": dict(FULL["gru"], seq_len=5, hidden=8, batch=4, nbatches=4),
     "sgemm": dict(FULL["sgemm"], n=64),
     "threads": dict(FULL["threads"], layers=[(64, 16, "sigmoid"), (16, 10, None)], batch=8, nbatches=4),
@@ -67,6 +72,12 @@ def title(spec: dict) -> str:
         return (f"{spec['label']}: Chain(GRU({spec['n_in']},{spec['hidden']}), last step, "
                 f"Dense({spec['hidden']},{spec['n_out']})), seq {spec['seq_len']}, {spec['loss']}, "
                 f"{'Descent' if kind == 'descent' else 'Adam'}({lr:g}), batch {spec['batch']}")
+    if spec.get("arch") == "lenet5":
+        kind, lr = spec["opt"]
+        convs = ",".join(f"Conv(({k},{k}),{i}=>{o},relu),MaxPool((2,2))" for i, o, k in spec["convs"])
+        dense = ",".join(f"Dense({i},{o}{',relu' if a else ''})" for i, o, a in spec["layers"])
+        return (f"{spec['label']} Chain({convs},flatten,{dense}) on {spec['image']}x{spec['image']}, "
+                f"{spec['loss']}, Adam({lr:g}), batch {spec['batch']}")
     if spec["kind"] in ("train", "threads"):
         acts = {"sigmoid": "σ", "relu": "relu", None: None}
         dense = ",".join(f"Dense({i},{o}{',' + acts[a] if a else ''})" for i, o, a in spec["layers"])
@@ -88,16 +99,19 @@ def samples_per_step(spec: dict) -> int:
 
 def make_data(spec: dict) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """`nbatches` batches of (x, y_onehot, labels), float32, batch-first: x uniform in [0, 1) for the
-    MLPs, standard normal (N, T, in) for the GRU (MNIST-1D signals are roughly centred)."""
+    MLPs and LeNet-5 (images (N, C, H, W), fluxrs' channels-first layout), standard normal
+    (N, T, in) for the GRU (MNIST-1D signals are roughly centred)."""
     rng = np.random.default_rng(DATA_SEED)
     if spec.get("arch") == "gru":
         n_out, shape = spec["n_out"], (spec["batch"], spec["seq_len"], spec["n_in"])
+    elif spec.get("arch") == "lenet5":
+        n_out, shape = spec["layers"][-1][1], (spec["batch"], spec["convs"][0][0], spec["image"], spec["image"])
     else:
         n_out, shape = spec["layers"][-1][1], (spec["batch"], spec["layers"][0][0])
     out = []
     for _ in range(spec["nbatches"]):
-        x = rng.random(shape, dtype=np.float32) if len(shape) == 2 else \
-            rng.standard_normal(shape, dtype=np.float32)
+        x = rng.standard_normal(shape, dtype=np.float32) if spec.get("arch") == "gru" else \
+            rng.random(shape, dtype=np.float32)
         labels = rng.integers(0, n_out, size=spec["batch"])
         y = np.zeros((spec["batch"], n_out), dtype=np.float32)
         y[np.arange(spec["batch"]), labels] = 1.0
@@ -106,8 +120,17 @@ def make_data(spec: dict) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 
 def make_init(spec: dict, seed: int = INIT_SEED) -> list[np.ndarray]:
-    """[W1, b1, W2, b2, ...]: Glorot-uniform weights (out, in) as Flux's default, zero biases."""
+    """[W1, b1, W2, b2, ...]: Glorot-uniform weights (out, in) as Flux's default, zero biases.
+    LeNet-5's conv weights come first, in fluxrs' layout (out, in, kh, kw) for its `Conv`, which
+    flips the kernel as Flux's does (torch and JAX get them flipped); their fans count the
+    receptive field, as Flux's `nfan`."""
     rng = np.random.default_rng(seed)
+    params = []
+    if spec.get("arch") == "lenet5":
+        for n_in, n_out, k in spec["convs"]:
+            lim = np.sqrt(6.0 / ((n_in + n_out) * k * k))
+            params.append(rng.uniform(-lim, lim, size=(n_out, n_in, k, k)).astype(np.float32))
+            params.append(np.zeros(n_out, dtype=np.float32))
     if spec.get("arch") == "gru":
         # [Wi (3h, in), Wh (3h, h), bias (3h,), W (out, h), b (out,)]: Flux's GRU fields, gates (r, z, h̃)
         n_in, h, n_out = spec["n_in"], spec["hidden"], spec["n_out"]
@@ -117,7 +140,6 @@ def make_init(spec: dict, seed: int = INIT_SEED) -> list[np.ndarray]:
             return rng.uniform(-lim, lim, size=(rows, cols)).astype(np.float32)
         return [glorot(3 * h, n_in), glorot(3 * h, h), np.zeros(3 * h, np.float32), glorot(n_out, h),
                 np.zeros(n_out, np.float32)]
-    params = []
     for n_in, n_out, _ in spec["layers"]:
         lim = np.sqrt(6.0 / (n_in + n_out))
         params.append(rng.uniform(-lim, lim, size=(n_out, n_in)).astype(np.float32))
