@@ -10,8 +10,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "bench", "run.py")
-TIMED = ["seed_descent", "seed_adam", "mlp", "gru", "sgemm", "threads"]
-TODO = ["lenet5"]
+TIMED = ["seed_descent", "seed_adam", "mlp", "lenet5", "gru", "sgemm", "threads"]
 
 
 def _run(args, env=None, timeout=600):
@@ -27,14 +26,11 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
     out = tmp_path / "smoke.json"
     p = _run(["--json", str(out)])
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "not yet available" in p.stdout  # the LeNet-5 stub says so; it fakes nothing
     report = json.loads(out.read_text())
 
     meta = report["meta"]
     assert meta["smoke"] is True and meta["rounds"] == 1 and meta["threads_per_library"] == 2
-    assert set(report["workloads"]) == set(TIMED + TODO)
-    for name in TODO:
-        assert report["workloads"][name]["status"].startswith("not yet available")
+    assert set(report["workloads"]) == set(TIMED)
     for name in TIMED:
         w = report["workloads"][name]
         assert w["status"] == "ok", (name, w)
@@ -47,7 +43,7 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
             assert r["rss_growth_mb"] is not None
         assert w["ratios"] and all(_positive(v) for v in w["ratios"].values()), w["ratios"]
 
-    for name in ("seed_descent", "seed_adam", "mlp", "gru"):
+    for name in ("seed_descent", "seed_adam", "mlp", "lenet5", "gru"):
         w = report["workloads"][name]
         assert list(w["libs"]) == ["fluxrs", "numpy"]
         assert set(w["ratios"]) == {"fluxrs/numpy"}
