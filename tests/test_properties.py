@@ -333,8 +333,9 @@ def test_arithmetic_and_broadcasting(op, pair, reflected):
         except ValueError:
             out_shape = None
         assume(out_shape is None or safe(out_shape))
-    if reflected and op in ("+", "-", "*", "/", "**") and not isinstance(other, fx.Tensor) and np.ndim(other) == 0 \
-            and b is not None:
+    # `b is None` first: junk such as a ragged list has no np.ndim.
+    if reflected and op in ("+", "-", "*", "/", "**") and b is not None and not isinstance(other, fx.Tensor) \
+            and np.ndim(other) == 0:
         ok, got = attempt(BINARY[op], other, ta)
         left, right = b, a.astype(ta.dtype)
     else:

@@ -175,6 +175,19 @@ def _run_groups(triples: list[tuple[Tensor, Tensor, Any]], rule_of, set_state) -
     for t in triples:
         r = rule_of(t[2])
         groups.setdefault(id(r), (r, []))[1].append(t)
+    if len(groups) == 1:
+        # The common case, one built-in rule: one fused Rust call, which a Ctrl-C cannot cut in
+        # half (Python runs signal handlers between bytecodes only), so no deferral is needed;
+        # swapping the SIGINT handler twice per step cost more than the update itself.
+        ((r, items),) = groups.values()
+        keys = [t[2] for t in items]
+        states = [_state_of(k) for k in keys]
+        if type(r).apply_batch is Rule.apply_batch and all(isinstance(s, _core.OptState) for s in states) \
+                and all(t[0].is_contiguous for t in items):
+            chain = r.chain()
+            if chain is not None:
+                _core.optim_update(chain, [t[0] for t in items], [t[1] for t in items], states)
+                return
     with deferred_interrupts():
         for r, items in groups.values():
             xs = [t[0] for t in items]

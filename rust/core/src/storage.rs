@@ -35,7 +35,7 @@ impl Storage {
 }
 
 /// An element type that can live in a `Storage`. Kernels are generic over this.
-pub trait Elem: Float {
+pub trait Elem: Float + crate::vmath::FastMath {
     fn slice(s: &Storage) -> &[Self];
     fn slice_mut(s: &mut Storage) -> &mut [Self];
     fn wrap(v: Vec<Self>) -> Storage;

@@ -8,6 +8,7 @@ use crate::layout::broadcast_shapes;
 use crate::ops::PAR_THRESHOLD;
 use crate::storage::Elem;
 use crate::tensor::Tensor;
+use crate::vmath::simd;
 use crate::with_dtype;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,22 +43,40 @@ pub(crate) fn check_same_dtype(op: &'static str, a: &Tensor, b: &Tensor) -> Resu
     Ok(())
 }
 
+/// `f` over two equal-length slices into a fresh vector: vectorised (see `vmath::simd`), and
+/// split over rayon's threads above `PAR_THRESHOLD`.
+pub(crate) fn map2<T: Elem>(x: &[T], y: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
+    debug_assert_eq!(x.len(), y.len());
+    let mut out = vec![T::ZERO; x.len()];
+    let kernel = |o: &mut [T], x: &[T], y: &[T]| {
+        simd(#[inline(always)] || o.iter_mut().zip(x).zip(y).for_each(|((o, &p), &q)| *o = f(p, q)))
+    };
+    if x.len() >= PAR_THRESHOLD {
+        use rayon::prelude::*;
+        let c = PAR_THRESHOLD / 4;
+        out.par_chunks_mut(c).zip(x.par_chunks(c)).zip(y.par_chunks(c)).for_each(|((o, x), y)| kernel(o, x, y));
+    } else {
+        kernel(&mut out, x, y);
+    }
+    out
+}
+
 /// Apply `f` elementwise over the broadcast of `a` and `b` into a fresh contiguous tensor.
 pub(crate) fn zip_map<T: Elem>(op: &'static str, a: &Tensor, b: &Tensor, f: impl Fn(T, T) -> T + Sync + Send) -> Result<Tensor> {
     let shape = broadcast_shapes(op, a.shape(), b.shape())?;
     let n: usize = shape.iter().product();
     if a.shape() == b.shape() && a.is_contiguous() && b.is_contiguous() {
-        let v = a.with_slice::<T, _>(|x| b.with_slice::<T, _>(|y| x.iter().zip(y).map(|(&p, &q)| f(p, q)).collect::<Vec<T>>()))??;
+        let v = a.with_slice::<T, _>(|x| b.with_slice::<T, _>(|y| map2(x, y, f)))??;
         return Tensor::from_vec(v, &shape);
     }
     if b.numel() == 1 && a.is_contiguous() && a.shape() == shape.as_slice() {
         let s = b.to_vec::<T>()?[0];
-        let v = a.with_slice::<T, _>(|x| x.iter().map(|&p| f(p, s)).collect::<Vec<T>>())?;
+        let v = a.with_slice::<T, _>(|x| simd(#[inline(always)] || x.iter().map(|&p| f(p, s)).collect::<Vec<T>>()))?;
         return Tensor::from_vec(v, &shape);
     }
     if a.numel() == 1 && b.is_contiguous() && b.shape() == shape.as_slice() {
         let s = a.to_vec::<T>()?[0];
-        let v = b.with_slice::<T, _>(|y| y.iter().map(|&q| f(s, q)).collect::<Vec<T>>())?;
+        let v = b.with_slice::<T, _>(|y| simd(#[inline(always)] || y.iter().map(|&q| f(s, q)).collect::<Vec<T>>()))?;
         return Tensor::from_vec(v, &shape);
     }
     let out: ArrayD<T> = a.with_view::<T, _>(|av| {
@@ -74,6 +93,11 @@ pub(crate) fn zip_map<T: Elem>(op: &'static str, a: &Tensor, b: &Tensor, f: impl
     Ok(Tensor::from_array(out))
 }
 
+/// Whether `t` is a single element equal to 2 (the exponent of a square).
+fn is_two(t: &Tensor) -> bool {
+    t.numel() == 1 && t.item().is_ok_and(|v| v == 2.0)
+}
+
 fn forward(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     check_same_dtype(op.name(), a, b)?;
     let name = op.name();
@@ -82,6 +106,8 @@ fn forward(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         BinaryOp::Sub => zip_map::<T>(name, a, b, |x, y| x - y),
         BinaryOp::Mul => zip_map::<T>(name, a, b, |x, y| x * y),
         BinaryOp::Div => zip_map::<T>(name, a, b, |x, y| x / y),
+        // x ** 2 (every squared error) as x * x: exact, and no libm powf call per element.
+        BinaryOp::Pow if is_two(b) => zip_map::<T>(name, a, b, |x, _| x * x),
         BinaryOp::Pow => zip_map::<T>(name, a, b, |x, y| x.powf(y)),
         // NaN propagates, as in numpy's maximum/minimum.
         BinaryOp::Maximum => zip_map::<T>(name, a, b, |x, y| if x.is_nan() || x >= y { x } else { y }),
@@ -109,7 +135,9 @@ impl BackwardOp for Binary {
                 if need[1] { Some(g.mul(out)?.div(b)?.neg()?) } else { None },
             ),
             BinaryOp::Pow => (
-                if need[0] {
+                if need[0] && is_two(b) {
+                    Some(g.mul(a)?.scale(2.0)?)
+                } else if need[0] {
                     let one = Tensor::full(&[], 1.0, b.dtype());
                     Some(g.mul(b)?.mul(&a.pow(&b.sub(&one)?)?)?)
                 } else {

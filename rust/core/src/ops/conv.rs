@@ -34,8 +34,7 @@ use rayon::prelude::*;
 use crate::backprop::{record, BackwardOp};
 use crate::error::{shape_err, value_err, Result};
 use crate::ops::binary::check_same_dtype;
-use crate::ops::nn::Act;
-use crate::ops::unary::sigmoid;
+use crate::ops::nn::{act_backward, apply_act, Act};
 use crate::storage::Elem;
 use crate::tensor::Tensor;
 use crate::with_dtype;
@@ -288,25 +287,6 @@ fn col2im<T: Elem>(g: &Geom, col: &[T], ld: usize, off: usize, xg: &mut [T]) {
                 }
             }
         });
-    }
-}
-
-fn apply_act<T: Elem>(v: &mut [T], act: Act) {
-    match act {
-        Act::Identity => {}
-        Act::Relu => v.iter_mut().for_each(|x| if *x < T::ZERO { *x = T::ZERO }),
-        Act::Sigmoid => v.iter_mut().for_each(|x| *x = sigmoid(*x)),
-        Act::Tanh => v.iter_mut().for_each(|x| *x = x.tanh()),
-    }
-}
-
-/// The gradient at the pre-activation, from the output alone (as the fused dense does).
-fn act_grad(act: Act, out: &Tensor, g: &Tensor) -> Result<Tensor> {
-    match act {
-        Act::Identity => Ok(g.clone()),
-        Act::Relu => g.mul(&out.gt(&Tensor::full(&[], 0.0, out.dtype()))?),
-        Act::Sigmoid => g.mul(&out.mul(&out.one_minus()?)?),
-        Act::Tanh => g.mul(&out.mul(out)?.one_minus()?),
     }
 }
 
@@ -607,7 +587,7 @@ impl BackwardOp for Conv {
     }
     fn backward(&self, inputs: &[Tensor], out: &Tensor, g: &Tensor, need: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let (x, w) = (&inputs[0], &inputs[1]);
-        let gp = act_grad(self.act, out, g)?;
+        let gp = act_backward(self.act, out, g)?;
         let gx = if need[0] { Some(gp.conv_transpose(w, None, &self.spec, Some(&x.shape()[2..]), Act::Identity)?) } else { None };
         let gw = if need[1] { Some(x.conv_filter_grad(&gp, &self.spec, &w.shape()[2..])?) } else { None };
         let mut grads = vec![gx, gw];
@@ -629,7 +609,7 @@ impl BackwardOp for ConvTranspose {
     }
     fn backward(&self, inputs: &[Tensor], out: &Tensor, g: &Tensor, need: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let (y, w) = (&inputs[0], &inputs[1]);
-        let gp = act_grad(self.act, out, g)?;
+        let gp = act_backward(self.act, out, g)?;
         let gy = if need[0] { Some(gp.conv(w, None, &self.spec, Act::Identity)?) } else { None };
         let gw = if need[1] { Some(gp.conv_filter_grad(y, &self.spec, &w.shape()[2..])?) } else { None };
         let mut grads = vec![gy, gw];

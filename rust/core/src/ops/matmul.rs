@@ -9,8 +9,18 @@ use crate::storage::Elem;
 use crate::tensor::Tensor;
 use crate::with_dtype;
 
-/// m*n*k above which gemm may use rayon threads.
-const GEMM_PAR_FLOPS: usize = 1 << 20;
+/// How many threads gemm may use for an m*n*k product: rayon's threads above a threshold
+/// (FLUXRS_GEMM_PAR_MACS overrides it, for tuning), one below.
+pub(crate) fn gemm_par(macs: usize) -> gemm::Parallelism {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let min = *MIN.get_or_init(|| std::env::var("FLUXRS_GEMM_PAR_MACS").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 20));
+    let threads = rayon::current_num_threads();
+    if macs >= min && threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
 
 /// Batched product of `a: [B.., m, k]` and `b: [B.., k, n]` with identical batch axes.
 fn bmm_kernel<T: Elem>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -25,11 +35,7 @@ fn bmm_kernel<T: Elem>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         return Tensor::from_vec(out, &out_shape);
     }
     let (la, lb) = (a.layout().clone(), b.layout().clone());
-    let par = if m * n * k >= GEMM_PAR_FLOPS && rayon::current_num_threads() > 1 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = gemm_par(m * n * k);
     let ga = a.0.storage.read_recursive();
     let gb = b.0.storage.read_recursive();
     let (pa, pb) = (T::slice(&ga).as_ptr(), T::slice(&gb).as_ptr());

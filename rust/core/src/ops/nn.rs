@@ -3,12 +3,12 @@
 //! one allocation and one pass instead of three ops. Its backward uses ordinary
 //! differentiable ops, so second derivatives still work.
 
-use crate::backprop::{record, BackwardOp};
+use crate::backprop::{record, should_record, BackwardOp};
 use crate::error::{shape_err, Result};
-use crate::ops::binary::check_same_dtype;
-use crate::ops::unary::sigmoid;
+use crate::ops::binary::{check_same_dtype, map2};
 use crate::storage::Elem;
 use crate::tensor::Tensor;
+use crate::vmath::simd;
 use crate::with_dtype;
 
 /// Activations whose derivative can be computed from the output alone.
@@ -32,6 +32,43 @@ impl Act {
     }
 }
 
+/// Applies `act` in place, vectorised. `a < 0` for relu so NaN passes through.
+pub(crate) fn apply_act<T: Elem>(v: &mut [T], act: Act) {
+    simd(#[inline(always)] || match act {
+        Act::Identity => {}
+        Act::Relu => v.iter_mut().for_each(|x| if *x < T::ZERO { *x = T::ZERO }),
+        Act::Sigmoid => v.iter_mut().for_each(|x| *x = x.fast_sigmoid()),
+        Act::Tanh => v.iter_mut().for_each(|x| *x = x.fast_tanh()),
+    })
+}
+
+/// The gradient at the pre-activation from the activation's output `out` and the incoming
+/// gradient `g`. One fused pass in a first-order backward; differentiable ops when this
+/// backward is itself recorded (a second derivative is being built).
+pub(crate) fn act_backward(act: Act, out: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if act == Act::Identity {
+        return Ok(g.clone());
+    }
+    if out.shape() == g.shape() && out.dtype() == g.dtype() && !should_record(&[out, g]) {
+        return with_dtype!(out.dtype(), T => {
+            let v = out.with_slice::<T, _>(|y| g.with_slice::<T, _>(|gs| match act {
+                // g * mask, not a select: a NaN gradient stays NaN (as the composed form).
+                Act::Relu => map2(y, gs, |y, g| g * if y > T::ZERO { T::ONE } else { T::ZERO }),
+                Act::Sigmoid => map2(y, gs, |y, g| g * (y * (T::ONE - y))),
+                Act::Tanh => map2(y, gs, |y, g| g * (T::ONE - y * y)),
+                Act::Identity => unreachable!(),
+            }))??;
+            Tensor::from_vec(v, out.shape())
+        });
+    }
+    match act {
+        Act::Identity => Ok(g.clone()),
+        Act::Relu => g.mul(&out.gt(&Tensor::full(&[], 0.0, out.dtype()))?),
+        Act::Sigmoid => g.mul(&out.mul(&out.one_minus()?)?),
+        Act::Tanh => g.mul(&out.mul(out)?.one_minus()?),
+    }
+}
+
 fn dense_kernel<T: Elem>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -> Result<Tensor> {
     let (n, k) = (x.shape()[0], x.shape()[1]);
     let m = w.shape()[0];
@@ -43,11 +80,7 @@ fn dense_kernel<T: Elem>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -
         let (lx, lw) = (x.layout().clone(), w.layout().clone());
         let gx = x.0.storage.read_recursive();
         let gw = w.0.storage.read_recursive();
-        let par = if n * m * k >= 1 << 20 && rayon::current_num_threads() > 1 {
-            gemm::Parallelism::Rayon(rayon::current_num_threads())
-        } else {
-            gemm::Parallelism::None
-        };
+        let par = crate::ops::matmul::gemm_par(n * m * k);
         // SAFETY: layouts are valid views of the locked buffers (see Tensor::with_view);
         // out is n*m, row-major. w^T is read through w's strides, without a copy.
         unsafe {
@@ -60,12 +93,7 @@ fn dense_kernel<T: Elem>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -
             );
         }
     }
-    match act {
-        Act::Identity => {}
-        Act::Relu => out.iter_mut().for_each(|v| if *v < T::ZERO { *v = T::ZERO }),
-        Act::Sigmoid => out.iter_mut().for_each(|v| *v = sigmoid(*v)),
-        Act::Tanh => out.iter_mut().for_each(|v| *v = v.tanh()),
-    }
+    apply_act(&mut out, act);
     Tensor::from_vec(out, &[n, m])
 }
 
@@ -77,13 +105,7 @@ impl BackwardOp for Dense {
     }
     fn backward(&self, inputs: &[Tensor], out: &Tensor, g: &Tensor, need: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let (x, w) = (&inputs[0], &inputs[1]);
-        // Gradient at the pre-activation, from the output alone.
-        let gp = match self.0 {
-            Act::Identity => g.clone(),
-            Act::Relu => g.mul(&out.gt(&Tensor::full(&[], 0.0, out.dtype()))?)?,
-            Act::Sigmoid => g.mul(&out.mul(&out.one_minus()?)?)?,
-            Act::Tanh => g.mul(&out.mul(out)?.one_minus()?)?,
-        };
+        let gp = act_backward(self.0, out, g)?;
         let gx = if need[0] { Some(gp.matmul(w)?) } else { None };
         let gw = if need[1] { Some(gp.transpose(0, 1)?.matmul(x)?) } else { None };
         let mut grads = vec![gx, gw];

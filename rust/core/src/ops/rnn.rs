@@ -13,9 +13,9 @@
 use crate::backprop::{record, BackwardOp};
 use crate::error::{shape_err, Error, Result};
 use crate::ops::binary::check_same_dtype;
-use crate::ops::unary::sigmoid;
 use crate::storage::Elem;
 use crate::tensor::Tensor;
+use crate::vmath::simd;
 use crate::with_dtype;
 
 /// dst (m x n) = [dst +] a (m x k) @ b (k x n), strides in elements (row, column).
@@ -56,23 +56,29 @@ fn forward<T: Elem>(gx: &[T], wh: &[T], h0: &[T], n: usize, t_len: usize, h: usi
     for t in 0..t_len {
         // gh = h_prev @ Wh^T: Wh is (3H, H) row-major, so Wh^T(k, j) = wh[j*H + k].
         mm(n, g3, h, &mut gh, g3, false, &hprev, h, 1, wh, 1, h);
-        for i in 0..n {
-            let gxo = (i * t_len + t) * g3;
-            let o = (i * t_len + t) * h;
-            for u in 0..h {
-                let r = sigmoid(gx[gxo + u] + gh[i * g3 + u]);
-                let z = sigmoid(gx[gxo + h + u] + gh[i * g3 + h + u]);
-                let ghc = gh[i * g3 + 2 * h + u];
-                let c = (gx[gxo + 2 * h + u] + r * ghc).tanh();
-                let hp = hprev[i * h + u];
-                let hn = c + z * (hp - c);
-                hs[o + u] = hn;
-                s.r[o + u] = r;
-                s.z[o + u] = z;
-                s.c[o + u] = c;
-                s.ghc[o + u] = ghc;
+        // Gates for every unit at once, vectorised: slices of length h let the bounds checks go.
+        simd(#[inline(always)] || {
+            for i in 0..n {
+                let gxo = (i * t_len + t) * g3;
+                let o = (i * t_len + t) * h;
+                let (gxr, gxz, gxc) = (&gx[gxo..gxo + h], &gx[gxo + h..gxo + 2 * h], &gx[gxo + 2 * h..gxo + g3]);
+                let (ghr, ghz, ghcs) = (&gh[i * g3..i * g3 + h], &gh[i * g3 + h..i * g3 + 2 * h], &gh[i * g3 + 2 * h..(i + 1) * g3]);
+                let hp = &hprev[i * h..(i + 1) * h];
+                let (hs_o, r_o, z_o) = (&mut hs[o..o + h], &mut s.r[o..o + h], &mut s.z[o..o + h]);
+                let (c_o, ghc_o) = (&mut s.c[o..o + h], &mut s.ghc[o..o + h]);
+                for u in 0..h {
+                    let r = (gxr[u] + ghr[u]).fast_sigmoid();
+                    let z = (gxz[u] + ghz[u]).fast_sigmoid();
+                    let ghc = ghcs[u];
+                    let c = (gxc[u] + r * ghc).fast_tanh();
+                    hs_o[u] = c + z * (hp[u] - c);
+                    r_o[u] = r;
+                    z_o[u] = z;
+                    c_o[u] = c;
+                    ghc_o[u] = ghc;
+                }
             }
-        }
+        });
         for i in 0..n {
             let o = (i * t_len + t) * h;
             hprev[i * h..(i + 1) * h].copy_from_slice(&hs[o..o + h]);
@@ -106,25 +112,34 @@ impl<T: Elem> GruSeq<T> {
                 let src = if t == 0 { &h0[i * h..(i + 1) * h] } else { &hs[(i * t_len + t - 1) * h..(i * t_len + t) * h] };
                 hprev[i * h..(i + 1) * h].copy_from_slice(src);
             }
-            for i in 0..n {
-                let o = (i * t_len + t) * h;
-                let gxo = (i * t_len + t) * g3;
-                for u in 0..h {
-                    let d = dh[i * h + u] + dhs[o + u];
-                    let (r, z, c, ghc) = (s.r[o + u], s.z[o + u], s.c[o + u], s.ghc[o + u]);
-                    let hp = hprev[i * h + u];
-                    let dpre_c = d * (T::ONE - z) * (T::ONE - c * c);
-                    let dpre_z = d * (hp - c) * z * (T::ONE - z);
-                    let dpre_r = dpre_c * ghc * r * (T::ONE - r);
-                    dgx[gxo + u] = dpre_r;
-                    dgx[gxo + h + u] = dpre_z;
-                    dgx[gxo + 2 * h + u] = dpre_c;
-                    dgh[i * g3 + u] = dpre_r;
-                    dgh[i * g3 + h + u] = dpre_z;
-                    dgh[i * g3 + 2 * h + u] = dpre_c * r;
-                    dprev[i * h + u] = d * z;
+            // Vectorised like the forward gates: per sample, slices of length h.
+            simd(#[inline(always)] || {
+                for i in 0..n {
+                    let o = (i * t_len + t) * h;
+                    let gxo = (i * t_len + t) * g3;
+                    let (dh_i, dhs_i, hp) = (&dh[i * h..(i + 1) * h], &dhs[o..o + h], &hprev[i * h..(i + 1) * h]);
+                    let (r_i, z_i, c_i, ghc_i) = (&s.r[o..o + h], &s.z[o..o + h], &s.c[o..o + h], &s.ghc[o..o + h]);
+                    let (dgx_r, rest) = dgx[gxo..gxo + g3].split_at_mut(h);
+                    let (dgx_z, dgx_c) = rest.split_at_mut(h);
+                    let (dgh_r, rest) = dgh[i * g3..(i + 1) * g3].split_at_mut(h);
+                    let (dgh_z, dgh_c) = rest.split_at_mut(h);
+                    let dprev_i = &mut dprev[i * h..(i + 1) * h];
+                    for u in 0..h {
+                        let d = dh_i[u] + dhs_i[u];
+                        let (r, z, c) = (r_i[u], z_i[u], c_i[u]);
+                        let dpre_c = d * (T::ONE - z) * (T::ONE - c * c);
+                        let dpre_z = d * (hp[u] - c) * z * (T::ONE - z);
+                        let dpre_r = dpre_c * ghc_i[u] * r * (T::ONE - r);
+                        dgx_r[u] = dpre_r;
+                        dgx_z[u] = dpre_z;
+                        dgx_c[u] = dpre_c;
+                        dgh_r[u] = dpre_r;
+                        dgh_z[u] = dpre_z;
+                        dgh_c[u] = dpre_c * r;
+                        dprev_i[u] = d * z;
+                    }
                 }
-            }
+            });
             // dWh += dgh^T @ h_prev  (3H x N) @ (N x H)
             mm(g3, h, n, &mut dwh, h, true, &dgh, 1, g3, &hprev, h, 1);
             // dh_prev = d*z + dgh @ Wh  (N x 3H) @ (3H x H)

@@ -15,12 +15,11 @@ fn kernel<T: Elem>(x: &Tensor, axis: usize, log: bool) -> Result<Tensor> {
         Zip::from(out.lanes_mut(Axis(axis))).and(v.lanes(Axis(axis))).for_each(|mut o, i| {
             let m = i.iter().fold(T::NEG_INFINITY, |m, &a| if a > m { a } else { m });
             let m = if m.is_finite() { m } else { T::ZERO };
-            let mut s = T::ZERO;
+            // exp in a loop of its own (vectorised), then the sum.
             for (oo, &a) in o.iter_mut().zip(i.iter()) {
-                let e = (a - m).exp();
-                *oo = e;
-                s += e;
+                *oo = (a - m).fast_exp();
             }
+            let s = o.iter().fold(T::ZERO, |s, &e| s + e);
             if log {
                 let ls = s.ln() + m;
                 for (oo, &a) in o.iter_mut().zip(i.iter()) {

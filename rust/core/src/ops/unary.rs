@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::ops::PAR_THRESHOLD;
 use crate::storage::Elem;
 use crate::tensor::Tensor;
+use crate::vmath::{simd, FastMath};
 use crate::with_dtype;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,15 +60,6 @@ impl UnaryOp {
     }
 }
 
-#[inline(always)]
-pub(crate) fn sigmoid<T: Float>(x: T) -> T {
-    if x >= T::ZERO {
-        T::ONE / (T::ONE + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (T::ONE + e)
-    }
-}
 
 #[inline(always)]
 fn softplus<T: Float>(x: T) -> T {
@@ -75,13 +67,17 @@ fn softplus<T: Float>(x: T) -> T {
 }
 
 pub(crate) fn map<T: Elem>(x: &Tensor, f: impl Fn(T) -> T + Sync + Send) -> Result<Tensor> {
+    // The loop runs under `simd` so `f` (branch-free for exp/tanh/sigmoid) is vectorised.
+    let kernel = |o: &mut [T], i: &[T]| simd(#[inline(always)] || o.iter_mut().zip(i).for_each(|(o, &a)| *o = f(a)));
     let v = x.with_slice::<T, _>(|s| {
+        let mut out = vec![T::ZERO; s.len()];
         if s.len() >= PAR_THRESHOLD {
             use rayon::prelude::*;
-            s.par_iter().map(|&a| f(a)).collect::<Vec<T>>()
+            out.par_chunks_mut(PAR_THRESHOLD / 4).zip(s.par_chunks(PAR_THRESHOLD / 4)).for_each(|(o, i)| kernel(o, i));
         } else {
-            s.iter().map(|&a| f(a)).collect::<Vec<T>>()
+            kernel(&mut out, s);
         }
+        out
     })?;
     Tensor::from_vec(v, x.shape())
 }
@@ -91,13 +87,13 @@ fn forward(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
         let c = |v: f64| T::from_f64(v);
         match op {
             UnaryOp::Neg => map::<T>(x, |a| -a),
-            UnaryOp::Exp => map::<T>(x, |a| a.exp()),
+            UnaryOp::Exp => map::<T>(x, |a| a.fast_exp()),
             UnaryOp::Log => map::<T>(x, |a| a.ln()),
             UnaryOp::Log1p => map::<T>(x, |a| a.ln_1p()),
             UnaryOp::Sqrt => map::<T>(x, |a| a.sqrt()),
             UnaryOp::Abs => map::<T>(x, |a| a.abs()),
-            UnaryOp::Tanh => map::<T>(x, |a| a.tanh()),
-            UnaryOp::Sigmoid => map::<T>(x, sigmoid),
+            UnaryOp::Tanh => map::<T>(x, |a| a.fast_tanh()),
+            UnaryOp::Sigmoid => map::<T>(x, |a| a.fast_sigmoid()),
             // `a < 0` rather than `a > 0`: NaN must pass through, or a non-finite loss goes unseen.
             UnaryOp::Relu => map::<T>(x, |a| if a < T::ZERO { T::ZERO } else { a }),
             UnaryOp::Sin => map::<T>(x, |a| a.sin()),
