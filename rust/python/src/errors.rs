@@ -15,10 +15,30 @@ pub fn to_py(e: Error) -> PyErr {
     }
 }
 
+/// Work (elements touched, or multiply-adds) below which `run_sized` keeps the GIL: about a
+/// microsecond of compute. Releasing it costs little alone, but with two threads training,
+/// every release of a tiny op hands the GIL over and back (a futex wake-up each way, several
+/// microseconds on a VM), which cost more than the op itself and capped two threads at 1.25x.
+pub const DETACH_MIN_WORK: usize = 1 << 14;
+
 /// Run core work with the GIL released, turning errors and panics into Python exceptions.
 /// A panic is a bug in the core, but it must surface as an exception, never an abort.
 pub fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> fluxrs_core::Result<T> + Send) -> PyResult<T> {
-    match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
+    convert(py.detach(|| catch_unwind(AssertUnwindSafe(f))))
+}
+
+/// `run` for work whose size is known: the GIL is released only when `work` is at least
+/// `DETACH_MIN_WORK` (views, scalars and small elementwise ops keep it).
+pub fn run_sized<T: Send>(py: Python<'_>, work: usize, f: impl FnOnce() -> fluxrs_core::Result<T> + Send) -> PyResult<T> {
+    if work >= DETACH_MIN_WORK {
+        run(py, f)
+    } else {
+        convert(catch_unwind(AssertUnwindSafe(f)))
+    }
+}
+
+fn convert<T>(r: std::thread::Result<fluxrs_core::Result<T>>) -> PyResult<T> {
+    match r {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(to_py(e)),
         Err(panic) => {

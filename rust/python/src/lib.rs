@@ -11,7 +11,7 @@ use fluxrs_core::{backprop, Tensor};
 use pyo3::prelude::*;
 
 use crate::convert::{parse_dtype, sizes};
-use crate::errors::run;
+use crate::errors::{run, run_sized};
 use crate::tensor::PyTensor;
 
 fn unwrap_all(ts: &[PyRef<'_, PyTensor>]) -> Vec<Tensor> {
@@ -132,7 +132,8 @@ fn dense(py: Python<'_>, x: PyRef<'_, PyTensor>, w: PyRef<'_, PyTensor>, b: Opti
     let act = fluxrs_core::ops::nn::Act::from_name(act)
         .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("dense: unsupported fused activation {act:?}")))?;
     let (x, w, b) = (x.inner.clone(), w.inner.clone(), b.map(|b| b.inner.clone()));
-    run(py, move || {
+    let work = x.numel() * w.shape().first().copied().unwrap_or(0);
+    run_sized(py, work, move || {
         let lead: Vec<usize> = x.shape()[..x.ndim().saturating_sub(1)].to_vec();
         let k = x.shape().last().copied().unwrap_or(0);
         let x2 = if x.ndim() == 2 { x.clone() } else { x.reshape(&[lead.iter().product(), k])? };

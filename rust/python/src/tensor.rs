@@ -8,11 +8,12 @@ use fluxrs_core::ops::UnaryOp;
 use fluxrs_core::{DType, Tensor};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyTuple, PyType};
 use pyo3::IntoPyObjectExt;
 
 use crate::convert::{dims, from_array_like, operand, parse_dtype, sizes, to_numpy};
-use crate::errors::run;
+use crate::errors::{run, run_sized};
 
 #[pyclass(name = "Tensor", module = "fluxrs", frozen, weakref)]
 pub struct PyTensor {
@@ -96,7 +97,8 @@ macro_rules! binary_dunder {
         fn $name(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
             let o = operand(py, other, self.inner.dtype())?;
             let a = self.inner.clone();
-            run(py, move || {
+            let work = a.numel().max(o.numel());
+            run_sized(py, work, move || {
                 let (a, o) = coerce(a, o)?;
                 a.$method(&o)
             })
@@ -105,7 +107,8 @@ macro_rules! binary_dunder {
         fn $rname(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
             let o = operand(py, other, self.inner.dtype())?;
             let a = self.inner.clone();
-            run(py, move || {
+            let work = a.numel().max(o.numel());
+            run_sized(py, work, move || {
                 let (a, o) = coerce(a, o)?;
                 o.$method(&a)
             })
@@ -121,7 +124,7 @@ macro_rules! unary_method {
             $(
                 fn $name(&self, py: Python<'_>) -> PyResult<PyTensor> {
                     let a = self.inner.clone();
-                    run(py, move || a.unary($op)).map(PyTensor::wrap)
+                    run_sized(py, a.numel(), move || a.unary($op)).map(PyTensor::wrap)
                 }
             )*
         }
@@ -171,7 +174,17 @@ impl PyTensor {
     }
     #[getter]
     fn dtype<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        py.import("numpy")?.getattr("dtype")?.call1((self.inner.dtype().name(),))
+        // Read on every layer call (input checks): the two numpy dtypes are made once.
+        static F32: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static F64: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let (cell, dt) = match self.inner.dtype() {
+            DType::F32 => (&F32, DType::F32),
+            DType::F64 => (&F64, DType::F64),
+        };
+        let d = cell.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            Ok(py.import("numpy")?.getattr("dtype")?.call1((dt.name(),))?.unbind())
+        })?;
+        Ok(d.bind(py).clone())
     }
     /// The core's identity of this tensor (stable for its lifetime).
     #[getter]
@@ -332,7 +345,7 @@ impl PyTensor {
         match operand(py, o, self.inner.dtype()) {
             Ok(t) => {
                 let a = self.inner.clone();
-                PyTensor::wrap(run(py, move || a.eq(&t))?).into_py_any(py)
+                PyTensor::wrap(run_sized(py, a.numel(), move || a.eq(&t))?).into_py_any(py)
             }
             Err(_) => Ok(py.NotImplemented()),
         }
@@ -341,7 +354,7 @@ impl PyTensor {
         match operand(py, o, self.inner.dtype()) {
             Ok(t) => {
                 let a = self.inner.clone();
-                PyTensor::wrap(run(py, move || a.ne(&t))?).into_py_any(py)
+                PyTensor::wrap(run_sized(py, a.numel(), move || a.ne(&t))?).into_py_any(py)
             }
             Err(_) => Ok(py.NotImplemented()),
         }
@@ -365,7 +378,7 @@ impl PyTensor {
         if lo > hi {
             return Err(PyValueError::new_err(format!("clamp: min ({lo}) is greater than max ({hi})")));
         }
-        run(py, move || a.clamp(lo, hi)).map(PyTensor::wrap)
+        run_sized(py, a.numel(), move || a.clamp(lo, hi)).map(PyTensor::wrap)
     }
     #[pyo3(signature = (a = 0.01))]
     fn leakyrelu(&self, py: Python<'_>, a: f64) -> PyResult<PyTensor> {
@@ -384,41 +397,41 @@ impl PyTensor {
     fn sum(&self, py: Python<'_>, axis: Option<&Bound<'_, PyAny>>, keepdims: bool) -> PyResult<PyTensor> {
         let ax = axes_arg(axis)?;
         let a = self.inner.clone();
-        run(py, move || a.sum_axes(ax.as_deref(), keepdims)).map(PyTensor::wrap)
+        run_sized(py, a.numel(), move || a.sum_axes(ax.as_deref(), keepdims)).map(PyTensor::wrap)
     }
     #[pyo3(signature = (axis = None, keepdims = false))]
     fn mean(&self, py: Python<'_>, axis: Option<&Bound<'_, PyAny>>, keepdims: bool) -> PyResult<PyTensor> {
         let ax = axes_arg(axis)?;
         let a = self.inner.clone();
-        run(py, move || a.mean_axes(ax.as_deref(), keepdims)).map(PyTensor::wrap)
+        run_sized(py, a.numel(), move || a.mean_axes(ax.as_deref(), keepdims)).map(PyTensor::wrap)
     }
     #[pyo3(signature = (axis = None, keepdims = false))]
     fn max(&self, py: Python<'_>, axis: Option<&Bound<'_, PyAny>>, keepdims: bool) -> PyResult<PyTensor> {
         let ax = axes_arg(axis)?;
         let a = self.inner.clone();
-        run(py, move || a.max_axes(ax.as_deref(), keepdims)).map(PyTensor::wrap)
+        run_sized(py, a.numel(), move || a.max_axes(ax.as_deref(), keepdims)).map(PyTensor::wrap)
     }
     #[pyo3(signature = (axis = None, keepdims = false))]
     fn min(&self, py: Python<'_>, axis: Option<&Bound<'_, PyAny>>, keepdims: bool) -> PyResult<PyTensor> {
         let ax = axes_arg(axis)?;
         let a = self.inner.clone();
-        run(py, move || a.min_axes(ax.as_deref(), keepdims)).map(PyTensor::wrap)
+        run_sized(py, a.numel(), move || a.min_axes(ax.as_deref(), keepdims)).map(PyTensor::wrap)
     }
     #[pyo3(signature = (axis = None, keepdims = false))]
     fn logsumexp(&self, py: Python<'_>, axis: Option<&Bound<'_, PyAny>>, keepdims: bool) -> PyResult<PyTensor> {
         let ax = axes_arg(axis)?;
         let a = self.inner.clone();
-        run(py, move || a.logsumexp(ax.as_deref(), keepdims)).map(PyTensor::wrap)
+        run_sized(py, a.numel(), move || a.logsumexp(ax.as_deref(), keepdims)).map(PyTensor::wrap)
     }
     #[pyo3(signature = (axis = -1))]
     fn softmax(&self, py: Python<'_>, axis: isize) -> PyResult<PyTensor> {
         let a = self.inner.clone();
-        run(py, move || a.softmax(axis)).map(PyTensor::wrap)
+        run_sized(py, a.numel(), move || a.softmax(axis)).map(PyTensor::wrap)
     }
     #[pyo3(signature = (axis = -1))]
     fn logsoftmax(&self, py: Python<'_>, axis: isize) -> PyResult<PyTensor> {
         let a = self.inner.clone();
-        run(py, move || a.logsoftmax(axis)).map(PyTensor::wrap)
+        run_sized(py, a.numel(), move || a.logsoftmax(axis)).map(PyTensor::wrap)
     }
 
     // ---------- shape ----------
@@ -427,7 +440,7 @@ impl PyTensor {
     fn reshape(&self, py: Python<'_>, shape: &Bound<'_, PyTuple>) -> PyResult<PyTensor> {
         let s = shape_args("reshape", shape, self.inner.numel())?;
         let a = self.inner.clone();
-        run(py, move || a.reshape(&s)).map(PyTensor::wrap)
+        run_sized(py, 0, move || a.reshape(&s)).map(PyTensor::wrap)
     }
     /// numpy `transpose`: reverse the axes, or apply the given permutation.
     #[pyo3(signature = (*axes))]
@@ -440,7 +453,7 @@ impl PyTensor {
             axes.extract()?
         };
         let a = self.inner.clone();
-        run(py, move || a.permute(&perm)).map(PyTensor::wrap)
+        run_sized(py, 0, move || a.permute(&perm)).map(PyTensor::wrap)
     }
     #[pyo3(signature = (*axes))]
     fn permute(&self, py: Python<'_>, axes: &Bound<'_, PyTuple>) -> PyResult<PyTensor> {
@@ -448,27 +461,27 @@ impl PyTensor {
     }
     fn swapaxes(&self, py: Python<'_>, a: isize, b: isize) -> PyResult<PyTensor> {
         let t = self.inner.clone();
-        run(py, move || t.transpose(a, b)).map(PyTensor::wrap)
+        run_sized(py, 0, move || t.transpose(a, b)).map(PyTensor::wrap)
     }
     #[getter(T)]
     fn t_(&self, py: Python<'_>) -> PyResult<PyTensor> {
         let perm: Vec<isize> = (0..self.inner.ndim() as isize).rev().collect();
         let a = self.inner.clone();
-        run(py, move || a.permute(&perm)).map(PyTensor::wrap)
+        run_sized(py, 0, move || a.permute(&perm)).map(PyTensor::wrap)
     }
     fn broadcast_to(&self, py: Python<'_>, shape: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
         let s = sizes("broadcast_to", &dims(shape)?)?;
         let a = self.inner.clone();
-        run(py, move || a.broadcast_to(&s)).map(PyTensor::wrap)
+        run_sized(py, 0, move || a.broadcast_to(&s)).map(PyTensor::wrap)
     }
     #[pyo3(signature = (axis, start, stop, step = 1))]
     fn slice(&self, py: Python<'_>, axis: isize, start: usize, stop: usize, step: usize) -> PyResult<PyTensor> {
         let a = self.inner.clone();
-        run(py, move || a.slice(axis, start, stop, step)).map(PyTensor::wrap)
+        run_sized(py, 0, move || a.slice(axis, start, stop, step)).map(PyTensor::wrap)
     }
     fn select(&self, py: Python<'_>, axis: isize, index: isize) -> PyResult<PyTensor> {
         let a = self.inner.clone();
-        run(py, move || a.select(axis, index)).map(PyTensor::wrap)
+        run_sized(py, 0, move || a.select(axis, index)).map(PyTensor::wrap)
     }
     fn index_select(&self, py: Python<'_>, axis: isize, indices: Vec<usize>) -> PyResult<PyTensor> {
         let a = self.inner.clone();
@@ -476,7 +489,7 @@ impl PyTensor {
     }
     fn contiguous(&self, py: Python<'_>) -> PyResult<PyTensor> {
         let a = self.inner.clone();
-        run(py, move || a.contiguous()).map(PyTensor::wrap)
+        run_sized(py, a.numel(), move || a.contiguous()).map(PyTensor::wrap)
     }
     /// The same data cut off from the autodiff graph (shares memory).
     fn detach(&self) -> PyTensor {

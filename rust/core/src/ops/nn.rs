@@ -97,6 +97,68 @@ fn dense_kernel<T: Elem>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -
     Tensor::from_vec(out, &[n, m])
 }
 
+/// dst (m x n) = a (m x k) @ b (k x n), each operand given by (pointer, column stride, row
+/// stride) in elements, as `gemm` takes them.
+///
+/// SAFETY: the pointers must cover every element their shapes and strides reach.
+unsafe fn gemm_into<T: Elem>(m: usize, n: usize, k: usize, dst: &mut [T], a: (*const T, isize, isize), b: (*const T, isize, isize)) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst.iter_mut().for_each(|v| *v = T::ZERO);
+        return;
+    }
+    gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, false, a.0, a.1, a.2, b.0, b.1, b.2,
+               T::ONE, T::ONE, false, false, false, crate::ops::matmul::gemm_par(m * n * k));
+}
+
+/// The first-order gradients of `x @ w^T + b` given the pre-activation gradient `gp` (n x m,
+/// contiguous): gx = gp @ w, gw = gp^T @ x, gb = column sums of gp.
+fn dense_backward_kernel<T: Elem>(x: &Tensor, w: &Tensor, gp: &Tensor, has_bias: bool, need: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    let (n, k, m) = (x.shape()[0], x.shape()[1], w.shape()[0]);
+    let (lx, lw, lg) = (x.layout().clone(), w.layout().clone(), gp.layout().clone());
+    let sx = x.0.storage.read_recursive();
+    let sw = w.0.storage.read_recursive();
+    let sg = gp.0.storage.read_recursive();
+    // SAFETY: the layouts are valid views of the locked buffers (see Tensor::with_view).
+    let (px, pw, pg) = unsafe {
+        (T::slice(&sx).as_ptr().add(lx.offset), T::slice(&sw).as_ptr().add(lw.offset), T::slice(&sg).as_ptr().add(lg.offset))
+    };
+    let mut grads = Vec::with_capacity(3);
+    grads.push(if need[0] {
+        let mut gx = vec![T::ZERO; n * k];
+        // SAFETY: as above; gp is contiguous (n x m).
+        unsafe { gemm_into(n, k, m, &mut gx, (pg, 1, m as isize), (pw, lw.strides[1], lw.strides[0])) };
+        Some(Tensor::from_vec(gx, &[n, k])?)
+    } else {
+        None
+    });
+    grads.push(if need[1] {
+        let mut gw = vec![T::ZERO; m * k];
+        // gp^T is gp read with its strides swapped.
+        unsafe { gemm_into(m, k, n, &mut gw, (pg, m as isize, 1), (px, lx.strides[1], lx.strides[0])) };
+        Some(Tensor::from_vec(gw, &[m, k])?)
+    } else {
+        None
+    });
+    if has_bias {
+        grads.push(if need[2] {
+            let gs = &T::slice(&sg)[lg.offset..lg.offset + n * m];
+            let mut gb = vec![T::ZERO; m];
+            simd(#[inline(always)] || {
+                for row in gs.chunks_exact(m.max(1)) {
+                    gb.iter_mut().zip(row).for_each(|(b, &v)| *b += v);
+                }
+            });
+            Some(Tensor::from_vec(gb, &[m])?)
+        } else {
+            None
+        });
+    }
+    Ok(grads)
+}
+
 struct Dense(Act);
 
 impl BackwardOp for Dense {
@@ -106,6 +168,10 @@ impl BackwardOp for Dense {
     fn backward(&self, inputs: &[Tensor], out: &Tensor, g: &Tensor, need: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let (x, w) = (&inputs[0], &inputs[1]);
         let gp = act_backward(self.0, out, g)?;
+        if !should_record(&[&gp, x, w]) && gp.is_contiguous() {
+            // First order: three products straight on the buffers, no intermediate ops.
+            return with_dtype!(gp.dtype(), T => dense_backward_kernel::<T>(x, w, &gp, inputs.len() == 3, need));
+        }
         let gx = if need[0] { Some(gp.matmul(w)?) } else { None };
         let gw = if need[1] { Some(gp.transpose(0, 1)?.matmul(x)?) } else { None };
         let mut grads = vec![gx, gw];

@@ -2,7 +2,7 @@
 
 use ndarray::{Axis, Zip};
 
-use crate::backprop::{record, BackwardOp};
+use crate::backprop::{record, should_record, BackwardOp};
 use crate::error::Result;
 use crate::layout::normalize_axis;
 use crate::storage::Elem;
@@ -35,6 +35,27 @@ fn kernel<T: Elem>(x: &Tensor, axis: usize, log: bool) -> Result<Tensor> {
     })
 }
 
+/// First-order backward in one pass over each lane (the composed form below is ~5 ops).
+fn backward_kernel<T: Elem>(out: &Tensor, g: &Tensor, axis: usize, log: bool) -> Result<Tensor> {
+    out.with_view::<T, _>(|y| {
+        g.with_view::<T, _>(|g| {
+            let mut gx = ndarray::ArrayD::<T>::zeros(y.raw_dim());
+            Zip::from(gx.lanes_mut(Axis(axis))).and(y.lanes(Axis(axis))).and(g.lanes(Axis(axis))).for_each(|mut d, y, g| {
+                if log {
+                    // g - softmax * sum(g)
+                    let s = g.iter().fold(T::ZERO, |s, &v| s + v);
+                    Zip::from(&mut d).and(&y).and(&g).for_each(|d, &y, &g| *d = g - y.fast_exp() * s);
+                } else {
+                    // y * (g - sum(g * y))
+                    let s = g.iter().zip(y.iter()).fold(T::ZERO, |s, (&g, &y)| s + g * y);
+                    Zip::from(&mut d).and(&y).and(&g).for_each(|d, &y, &g| *d = y * (g - s));
+                }
+            });
+            Tensor::from_array(gx)
+        })
+    })?
+}
+
 struct Softmax {
     axis: usize,
     log: bool,
@@ -45,6 +66,10 @@ impl BackwardOp for Softmax {
         if self.log { "logsoftmax" } else { "softmax" }
     }
     fn backward(&self, _i: &[Tensor], out: &Tensor, g: &Tensor, _n: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        if out.shape() == g.shape() && !should_record(&[out, g]) {
+            let gx = with_dtype!(out.dtype(), T => backward_kernel::<T>(out, g, self.axis, self.log)?);
+            return Ok(vec![Some(gx)]);
+        }
         let ax = [self.axis as isize];
         let gx = if self.log {
             // d logsoftmax: g - softmax * sum(g)
