@@ -14,6 +14,12 @@ use crate::convert::{parse_dtype, sizes};
 use crate::errors::{run, run_sized};
 use crate::tensor::PyTensor;
 
+// Tensor buffers are large and short-lived (a step allocates and frees the same sizes again
+// and again): mimalloc reuses them, where glibc's malloc unmapped them and page-faulted them
+// back in on every step. Only Rust allocations go through it; Python keeps its own.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn unwrap_all(ts: &[PyRef<'_, PyTensor>]) -> Vec<Tensor> {
     ts.iter().map(|t| t.inner.clone()).collect()
 }

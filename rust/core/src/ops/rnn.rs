@@ -39,7 +39,8 @@ fn mm<T: Elem>(m: usize, n: usize, k: usize, dst: &mut [T], d_rs: usize, acc: bo
     }
 }
 
-/// What the backward pass needs from the forward one, per (n, t, unit).
+/// What the backward pass needs from the forward one, per (t, n, unit): time-major, so
+/// that each step of the backward sweep reads one contiguous block.
 struct Saved<T> {
     r: Vec<T>,
     z: Vec<T>,
@@ -64,8 +65,9 @@ fn forward<T: Elem>(gx: &[T], wh: &[T], h0: &[T], n: usize, t_len: usize, h: usi
                 let (gxr, gxz, gxc) = (&gx[gxo..gxo + h], &gx[gxo + h..gxo + 2 * h], &gx[gxo + 2 * h..gxo + g3]);
                 let (ghr, ghz, ghcs) = (&gh[i * g3..i * g3 + h], &gh[i * g3 + h..i * g3 + 2 * h], &gh[i * g3 + 2 * h..(i + 1) * g3]);
                 let hp = &hprev[i * h..(i + 1) * h];
-                let (hs_o, r_o, z_o) = (&mut hs[o..o + h], &mut s.r[o..o + h], &mut s.z[o..o + h]);
-                let (c_o, ghc_o) = (&mut s.c[o..o + h], &mut s.ghc[o..o + h]);
+                let so = (t * n + i) * h;
+                let (hs_o, r_o, z_o) = (&mut hs[o..o + h], &mut s.r[so..so + h], &mut s.z[so..so + h]);
+                let (c_o, ghc_o) = (&mut s.c[so..so + h], &mut s.ghc[so..so + h]);
                 for u in 0..h {
                     let r = (gxr[u] + ghr[u]).fast_sigmoid();
                     let z = (gxz[u] + ghz[u]).fast_sigmoid();
@@ -118,7 +120,8 @@ impl<T: Elem> GruSeq<T> {
                     let o = (i * t_len + t) * h;
                     let gxo = (i * t_len + t) * g3;
                     let (dh_i, dhs_i, hp) = (&dh[i * h..(i + 1) * h], &dhs[o..o + h], &hprev[i * h..(i + 1) * h]);
-                    let (r_i, z_i, c_i, ghc_i) = (&s.r[o..o + h], &s.z[o..o + h], &s.c[o..o + h], &s.ghc[o..o + h]);
+                    let so = (t * n + i) * h;
+                    let (r_i, z_i, c_i, ghc_i) = (&s.r[so..so + h], &s.z[so..so + h], &s.c[so..so + h], &s.ghc[so..so + h]);
                     let (dgx_r, rest) = dgx[gxo..gxo + g3].split_at_mut(h);
                     let (dgx_z, dgx_c) = rest.split_at_mut(h);
                     let (dgh_r, rest) = dgh[i * g3..(i + 1) * g3].split_at_mut(h);
