@@ -166,6 +166,33 @@ def _make_bias(who: str, bias: Any, n: int, weight: Tensor) -> Tensor | None:
     return b
 
 
+def _from_weight(who: str, layout: str, k: Any, ch: Any, args: tuple, act: Any, bias: Any) -> tuple:
+    """Flux's array constructor, ``Conv(weight, bias, act)``: the weight as a parameter, and the
+    bias and activation from the positional or keyword arguments."""
+    weight = _as_param(k)
+    if not 3 <= weight.ndim <= 5:
+        raise ValueError(f"{who}(weight): the weight must be {layout} with 1 to 3 spatial axes, got shape "
+                         f"{tuple(weight.shape)}")
+    if ch is not None:
+        bias = ch
+    if args:
+        if len(args) > 1 or act is not None:
+            raise TypeError(f"{who}(weight, bias, act): too many arguments")
+        act = args[0]
+    act = identity if act is None else act
+    if not callable(act):
+        raise TypeError(f"{who}: the activation must be callable, got {act!r}")
+    return weight, bias, act
+
+
+def _check_groups(who: str, groups: Any, cin: int, cout: int) -> None:
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"{who}: groups must be a positive integer, got {groups!r}")
+    if cin % groups or cout % groups:
+        raise ValueError(f"{who}: input channels ({cin}) and output channels ({cout}) must both be divisible "
+                         f"by groups={groups}")
+
+
 def _parse(who: str, k: Any, ch: Any, args: tuple, act: Any) -> tuple[Any, Any, Any, Any]:
     """(k, ch_in, ch_out, act) from ``(k, (in, out), act)`` or ``(k, in, out, act)``."""
     if isinstance(ch, (tuple, list)) and len(ch) == 2 and all(_is_int(v) for v in ch):
@@ -221,29 +248,13 @@ class Conv(Layer):
         who = self._name
         if not isinstance(k, (tuple, list)) and not _is_int(k):
             # Conv(weight, bias=True, act=identity; ...): Flux's array constructor
-            weight = _as_param(k)
-            if not 3 <= weight.ndim <= 5:
-                raise ValueError(f"{who}(weight): the weight must be (out, in/groups, k...) with 1 to 3 spatial "
-                                 f"axes, got shape {tuple(weight.shape)}")
-            if ch is not None:
-                bias = ch
-            if args:
-                if len(args) > 1 or act is not None:
-                    raise TypeError(f"{who}(weight, bias, act): too many arguments")
-                act = args[0]
-            act = identity if act is None else act
-            if not callable(act):
-                raise TypeError(f"{who}: the activation must be callable, got {act!r}")
+            weight, bias, act = _from_weight(who, "(out, in/groups, k...)", k, ch, args, act, bias)
             ks = tuple(weight.shape[2:])
             cin, cout = weight.shape[1] * groups, weight.shape[0]
         else:
             ks, cin, cout, act = _parse(who, k, ch, args, act)
             weight = None
-        if not _is_int(groups) or groups < 1:
-            raise ValueError(f"{who}: groups must be a positive integer, got {groups!r}")
-        if cin % groups or cout % groups:
-            raise ValueError(f"{who}: input channels ({cin}) and output channels ({cout}) must both be divisible "
-                             f"by groups={groups}")
+        _check_groups(who, groups, cin, cout)
         d = len(ks)
         self.stride = _expand(who, "stride", stride, d)
         self.dilation = _expand(who, "dilation", dilation, d)
@@ -351,29 +362,13 @@ class ConvTranspose(Layer):
                  init: Callable = glorot_uniform):
         who = "ConvTranspose"
         if not isinstance(k, (tuple, list)) and not _is_int(k):
-            weight = _as_param(k)
-            if not 3 <= weight.ndim <= 5:
-                raise ValueError(f"{who}(weight): the weight must be (in, out/groups, k...) with 1 to 3 spatial "
-                                 f"axes, got shape {tuple(weight.shape)}")
-            if ch is not None:
-                bias = ch
-            if args:
-                if len(args) > 1 or act is not None:
-                    raise TypeError(f"{who}(weight, bias, act): too many arguments")
-                act = args[0]
-            act = identity if act is None else act
-            if not callable(act):
-                raise TypeError(f"{who}: the activation must be callable, got {act!r}")
+            weight, bias, act = _from_weight(who, "(in, out/groups, k...)", k, ch, args, act, bias)
             ks = tuple(weight.shape[2:])
             cin, cout = weight.shape[0], weight.shape[1] * groups
         else:
             ks, cin, cout, act = _parse(who, k, ch, args, act)
             weight = None
-        if not _is_int(groups) or groups < 1:
-            raise ValueError(f"{who}: groups must be a positive integer, got {groups!r}")
-        if cin % groups or cout % groups:
-            raise ValueError(f"{who}: input channels ({cin}) and output channels ({cout}) must both be divisible "
-                             f"by groups={groups}")
+        _check_groups(who, groups, cin, cout)
         d = len(ks)
         self.stride = _expand(who, "stride", stride, d)
         self.dilation = _expand(who, "dilation", dilation, d)
