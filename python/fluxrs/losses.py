@@ -71,7 +71,7 @@ def _agg(agg: Any, x: Tensor, who: str) -> Any:
         if agg not in ("mean", "sum"):
             raise ValueError(f"{who}: agg must be 'mean', 'sum' or a callable, got {agg!r}")
         return x.mean() if agg == "mean" else x.sum()
-    if agg is None or any(agg is m for m in _MEANS):
+    if agg is mean or agg is None or any(agg is m for m in _MEANS):  # the default first: every step
         return x.mean()
     if any(agg is s for s in _SUMS):
         return x.sum()

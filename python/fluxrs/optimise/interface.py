@@ -331,6 +331,23 @@ def _pairs(model: Any, grad: Any) -> list[tuple[Tensor, Tensor]]:
 def update_leaves(xs: list[Tensor], dxs: list[Tensor | None], leaves: list[Leaf]) -> None:
     """Update parameters already matched to their Leafs (``train_``'s fast path, which
     matches them once per epoch instead of walking the trees on every step)."""
+    if leaves:
+        # The usual step: every leaf has a gradient, none is frozen, all share one built-in
+        # rule. One fused call, with no grouping (this runs on every step of train_).
+        r = leaves[0].rule
+        if type(r).apply_batch is Rule.apply_batch:
+            states = []
+            for x, dx, leaf in zip(xs, dxs, leaves):
+                s = leaf.state
+                if dx is None or leaf.frozen or leaf.rule is not r or type(s) is not _core.OptState \
+                        or not x.is_contiguous:
+                    break
+                states.append(s)
+            else:
+                chain = r.chain()
+                if chain is not None:
+                    _core.optim_update(chain, xs, dxs, states)
+                    return
     triples = [(x, dx, leaf) for x, dx, leaf in zip(xs, dxs, leaves) if dx is not None and not leaf.frozen]
 
     def set_state(leaf, s):

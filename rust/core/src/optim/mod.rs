@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::storage::Elem;
 use crate::tensor::Tensor;
+use crate::vmath::simd;
 use crate::with_dtype;
 
 /// One parameter's optimiser state: per rule of the chain, its state arrays and scalars.
@@ -83,7 +84,8 @@ fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamSt
     let xs: &mut [T] = &mut T::slice_mut(&mut xguard)[off..off + n];
     for (((rule, gs), offs), sc) in chain.iter().zip(guards.iter_mut()).zip(&offsets).zip(st.scalars.iter_mut()) {
         let mut views: Vec<&mut [T]> = gs.iter_mut().zip(offs).map(|(g, &o)| &mut T::slice_mut(g)[o..o + n]).collect();
-        if rule.apply::<T>(xs, &mut step, &mut views, sc)? == Step::Hold {
+        // Under `simd` (and `apply` inlined into it) the rule's loops get AVX2/AVX-512.
+        if simd(#[inline(always)] || rule.apply::<T>(xs, &mut step, &mut views, sc))? == Step::Hold {
             return Ok(());
         }
     }

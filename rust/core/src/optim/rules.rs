@@ -100,6 +100,7 @@ impl Rule {
     }
 
     /// Turn `dx` into this rule's step, in place, updating `st` (state arrays) and `sc` (scalars).
+    #[inline(always)] // into `simd`'s target-feature function (optim::update_one)
     pub fn apply<T: Float>(&self, x: &[T], dx: &mut [T], st: &mut [&mut [T]], sc: &mut [f64]) -> Result<Step> {
         let c = T::from_f64;
         match *self {
