@@ -38,6 +38,7 @@ from fluxrs import _core
 from fluxrs._core import Tensor
 from fluxrs.autodiff import Params
 from fluxrs.functor import Struct
+from fluxrs.functor import leaves as leaves_of
 from fluxrs.optimise.interface import Leaf, _gather, _implicit_update, setup, update_leaves
 from fluxrs.optimise.rules import Rule
 
@@ -318,15 +319,30 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
     xs = [x for x, _, _ in plan]
     leaves = [leaf for _, _, leaf in plan]
 
+    # Tensors the forward pass may change but the update does not (a BatchNorm's running
+    # statistics): a step that does not complete puts them back, so a Ctrl-C or an error
+    # leaves the model as it was after the last whole step. None in most models: no cost.
+    trained = {id(x) for x in xs}
+    buffers = [t for t in leaves_of(model, trainable_only=False) if id(t) not in trained]
+
     def step(i, d):
         args = _splat(d)
-        _core.push_watch(xs)
+        saved = [t.numpy().copy() for t in buffers] if buffers else None
         try:
-            val = _call_loss(loss, (model,) + args, 1, i, d)
-        finally:
-            _core.pop_watch()
-        _check_scalar(val, i)
-        gs, v = _grads_and_loss(val, xs, i)
+            _core.push_watch(xs)
+            try:
+                val = _call_loss(loss, (model,) + args, 1, i, d)
+            finally:
+                _core.pop_watch()
+            _check_scalar(val, i)
+            gs, v = _grads_and_loss(val, xs, i)
+        except (SkipStep, StopTraining):
+            raise  # fx.skip()/fx.stop(): the forward pass counts, as in Flux
+        except BaseException:
+            if saved is not None:
+                for t, a in zip(buffers, saved):
+                    t.assign_(a)
+            raise
         if gs is not None:
             update_leaves(xs, gs, leaves)
         return v

@@ -20,6 +20,9 @@ pub enum Error {
     /// A bad argument value (negative size, zero step...).
     #[error("{op}: {msg}")]
     Value { op: &'static str, msg: String },
+    /// A result too large for this machine's memory.
+    #[error("{op}: {msg}")]
+    Memory { op: &'static str, msg: String },
     /// Gradient bookkeeping misuse (e.g. backward from a non-scalar).
     #[error("{0}")]
     Autodiff(String),

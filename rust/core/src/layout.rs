@@ -22,6 +22,11 @@ impl Layout {
     }
     /// Row-major and gap-free, so the data is `storage[offset..offset+numel]` in order.
     pub fn is_contiguous(&self) -> bool {
+        if self.numel() == 0 {
+            // No data to lay out. (Counting the zero-length axis made a fresh (2, 0) tensor
+            // "non-contiguous", and reshape then copied it into the same layout forever.)
+            return true;
+        }
         let mut expected = 1isize;
         for (&d, &s) in self.shape.iter().zip(&self.strides).rev() {
             if d != 1 && s != expected {
@@ -31,6 +36,40 @@ impl Layout {
         }
         true
     }
+}
+
+/// Checks that a tensor of `shape` is addressable: the product of its axes (zero-length ones
+/// counted as 1, as strides count them) times the largest item size must fit an `isize`, as
+/// numpy and pointer offsets need. Returns the element count.
+pub fn checked_numel(op: &'static str, shape: &[usize]) -> Result<usize> {
+    let span = shape.iter().try_fold(8usize, |acc, &d| acc.checked_mul(d.max(1)));
+    match span {
+        Some(b) if b <= isize::MAX as usize => Ok(shape.iter().product()),
+        _ => Err(Error::Shape { op, msg: format!("shape {shape:?} has too many elements to address") }),
+    }
+}
+
+/// Refuses a result of `n` elements of `item` bytes that cannot fit in this machine's memory,
+/// with an error instead of the abort (or the OOM kill) an allocation of it would bring.
+pub fn check_alloc(op: &'static str, n: usize, item: usize) -> Result<()> {
+    let bytes = n.checked_mul(item).unwrap_or(usize::MAX);
+    let total = physical_memory();
+    if bytes > total {
+        return Err(Error::Memory { op, msg: format!("the result needs {:.1} GiB, more than this machine's {:.1} GiB of memory",
+                                                    bytes as f64 / 1073741824.0, total as f64 / 1073741824.0) });
+    }
+    Ok(())
+}
+
+/// Bytes of physical memory (Linux: /proc/meminfo), read once; unlimited where unknown.
+fn physical_memory() -> usize {
+    static TOTAL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(|| {
+        std::fs::read_to_string("/proc/meminfo").ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok()))
+            .map_or(usize::MAX, |kb| kb.saturating_mul(1024))
+    })
 }
 
 pub fn contiguous_strides(shape: &[usize]) -> Vec<isize> {

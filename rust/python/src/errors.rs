@@ -3,7 +3,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use fluxrs_core::Error;
-use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 pub fn to_py(e: Error) -> PyErr {
@@ -12,6 +12,7 @@ pub fn to_py(e: Error) -> PyErr {
         Error::Shape { .. } | Error::Axis { .. } | Error::Value { .. } | Error::Autodiff(_) => PyValueError::new_err(msg),
         Error::DType { .. } => PyTypeError::new_err(msg),
         Error::Index { .. } => PyIndexError::new_err(msg),
+        Error::Memory { .. } => PyMemoryError::new_err(msg),
     }
 }
 

@@ -103,8 +103,14 @@ fn where_(py: Python<'_>, cond: PyRef<'_, PyTensor>, a: PyRef<'_, PyTensor>, b: 
 
 #[pyfunction]
 #[pyo3(signature = (shape, value, dtype = "float32"))]
-fn full(shape: Vec<isize>, value: f64, dtype: &str) -> PyResult<PyTensor> {
-    Ok(PyTensor::wrap(Tensor::full(&sizes("full", &shape)?, value, parse_dtype(dtype)?)))
+fn full(py: Python<'_>, shape: Vec<isize>, value: f64, dtype: &str) -> PyResult<PyTensor> {
+    let (shape, dtype) = (sizes("full", &shape)?, parse_dtype(dtype)?);
+    run(py, move || {
+        let n = fluxrs_core::layout::checked_numel("full", &shape)?;
+        fluxrs_core::layout::check_alloc("full", n, dtype.size())?;
+        Ok(Tensor::full(&shape, value, dtype))
+    })
+    .map(PyTensor::wrap)
 }
 
 #[pymodule]

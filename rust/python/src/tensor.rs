@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use fluxrs_core::ops::UnaryOp;
 use fluxrs_core::{DType, Tensor};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyTuple, PyType};
@@ -90,6 +90,12 @@ fn coerce(a: Tensor, o: Tensor) -> fluxrs_core::Result<(Tensor, Tensor)> {
         return Ok((a, o));
     }
     Ok((a, o))
+}
+
+/// A non-negative integer argument (positions, sizes); anything else is an IndexError naming
+/// the op, where pyo3's own conversion would raise OverflowError.
+fn index_arg(op: &str, what: &str, v: i128) -> PyResult<usize> {
+    usize::try_from(v).map_err(|_| PyIndexError::new_err(format!("{op}: {what} {v} is out of range (expected 0 to {})", usize::MAX)))
 }
 
 macro_rules! binary_dunder {
@@ -243,8 +249,10 @@ impl PyTensor {
     fn __float__(&self) -> PyResult<f64> {
         self.item()
     }
-    fn __int__(&self) -> PyResult<i64> {
-        Ok(self.item()? as i64)
+    fn __int__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        // Through Python's float: NaN raises ValueError, infinities OverflowError, and large
+        // values become exact big ints, as int(float) does (a Rust `as i64` saturated them).
+        pyo3::types::PyFloat::new(py, self.item()?).call_method0("__int__")
     }
     fn __bool__(&self) -> PyResult<bool> {
         if self.inner.numel() != 1 {
@@ -475,15 +483,18 @@ impl PyTensor {
         run_sized(py, 0, move || a.broadcast_to(&s)).map(PyTensor::wrap)
     }
     #[pyo3(signature = (axis, start, stop, step = 1))]
-    fn slice(&self, py: Python<'_>, axis: isize, start: usize, stop: usize, step: usize) -> PyResult<PyTensor> {
+    fn slice(&self, py: Python<'_>, axis: isize, start: i128, stop: i128, step: i128) -> PyResult<PyTensor> {
+        let (start, stop, step) = (index_arg("slice", "start", start)?, index_arg("slice", "stop", stop)?, index_arg("slice", "step", step)?);
         let a = self.inner.clone();
         run_sized(py, 0, move || a.slice(axis, start, stop, step)).map(PyTensor::wrap)
     }
-    fn select(&self, py: Python<'_>, axis: isize, index: isize) -> PyResult<PyTensor> {
+    fn select(&self, py: Python<'_>, axis: isize, index: i128) -> PyResult<PyTensor> {
+        let index = isize::try_from(index).map_err(|_| PyIndexError::new_err(format!("select: index {index} is out of range")))?;
         let a = self.inner.clone();
         run_sized(py, 0, move || a.select(axis, index)).map(PyTensor::wrap)
     }
-    fn index_select(&self, py: Python<'_>, axis: isize, indices: Vec<usize>) -> PyResult<PyTensor> {
+    fn index_select(&self, py: Python<'_>, axis: isize, indices: Vec<i128>) -> PyResult<PyTensor> {
+        let indices = indices.into_iter().map(|i| index_arg("index_select", "index", i)).collect::<PyResult<Vec<usize>>>()?;
         let a = self.inner.clone();
         run(py, move || a.index_select(axis, &indices)).map(PyTensor::wrap)
     }

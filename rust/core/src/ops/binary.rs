@@ -64,7 +64,8 @@ pub(crate) fn map2<T: Elem>(x: &[T], y: &[T], f: impl Fn(T, T) -> T + Sync + Sen
 /// Apply `f` elementwise over the broadcast of `a` and `b` into a fresh contiguous tensor.
 pub(crate) fn zip_map<T: Elem>(op: &'static str, a: &Tensor, b: &Tensor, f: impl Fn(T, T) -> T + Sync + Send) -> Result<Tensor> {
     let shape = broadcast_shapes(op, a.shape(), b.shape())?;
-    let n: usize = shape.iter().product();
+    let n = crate::layout::checked_numel(op, &shape)?;
+    crate::layout::check_alloc(op, n, std::mem::size_of::<T>())?;
     if a.shape() == b.shape() && a.is_contiguous() && b.is_contiguous() {
         let v = a.with_slice::<T, _>(|x| b.with_slice::<T, _>(|y| map2(x, y, f)))??;
         return Tensor::from_vec(v, &shape);

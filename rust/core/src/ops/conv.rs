@@ -144,6 +144,17 @@ impl Geom {
                 }
             }
         }
+        // The output and one sample's im2col columns must be addressable and fit in memory:
+        // a huge padding otherwise makes an allocation that aborts the process.
+        let mut out_shape = vec![n, cout];
+        out_shape.extend(&o);
+        let mut col_shape = vec![wcin];
+        col_shape.extend(k_sp);
+        col_shape.extend(&o);
+        for shape in [&out_shape, &col_shape] {
+            let numel = crate::layout::checked_numel(op, shape)?;
+            crate::layout::check_alloc(op, numel, 4)?;
+        }
         Ok(Geom {
             n,
             cin,

@@ -170,7 +170,7 @@ impl Tensor {
     /// Reshape without recording: a view when contiguous, else a copy. `-1` is not
     /// handled here (the bindings resolve it).
     pub(crate) fn reshape_raw(&self, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = crate::layout::checked_numel("reshape", shape)?;
         if n != self.numel() {
             return shape_err("reshape", format!("cannot reshape a tensor of shape {:?} ({} elements) into shape {:?} ({n} elements)", self.shape(), self.numel(), shape));
         }
@@ -227,6 +227,7 @@ impl Tensor {
         if shape == self.shape() {
             return Ok(self.clone());
         }
+        crate::layout::checked_numel("broadcast_to", shape)?;
         let nd = shape.len();
         let l = self.layout();
         if l.ndim() > nd {
