@@ -8,6 +8,7 @@
 from fluxrs._core import Tensor
 from fluxrs.autodiff import Grads, Params, ValGrad, gradient, in_gradient, no_grad, params, pullback, withgradient
 from fluxrs.functor import Layer, Struct, fmap, layer
+from fluxrs.device import cpu, gpu, gpu_available, gpu_info, to_device
 from fluxrs.random import default_rng, seed_
 from fluxrs.tensor import (concat, float32, float64, full, ones, ones_like, rand, randn, stack, tensor, where,
                            zeros, zeros_like)

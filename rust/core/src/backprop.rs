@@ -251,7 +251,7 @@ pub fn grad(root: &Tensor, leaves: &[Tensor], seed: Option<&Tensor>) -> Result<V
                 None => continue,
             }
         };
-        if !create_graph && node.op.accumulates() && needs.contains(&node.inputs[0].id()) {
+        if !create_graph && node.op.accumulates() && needs.contains(&node.inputs[0].id()) && !node.inputs[0].is_gpu() {
             let input = &node.inputs[0];
             let acc = match grads.remove(&input.id()) {
                 Some(a) => a.into_exclusive()?,

@@ -23,6 +23,9 @@ pub enum Error {
     /// A result too large for this machine's memory.
     #[error("{op}: {msg}")]
     Memory { op: &'static str, msg: String },
+    /// Operands on different devices, or an op the tensor's device does not run.
+    #[error("{op}: {msg}")]
+    Device { op: &'static str, msg: String },
     /// Gradient bookkeeping misuse (e.g. backward from a non-scalar).
     #[error("{0}")]
     Autodiff(String),

@@ -4,8 +4,11 @@
 //! for how differentiation is recorded per thread.
 
 pub mod backprop;
+pub mod device;
 pub mod dtype;
 pub mod error;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod layout;
 pub mod ops;
 pub mod optim;
@@ -14,6 +17,7 @@ pub mod tensor;
 pub mod vmath;
 
 pub use backprop::{grad, no_grad, pop_watch, push_watch, BackwardOp, NoGradGuard};
+pub use device::Device;
 pub use dtype::{DType, Float};
 pub use error::{Error, Result};
 pub use storage::{Elem, Storage};

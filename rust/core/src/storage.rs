@@ -8,6 +8,9 @@ use crate::dtype::{DType, Float};
 pub enum Storage {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    /// float32 on the GPU. CPU kernels never see it: `Tensor`'s data accessors refuse it.
+    #[cfg(feature = "gpu")]
+    Gpu(crate::gpu::GpuBuf),
 }
 
 impl Storage {
@@ -15,12 +18,23 @@ impl Storage {
         match self {
             Storage::F32(_) => DType::F32,
             Storage::F64(_) => DType::F64,
+            #[cfg(feature = "gpu")]
+            Storage::Gpu(_) => DType::F32,
         }
+    }
+    pub fn is_gpu(&self) -> bool {
+        #[cfg(feature = "gpu")]
+        if let Storage::Gpu(_) = self {
+            return true;
+        }
+        false
     }
     pub fn len(&self) -> usize {
         match self {
             Storage::F32(v) => v.len(),
             Storage::F64(v) => v.len(),
+            #[cfg(feature = "gpu")]
+            Storage::Gpu(b) => b.len,
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -47,12 +61,16 @@ impl Elem for f32 {
             Storage::F32(v) => v,
             // Callers dispatch on the tensor's dtype first, so a mismatch is a bug in the core.
             Storage::F64(_) => unreachable!("float64 storage read as float32"),
+            #[cfg(feature = "gpu")]
+            Storage::Gpu(_) => unreachable!("GPU storage read on the CPU"),
         }
     }
     fn slice_mut(s: &mut Storage) -> &mut [f32] {
         match s {
             Storage::F32(v) => v,
             Storage::F64(_) => unreachable!("float64 storage written as float32"),
+            #[cfg(feature = "gpu")]
+            Storage::Gpu(_) => unreachable!("GPU storage written on the CPU"),
         }
     }
     fn wrap(v: Vec<f32>) -> Storage {
@@ -64,13 +82,13 @@ impl Elem for f64 {
     fn slice(s: &Storage) -> &[f64] {
         match s {
             Storage::F64(v) => v,
-            Storage::F32(_) => unreachable!("float32 storage read as float64"),
+            _ => unreachable!("float32 or GPU storage read as float64"),
         }
     }
     fn slice_mut(s: &mut Storage) -> &mut [f64] {
         match s {
             Storage::F64(v) => v,
-            Storage::F32(_) => unreachable!("float32 storage written as float64"),
+            _ => unreachable!("float32 or GPU storage written as float64"),
         }
     }
     fn wrap(v: Vec<f64>) -> Storage {

@@ -90,12 +90,20 @@ impl Tensor {
         Tensor::full(shape, 1.0, dtype)
     }
 
+    /// Zeros of this shape and dtype, on this tensor's device.
     pub fn zeros_like(&self) -> Tensor {
-        Tensor::zeros(self.shape(), self.dtype())
+        Tensor::full_like(self, 0.0)
     }
 
     pub fn ones_like(&self) -> Tensor {
-        Tensor::ones(self.shape(), self.dtype())
+        Tensor::full_like(self, 1.0)
+    }
+
+    fn full_like(&self, v: f64) -> Tensor {
+        let t = Tensor::full(self.shape(), v, self.dtype());
+        // Moving a fresh buffer to the device of an existing tensor only fails if that
+        // device failed since; the CPU copy is then the useful answer.
+        t.to_device(self.device()).unwrap_or(t)
     }
 
     // ---------- metadata ----------
@@ -207,6 +215,14 @@ impl Tensor {
     }
 
     pub fn to_vec_f64(&self) -> Vec<f64> {
+        #[cfg(feature = "gpu")]
+        if self.is_gpu() {
+            // A read-back (the sync point); NaN if the device failed since the data went up.
+            return match self.to_device(crate::Device::Cpu) {
+                Ok(c) => c.to_vec_f64(),
+                Err(_) => vec![f64::NAN; self.numel()],
+            };
+        }
         with_dtype!(self.dtype(), T => self.to_vec::<T>().expect("dtype").into_iter().map(|x| x.to_f64()).collect())
     }
 
@@ -227,6 +243,10 @@ impl Tensor {
     pub fn assign(&self, src: &Tensor) -> Result<()> {
         if src.dtype() != self.dtype() {
             return Err(Error::DType { op: "assign", msg: format!("cannot assign {} data to a {} tensor", src.dtype(), self.dtype()) });
+        }
+        #[cfg(feature = "gpu")]
+        if self.is_gpu() || src.is_gpu() {
+            return crate::gpu::assign(self, src);
         }
         let bshape = crate::layout::broadcast_shapes("assign", self.shape(), src.shape())?;
         if bshape != self.shape() {
@@ -269,6 +289,10 @@ impl Tensor {
         if src.shape() != self.shape() || src.dtype() != self.dtype() {
             return shape_err("add_assign", format!("cannot add {:?} into {:?}", src.shape(), self.shape()));
         }
+        #[cfg(feature = "gpu")]
+        if self.is_gpu() {
+            return Err(Error::Device { op: "add_assign", msg: "in-place accumulation runs on the CPU only".into() });
+        }
         with_dtype!(self.dtype(), T => {
             let src: ArrayD<T> = src.to_array::<T>()?;
             let mut guard = self.0.storage.write();
@@ -284,7 +308,13 @@ impl Tensor {
         Ok(())
     }
 
+    /// The guard of every CPU data accessor: right dtype, and the data on the CPU.
     pub(crate) fn check_dtype<T: Elem>(&self, op: &'static str) -> Result<()> {
+        #[cfg(feature = "gpu")]
+        if self.0.storage.read_recursive().is_gpu() {
+            return Err(Error::Device { op, msg: format!(
+                "this op has no GPU kernel yet (tensor of shape {:?} on gpu); move it with fx.cpu(...) first", self.shape()) });
+        }
         if self.dtype() != T::DTYPE {
             return Err(Error::DType { op, msg: format!("expected {}, got {}", T::DTYPE, self.dtype()) });
         }

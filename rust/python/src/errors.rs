@@ -13,6 +13,8 @@ pub fn to_py(e: Error) -> PyErr {
         Error::DType { .. } => PyTypeError::new_err(msg),
         Error::Index { .. } => PyIndexError::new_err(msg),
         Error::Memory { .. } => PyMemoryError::new_err(msg),
+        // PyTorch raises RuntimeError for device mismatches; users catch that.
+        Error::Device { .. } => PyRuntimeError::new_err(msg),
     }
 }
 

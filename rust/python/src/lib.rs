@@ -113,9 +113,18 @@ fn full(py: Python<'_>, shape: Vec<isize>, value: f64, dtype: &str) -> PyResult<
     .map(PyTensor::wrap)
 }
 
+/// The GPU adapter in use ("name (backend, type)"), opening it on first call. Raises
+/// RuntimeError when this build has no GPU backend or no adapter is found.
+#[pyfunction]
+fn gpu_info(py: Python<'_>) -> PyResult<String> {
+    errors::run(py, fluxrs_core::device::gpu_info)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTensor>()?;
+    m.add("GPU_COMPILED", fluxrs_core::device::GPU_COMPILED)?;
+    m.add_function(wrap_pyfunction!(gpu_info, m)?)?;
     m.add_class::<NoGrad>()?;
     m.add_class::<optim::OptState>()?;
     m.add_function(wrap_pyfunction!(optim::optim_update, m)?)?;

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use fluxrs_core::ops::UnaryOp;
-use fluxrs_core::{DType, Tensor};
+use fluxrs_core::{DType, Device, Tensor};
 use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -211,6 +211,20 @@ impl PyTensor {
     fn is_contiguous(&self) -> bool {
         self.inner.is_contiguous()
     }
+    /// "cpu" or "gpu".
+    #[getter]
+    fn device(&self) -> &'static str {
+        self.inner.device().name()
+    }
+    /// A copy on `device` ("cpu" or "gpu"); the tensor itself when it is already there.
+    fn to_device(&self, py: Python<'_>, device: &str) -> PyResult<PyTensor> {
+        let dev = match device {
+            "cpu" => Device::Cpu,
+            "gpu" => Device::Gpu,
+            other => return Err(PyValueError::new_err(format!("to_device: unknown device {other:?}; expected 'cpu' or 'gpu'"))),
+        };
+        crate::errors::run(py, || self.inner.to_device(dev)).map(PyTensor::wrap)
+    }
     fn __len__(&self) -> PyResult<usize> {
         self.inner.shape().first().copied().ok_or_else(|| PyTypeError::new_err("len() of a 0-d tensor"))
     }
@@ -225,11 +239,17 @@ impl PyTensor {
 
     /// A numpy array sharing this tensor's memory (no copy).
     fn numpy<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        to_numpy(slf.py(), &slf.get().inner, slf.clone().into_any())
+        let t = &slf.get().inner;
+        if t.device() != Device::Cpu {
+            // A read-back into a CPU tensor that the array then views (as Flux's Array(cu)).
+            let host = Bound::new(slf.py(), PyTensor::wrap(crate::errors::run(slf.py(), || t.to_device(Device::Cpu))?))?;
+            return to_numpy(slf.py(), &host.get().inner.clone(), host.into_any());
+        }
+        to_numpy(slf.py(), t, slf.clone().into_any())
     }
     #[pyo3(signature = (dtype = None, copy = None))]
     fn __array__<'py>(slf: &Bound<'py, Self>, dtype: Option<&Bound<'py, PyAny>>, copy: Option<bool>) -> PyResult<Bound<'py, PyAny>> {
-        let mut a = to_numpy(slf.py(), &slf.get().inner, slf.clone().into_any())?;
+        let mut a = Self::numpy(slf)?;
         if let Some(d) = dtype {
             if !d.is_none() {
                 a = a.call_method1("astype", (d,))?;

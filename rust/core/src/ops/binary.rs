@@ -101,6 +101,10 @@ fn is_two(t: &Tensor) -> bool {
 
 fn forward(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     check_same_dtype(op.name(), a, b)?;
+    #[cfg(feature = "gpu")]
+    if crate::device::common_device(op.name(), &[a, b])? == crate::Device::Gpu {
+        return crate::gpu::binary(op, a, b);
+    }
     let name = op.name();
     with_dtype!(a.dtype(), T => match op {
         BinaryOp::Add => zip_map::<T>(name, a, b, |x, y| x + y),

@@ -86,6 +86,10 @@ impl BackwardOp for Bmm {
 impl Tensor {
     /// Product of same-batch operands `[B.., m, k] @ [B.., k, n]`.
     pub(crate) fn bmm(&self, b: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "gpu")]
+        if crate::device::common_device("matmul", &[self, b])? == crate::Device::Gpu {
+            return Ok(record(crate::gpu::matmul(self, b)?, Bmm, &[self, b]));
+        }
         let out = with_dtype!(self.dtype(), T => bmm_kernel::<T>(self, b)?);
         Ok(record(out, Bmm, &[self, b]))
     }

@@ -196,6 +196,18 @@ impl Tensor {
                 return shape_err("dense", format!("bias of shape {:?} does not match weight of shape {:?}", b.shape(), w.shape()));
             }
         }
+        #[cfg(feature = "gpu")]
+        if crate::device::common_device("dense", &[x, w])? == crate::Device::Gpu {
+            // The composed form: its ops have GPU kernels and their own backward rules.
+            let pre = x.matmul(&w.transpose(0, 1)?)?;
+            let pre = match b { Some(b) => pre.add(b)?, None => pre };
+            return match act {
+                Act::Identity => Ok(pre),
+                Act::Relu => pre.relu(),
+                Act::Sigmoid => pre.sigmoid(),
+                Act::Tanh => pre.tanh(),
+            };
+        }
         let out = with_dtype!(x.dtype(), T => dense_kernel::<T>(x, w, b, act)?);
         Ok(match b {
             Some(b) => record(out, Dense(act), &[x, w, b]),

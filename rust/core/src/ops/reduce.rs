@@ -49,6 +49,12 @@ fn reduce_forward(x: &Tensor, axes: &[usize], keepdim: bool, kind: Kind, op: &'s
     if kind != Kind::Sum && axes.iter().any(|&a| x.shape()[a] == 0) {
         return Err(Error::Value { op, msg: format!("cannot reduce an empty dimension of shape {:?}", x.shape()) });
     }
+    #[cfg(feature = "gpu")]
+    if x.is_gpu() {
+        use crate::gpu::ReduceKind as K;
+        let k = match kind { Kind::Sum => K::Sum, Kind::Max => K::Max, Kind::Min => K::Min };
+        return crate::gpu::reduce(x, axes, k)?.reshape_raw(&reduced_shape(x.shape(), axes, keepdim));
+    }
     let out = with_dtype!(x.dtype(), T => x.with_view::<T, _>(|v| Tensor::from_array(reduce_view(v, axes, kind)))?);
     out.reshape_raw(&reduced_shape(x.shape(), axes, keepdim))
 }
@@ -134,7 +140,12 @@ impl Tensor {
         let out = no_grad(|| -> Result<Tensor> {
             let m = self.max_axes(axes, true)?;
             // An all -Inf lane has max -Inf; shift by 0 there so the result is -Inf, not NaN.
-            let m = with_dtype!(m.dtype(), T => crate::ops::unary::map::<T>(&m, |v| if v.is_finite() { v } else { T::ZERO }))?;
+            // (On the GPU: clamp -Inf to the lowest float, which gives the same -Inf result.)
+            let m = if m.is_gpu() {
+                m.clamp(f32::MIN as f64, f32::MAX as f64)?
+            } else {
+                with_dtype!(m.dtype(), T => crate::ops::unary::map::<T>(&m, |v| if v.is_finite() { v } else { T::ZERO }))?
+            };
             let s = self.sub(&m)?.exp()?.sum_axes(axes, true)?.log()?.add(&m)?;
             s.reshape_raw(&reduced_shape(self.shape(), &ax, keepdim))
         })?;

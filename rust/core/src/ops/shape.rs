@@ -163,6 +163,10 @@ impl BackwardOp for Cast {
 }
 
 fn copy_contiguous(t: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "gpu")]
+    if t.is_gpu() {
+        return crate::gpu::contiguous(t);
+    }
     with_dtype!(t.dtype(), T => { let v = t.to_vec::<T>()?; Tensor::from_vec(v, t.shape()) })
 }
 

@@ -66,7 +66,7 @@ impl BackwardOp for Softmax {
         if self.log { "logsoftmax" } else { "softmax" }
     }
     fn backward(&self, _i: &[Tensor], out: &Tensor, g: &Tensor, _n: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        if out.shape() == g.shape() && !should_record(&[out, g]) {
+        if out.shape() == g.shape() && !should_record(&[out, g]) && !out.is_gpu() && !g.is_gpu() {
             let gx = with_dtype!(out.dtype(), T => backward_kernel::<T>(out, g, self.axis, self.log)?);
             return Ok(vec![Some(gx)]);
         }
@@ -83,14 +83,21 @@ impl BackwardOp for Softmax {
 }
 
 impl Tensor {
+    fn softmax_kernel(&self, ax: usize, log: bool) -> Result<Tensor> {
+        #[cfg(feature = "gpu")]
+        if self.is_gpu() {
+            return crate::gpu::softmax(self, ax, log);
+        }
+        with_dtype!(self.dtype(), T => kernel::<T>(self, ax, log))
+    }
     pub fn softmax(&self, axis: isize) -> Result<Tensor> {
         let ax = normalize_axis("softmax", axis, self.ndim())?;
-        let out = with_dtype!(self.dtype(), T => kernel::<T>(self, ax, false)?);
+        let out = self.softmax_kernel(ax, false)?;
         Ok(record(out, Softmax { axis: ax, log: false }, &[self]))
     }
     pub fn logsoftmax(&self, axis: isize) -> Result<Tensor> {
         let ax = normalize_axis("logsoftmax", axis, self.ndim())?;
-        let out = with_dtype!(self.dtype(), T => kernel::<T>(self, ax, true)?);
+        let out = self.softmax_kernel(ax, true)?;
         Ok(record(out, Softmax { axis: ax, log: true }, &[self]))
     }
 }

@@ -83,6 +83,10 @@ pub(crate) fn map<T: Elem>(x: &Tensor, f: impl Fn(T) -> T + Sync + Send) -> Resu
 }
 
 fn forward(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "gpu")]
+    if x.is_gpu() {
+        return crate::gpu::unary(op, x);
+    }
     with_dtype!(x.dtype(), T => {
         let c = |v: f64| T::from_f64(v);
         match op {

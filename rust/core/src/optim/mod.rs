@@ -61,6 +61,20 @@ pub fn update(chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut 
             }
         }
     }
+    #[cfg(feature = "gpu")]
+    if xs.iter().chain(dxs).any(|t| t.is_gpu()) {
+        // The rules run on the CPU for now (their state lives there): GPU parameters and
+        // gradients come down, and the updated parameters go back up in place.
+        let cx = xs.iter().map(|x| x.to_device(crate::Device::Cpu)).collect::<Result<Vec<_>>>()?;
+        let cdx = dxs.iter().map(|d| d.to_device(crate::Device::Cpu)).collect::<Result<Vec<_>>>()?;
+        update(chain, &cx, &cdx, states)?;
+        for (x, c) in xs.iter().zip(&cx) {
+            if x.is_gpu() {
+                x.assign(c)?;
+            }
+        }
+        return Ok(());
+    }
     let total: usize = xs.iter().map(|x| x.numel()).sum();
     let work = |((x, dx), st): ((&Tensor, &Tensor), &mut &mut ParamState)| -> Result<()> {
         with_dtype!(x.dtype(), T => update_one::<T>(chain, x, dx, st))

@@ -1,0 +1,221 @@
+//! The wgpu backend against the CPU backend: every op with a GPU kernel, forward and
+//! gradient, on the same data. Runs on any adapter, Debian's CPU Vulkan driver (lavapipe)
+//! included: `cargo test -p fluxrs-core --features gpu --test gpu`.
+//!
+//! Tolerance: 2e-5 relative + 2e-5 absolute. The GPU's exp/log/tanh are the driver's,
+//! not the CPU backend's polynomials, and its sums run in another order.
+#![cfg(feature = "gpu")]
+
+use fluxrs_core::ops::{BinaryOp, UnaryOp};
+use fluxrs_core::{grad, pop_watch, push_watch, Device, Error, Tensor};
+
+fn gpu_or_skip() -> bool {
+    match fluxrs_core::device::gpu_info() {
+        Ok(info) => {
+            eprintln!("GPU: {info}");
+            true
+        }
+        // CI installs lavapipe, and FLUXRS_REQUIRE_GPU makes a missing adapter a failure there.
+        Err(e) if std::env::var("FLUXRS_REQUIRE_GPU").unwrap_or_default().is_empty() => {
+            eprintln!("skipped: {e}");
+            false
+        }
+        Err(e) => panic!("FLUXRS_REQUIRE_GPU is set but {e}"),
+    }
+}
+
+/// Deterministic data in [-2, 2) (a small LCG: no rand dependency for tests).
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+fn t(shape: &[usize], seed: u64) -> Tensor {
+    Tensor::from_vec(data(shape.iter().product(), seed), shape).unwrap()
+}
+
+fn gpu(x: &Tensor) -> Tensor {
+    x.to_device(Device::Gpu).unwrap()
+}
+
+#[track_caller]
+fn close(what: &str, gpu: &Tensor, cpu: &Tensor) {
+    assert_eq!(gpu.device(), Device::Gpu, "{what}: result left the GPU");
+    assert_eq!(gpu.shape(), cpu.shape(), "{what}: shape");
+    let (g, c) = (gpu.to_vec_f64(), cpu.to_vec_f64());
+    for (i, (a, b)) in g.iter().zip(&c).enumerate() {
+        let ok = (a - b).abs() <= 2e-5 + 2e-5 * b.abs() || (a.is_nan() && b.is_nan());
+        assert!(ok, "{what}: element {i}: gpu {a} vs cpu {b}");
+    }
+}
+
+#[test]
+fn round_trip_keeps_data_and_views() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let x = t(&[3, 5], 1);
+    let g = gpu(&x);
+    assert_eq!(g.device(), Device::Gpu);
+    assert_eq!(g.to_device(Device::Cpu).unwrap().to_vec::<f32>().unwrap(), x.to_vec::<f32>().unwrap());
+    // A transposed view and a row slice come back as the CPU's views do.
+    let gt = g.transpose(0, 1).unwrap();
+    close("transpose", &gt.contiguous().unwrap(), &x.transpose(0, 1).unwrap().contiguous().unwrap());
+    close("slice", &g.slice(0, 1, 3, 1).unwrap().contiguous().unwrap(), &x.slice(0, 1, 3, 1).unwrap().contiguous().unwrap());
+    let empty = Tensor::zeros(&[0, 4], fluxrs_core::DType::F32);
+    assert_eq!(gpu(&empty).to_device(Device::Cpu).unwrap().shape(), &[0, 4]);
+}
+
+#[test]
+fn unary_ops_match_cpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let x = t(&[4, 33], 2);
+    let pos = x.abs().unwrap().add_scalar(0.1).unwrap();
+    let ops = [
+        UnaryOp::Neg, UnaryOp::Exp, UnaryOp::Abs, UnaryOp::Tanh, UnaryOp::Sigmoid, UnaryOp::Relu, UnaryOp::Sin,
+        UnaryOp::Cos, UnaryOp::Softplus, UnaryOp::LeakyRelu(0.01), UnaryOp::Elu(1.0), UnaryOp::Clamp(-0.5, 0.7), UnaryOp::Sign,
+    ];
+    for op in ops {
+        close(op.name(), &gpu(&x).unary(op).unwrap(), &x.unary(op).unwrap());
+    }
+    for op in [UnaryOp::Log, UnaryOp::Sqrt, UnaryOp::Log1p] {
+        close(op.name(), &gpu(&pos).unary(op).unwrap(), &pos.unary(op).unwrap());
+    }
+    // Strided input (a transposed view) reads through its strides.
+    close("tanh of a view", &gpu(&x).transpose(0, 1).unwrap().tanh().unwrap(), &x.transpose(0, 1).unwrap().tanh().unwrap());
+}
+
+#[test]
+fn binary_ops_broadcast_like_cpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let a = t(&[2, 3, 4], 3);
+    let b = t(&[3, 1], 4);
+    let s = Tensor::from_vec(vec![2.0f32], &[]).unwrap();
+    for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Maximum, BinaryOp::Minimum] {
+        close(op.name(), &gpu(&a).binary(op, &gpu(&b)).unwrap(), &a.binary(op, &b).unwrap());
+    }
+    // A one-element CPU operand (a constant of a backward rule) joins a GPU tensor.
+    close("pow 2", &gpu(&a).pow(&s).unwrap(), &a.pow(&s).unwrap());
+    let pos = a.abs().unwrap().add_scalar(0.5).unwrap();
+    close("pow", &gpu(&pos).pow(&gpu(&b)).unwrap(), &pos.pow(&b).unwrap());
+    close("gt", &gpu(&a).gt(&gpu(&b)).unwrap(), &a.gt(&b).unwrap());
+    close("eq", &gpu(&a).eq(&gpu(&a)).unwrap(), &a.eq(&a).unwrap());
+}
+
+#[test]
+fn reductions_and_softmax_match_cpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let x = t(&[3, 4, 5], 5);
+    let g = gpu(&x);
+    for axes in [None, Some(vec![0isize]), Some(vec![1]), Some(vec![-1]), Some(vec![0, 2])] {
+        let ax = axes.as_deref();
+        close("sum", &g.sum_axes(ax, false).unwrap(), &x.sum_axes(ax, false).unwrap());
+        close("mean", &g.mean_axes(ax, true).unwrap(), &x.mean_axes(ax, true).unwrap());
+        close("max", &g.max_axes(ax, false).unwrap(), &x.max_axes(ax, false).unwrap());
+        close("min", &g.min_axes(ax, false).unwrap(), &x.min_axes(ax, false).unwrap());
+        close("logsumexp", &g.logsumexp(ax, false).unwrap(), &x.logsumexp(ax, false).unwrap());
+    }
+    for axis in [0isize, 1, 2] {
+        close("softmax", &g.softmax(axis).unwrap(), &x.softmax(axis).unwrap());
+        close("logsoftmax", &g.logsoftmax(axis).unwrap(), &x.logsoftmax(axis).unwrap());
+    }
+}
+
+#[test]
+fn matmul_matches_cpu_for_views_batches_and_ragged_tiles() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let a = t(&[37, 19], 6);
+    let b = t(&[19, 23], 7);
+    close("matmul", &gpu(&a).matmul(&gpu(&b)).unwrap(), &a.matmul(&b).unwrap());
+    // Transposed operands multiply through their strides.
+    let bt = t(&[23, 19], 8);
+    close("a @ b^T", &gpu(&a).matmul(&gpu(&bt).transpose(0, 1).unwrap()).unwrap(), &a.matmul(&bt.transpose(0, 1).unwrap()).unwrap());
+    // Batched, with the batch broadcast from a 2-D operand, and vectors.
+    let ab = t(&[3, 5, 19], 9);
+    close("batched", &gpu(&ab).matmul(&gpu(&b)).unwrap(), &ab.matmul(&b).unwrap());
+    let bb = t(&[3, 19, 4], 10);
+    close("batch @ batch", &gpu(&ab).matmul(&gpu(&bb)).unwrap(), &ab.matmul(&bb).unwrap());
+    let v = t(&[19], 11);
+    close("matrix @ vector", &gpu(&a).matmul(&gpu(&v)).unwrap(), &a.matmul(&v).unwrap());
+}
+
+/// The seed model's loss, built from the same ops on either device.
+fn mlp_loss(x: &Tensor, y: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor) -> Tensor {
+    let h = Tensor::dense(x, w1, Some(b1), fluxrs_core::ops::nn::Act::Relu).unwrap();
+    let z = Tensor::dense(&h, w2, Some(b2), fluxrs_core::ops::nn::Act::Identity).unwrap();
+    // logitcrossentropy: mean(-sum(y .* logsoftmax(z)))
+    z.logsoftmax(1).unwrap().mul(y).unwrap().sum_axes(Some(&[1]), false).unwrap().neg().unwrap().mean_axes(None, false).unwrap()
+}
+
+#[test]
+fn mlp_gradients_match_cpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let (x, w1, b1, w2, b2) = (t(&[16, 12], 12), t(&[8, 12], 13), t(&[8], 14), t(&[5, 8], 15), t(&[5], 16));
+    let mut y = vec![0f32; 16 * 5];
+    for i in 0..16 {
+        y[i * 5 + i % 5] = 1.0;
+    }
+    let y = Tensor::from_vec(y, &[16, 5]).unwrap();
+    let run = |dev: Device| -> Vec<Tensor> {
+        let ps: Vec<Tensor> = [&w1, &b1, &w2, &b2].iter().map(|p| p.to_device(dev).unwrap()).collect();
+        push_watch(&ps);
+        let l = mlp_loss(&x.to_device(dev).unwrap(), &y.to_device(dev).unwrap(), &ps[0], &ps[1], &ps[2], &ps[3]);
+        pop_watch();
+        let mut out = vec![l.clone()];
+        out.extend(grad(&l, &ps, None).unwrap().into_iter().map(|g| g.expect("every parameter has a gradient")));
+        out
+    };
+    let (g, c) = (run(Device::Gpu), run(Device::Cpu));
+    for (i, (a, b)) in g.iter().zip(&c).enumerate() {
+        close(["loss", "dw1", "db1", "dw2", "db2"][i], a, b);
+    }
+}
+
+#[test]
+fn optimiser_step_updates_gpu_parameters_in_place() {
+    if !gpu_or_skip() {
+        return;
+    }
+    use fluxrs_core::optim::{update, ParamState, Rule};
+    let chain = [Rule::Adam { eta: 0.01, beta: (0.9, 0.999), eps: 1e-8 }];
+    let x = t(&[4, 3], 17);
+    let dx = t(&[4, 3], 18);
+    let (xg, dxg) = (gpu(&x), gpu(&dx));
+    let (mut sc, mut sg) = (ParamState::init(&chain, &x), ParamState::init(&chain, &xg));
+    for _ in 0..3 {
+        update(&chain, std::slice::from_ref(&x), std::slice::from_ref(&dx), &mut [&mut sc]).unwrap();
+        update(&chain, std::slice::from_ref(&xg), std::slice::from_ref(&dxg), &mut [&mut sg]).unwrap();
+    }
+    close("adam", &xg, &x);
+}
+
+#[test]
+fn mixing_devices_and_cpu_only_ops_are_clear_errors() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let a = t(&[2, 3], 19);
+    let err = gpu(&a).add(&a).unwrap_err();
+    assert!(matches!(err, Error::Device { .. }), "{err:?}");
+    assert!(err.to_string().contains("different devices"), "{err}");
+    // An op with no GPU kernel yet says so instead of computing on the wrong device.
+    let err = gpu(&a).to_vec::<f32>().unwrap_err();
+    assert!(err.to_string().contains("no GPU kernel"), "{err}");
+    let f64t = Tensor::from_vec(vec![1.0f64, 2.0], &[2]).unwrap();
+    assert!(matches!(f64t.to_device(Device::Gpu), Err(Error::DType { .. })));
+}

@@ -1,0 +1,192 @@
+"""The GPU backend through the Python API, against the CPU backend.
+
+In the default (CPU-only) build only the first tests run: `fx.gpu` must fail clearly and
+nothing else may notice. In the `gpu` build (`maturin develop --release --features gpu`)
+the rest run on whatever adapter is found; CI uses Debian's CPU Vulkan driver (lavapipe)
+and sets FLUXRS_REQUIRE_GPU=1, so a missing adapter fails there instead of skipping.
+
+Tolerance: 2e-5 absolute + 2e-5 relative (the GPU's exp/log/tanh are the driver's, and
+its sums run in another order).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fluxrs as fx
+from fluxrs import _core
+
+TOL = dict(rtol=2e-5, atol=2e-5)
+
+
+def test_default_build_never_loads_a_gpu_driver():
+    """Importing fluxrs and training on the CPU opens no GPU device (no wgpu/Vulkan load)."""
+    code = ("import fluxrs as fx, numpy as np\n"
+            "m = fx.Dense(3, 2)\n"
+            "g = fx.gradient(lambda m: fx.mse(m(np.ones((4, 3), np.float32)), np.zeros((4, 2), np.float32)), m)\n"
+            "maps = open('/proc/self/maps').read()\n"
+            "print('vulkan' in maps or 'lvp' in maps)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False", "a GPU driver was loaded by CPU-only work"
+
+
+@pytest.mark.skipif(_core.GPU_COMPILED, reason="this build has the GPU backend")
+def test_gpu_without_the_backend_raises_a_clear_error():
+    assert fx.gpu_available() is False
+    with pytest.raises(RuntimeError, match="built without the GPU backend"):
+        fx.gpu(fx.Dense(2, 2))
+    with pytest.raises(RuntimeError, match="built without the GPU backend"):
+        fx.tensor([1.0, 2.0]).to_device("gpu")
+    # and the CPU keeps working
+    assert fx.cpu(fx.tensor([1.0])).device == "cpu"
+
+
+def _need_gpu():
+    if fx.gpu_available():
+        return
+    if os.environ.get("FLUXRS_REQUIRE_GPU"):
+        raise AssertionError(f"FLUXRS_REQUIRE_GPU is set but there is no GPU: {_why_no_gpu()}")
+    pytest.skip(f"no GPU backend or adapter: {_why_no_gpu()}")
+
+
+def _why_no_gpu() -> str:
+    try:
+        fx.gpu_info()
+    except RuntimeError as e:
+        return str(e)
+    return "?"
+
+
+gpu_only = pytest.mark.usefixtures("gpu_required")
+
+
+@pytest.fixture
+def gpu_required():
+    _need_gpu()
+
+
+def rnd(*shape, seed=0):
+    return np.random.default_rng(seed).uniform(-2, 2, size=shape).astype(np.float32)
+
+
+@gpu_only
+def test_tensors_move_and_report_their_device():
+    x = fx.tensor(rnd(3, 4))
+    g = fx.gpu(x)
+    assert g.device == "gpu" and x.device == "cpu"
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(x))   # numpy() reads back
+    np.testing.assert_array_equal(fx.cpu(g).numpy(), x.numpy())
+    assert fx.gpu(g) is g or fx.gpu(g).device == "gpu"
+    with pytest.raises(TypeError, match="float32"):
+        fx.gpu(fx.tensor(rnd(2), dtype="float64"))
+    with pytest.raises(ValueError, match="unknown device"):
+        x.to_device("tpu")
+
+
+@gpu_only
+def test_mixing_devices_names_the_op_and_both_devices():
+    x = fx.tensor(rnd(2, 3))
+    with pytest.raises(RuntimeError, match=r"add: operands are on different devices \(gpu and cpu\)"):
+        fx.gpu(x) + x
+    with pytest.raises(RuntimeError, match="different devices"):
+        fx.gpu(fx.Dense(3, 2))(x)
+
+
+@gpu_only
+@pytest.mark.parametrize("f", [
+    lambda x: x * 2 - 1, lambda x: x / (abs(x) + 1), lambda x: x ** 2, fx.relu, fx.sigmoid, fx.tanh,
+    fx.softplus, fx.elu, lambda x: fx.leakyrelu(x, 0.1), lambda x: fx.softmax(x, dims=1),
+    lambda x: fx.logsoftmax(x, dims=0), lambda x: x.sum(axis=1), lambda x: x.mean(), lambda x: x.max(axis=0),
+    lambda x: x @ x.T, lambda x: x.T @ x, lambda x: x.logsumexp(axis=1),
+], ids=["affine", "div", "square", "relu", "sigmoid", "tanh", "softplus", "elu", "leakyrelu", "softmax",
+        "logsoftmax", "sum", "mean", "max", "x@xT", "xT@x", "logsumexp"])
+def test_ops_match_cpu(f):
+    x = rnd(5, 7, seed=1)
+    got = f(fx.gpu(fx.tensor(x)))
+    assert got.device == "gpu"
+    np.testing.assert_allclose(np.asarray(got), np.asarray(f(fx.tensor(x))), **TOL)
+
+
+@gpu_only
+@pytest.mark.parametrize("loss", ["mse", "mae", "logitcrossentropy", "crossentropy", "binarycrossentropy", "huber_loss"])
+def test_losses_and_their_gradients_match_cpu(loss):
+    fn = getattr(fx.losses, loss)
+    yhat = rnd(6, 4, seed=2)
+    if loss in ("crossentropy", "binarycrossentropy"):
+        yhat = 1 / (1 + np.exp(-yhat))
+    y = np.eye(4, dtype=np.float32)[np.arange(6) % 4]
+
+    def value_and_grad(dev):
+        p = fx.to_device(fx.tensor(yhat), dev)
+        l, g = fx.withgradient(lambda p: fn(p, fx.to_device(fx.tensor(y), dev)), p)
+        return float(l), np.asarray(g[0])
+
+    (lg, gg), (lc, gc) = value_and_grad("gpu"), value_and_grad("cpu")
+    assert lg == pytest.approx(lc, rel=2e-5, abs=2e-6)
+    np.testing.assert_allclose(gg, gc, **TOL)
+
+
+@gpu_only
+def test_model_gradients_mirror_the_model_and_match_cpu():
+    fx.seed_(3)
+    m = fx.Chain(fx.Dense(6, 16, fx.relu), fx.Dense(16, 16, fx.tanh), fx.Dense(16, 3))
+    mg = fx.gpu(m)
+    assert all(p.device == "gpu" for p in fx.params(mg)) and all(p.device == "cpu" for p in fx.params(m))
+    x, y = rnd(10, 6, seed=4), np.eye(3, dtype=np.float32)[np.arange(10) % 3]
+    loss = lambda m, x, y: fx.logitcrossentropy(m(x), y)
+    gc = fx.gradient(loss, m, fx.tensor(x), fx.tensor(y))[0]
+    gg = fx.gradient(loss, mg, fx.gpu(x), fx.gpu(y))[0]
+    for a, b in zip(fx.functor.leaves(gg), fx.functor.leaves(gc)):
+        assert a.device == "gpu"
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), **TOL)
+
+
+@gpu_only
+@pytest.mark.parametrize("rule", [fx.Descent(0.1), fx.Momentum(0.01), fx.Adam(1e-2), fx.OptimiserChain(fx.ClipNorm(1.0), fx.AdamW(1e-2))],
+                         ids=["Descent", "Momentum", "Adam", "ClipNorm+AdamW"])
+def test_update_moves_gpu_parameters_as_on_the_cpu(rule):
+    fx.seed_(5)
+    m = fx.Dense(4, 3)
+    mg = fx.gpu(m)
+    sc, sg = fx.setup(rule, m), fx.setup(rule, mg)
+    x, y = rnd(8, 4, seed=6), rnd(8, 3, seed=7)
+    for _ in range(3):
+        fx.update_(sc, m, fx.gradient(lambda m: fx.mse(m(x), y), m)[0])
+        fx.update_(sg, mg, fx.gradient(lambda m: fx.mse(m(fx.gpu(x)), fx.gpu(y)), mg)[0])
+    assert mg.weight.device == "gpu"
+    np.testing.assert_allclose(np.asarray(mg.weight), m.weight.numpy(), **TOL)
+    np.testing.assert_allclose(np.asarray(mg.bias), m.bias.numpy(), **TOL)
+
+
+@gpu_only
+def test_training_mnist1d_on_the_gpu_reaches_the_cpu_accuracy():
+    """The explicit-style train_ loop on MNIST-1D, same initial weights and batches on both."""
+    pytest.importorskip("mnist1d")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    from mnist1d_mlp import build_model, load_mnist1d
+
+    d = load_mnist1d()
+    x, xt = d["x"].astype(np.float32), d["x_test"].astype(np.float32)
+    mu, sd = x.mean(), x.std()
+    x, xt = (x - mu) / sd, (xt - mu) / sd
+    Y = fx.onehotbatch(d["y"], range(10)).numpy()
+
+    def run(dev):
+        fx.seed_(0)
+        model = fx.to_device(build_model(), dev)
+        opt = fx.setup(fx.Adam(1e-2), model)
+        loader = fx.DataLoader((x, Y), batchsize=250, shuffle=True, rng=np.random.default_rng(1))
+        loss = lambda m, x, y: fx.logitcrossentropy(m(fx.to_device(x, dev)), fx.to_device(y, dev))
+        for _ in range(6):
+            fx.train_(loss, model, loader, opt)
+        with fx.no_grad():
+            return float((fx.onecold(fx.cpu(model(fx.to_device(xt, dev)))) == d["y_test"]).mean())
+
+    acc_gpu, acc_cpu = run("gpu"), run("cpu")
+    assert acc_cpu > 0.40, acc_cpu
+    assert abs(acc_gpu - acc_cpu) < 0.03, (acc_gpu, acc_cpu)
