@@ -56,21 +56,21 @@ def build(name: str):
     raise ValueError(f"unknown model {name!r}; choose from {list(PAPER)}")
 
 
-def accuracy(model, x, labels) -> float:
+def accuracy(model, x, labels, device: str = "cpu") -> float:
     with fx.no_grad():
-        return 100.0 * float((fx.onecold(model(fx.tensor(x))) == labels).mean())
+        return 100.0 * float((fx.onecold(fx.cpu(model(fx.to_device(x, device)))) == labels).mean())
 
 
-def train(name: str, data: dict, steps: int = 8000, seed: int = 0, progress: bool = True) -> dict:
-    """Train one model of the table; returns its row."""
+def train(name: str, data: dict, steps: int = 8000, seed: int = 0, progress: bool = True, device: str = "cpu") -> dict:
+    """Train one model of the table on `device` ("cpu", or "gpu" in the gpu build); returns its row."""
     fx.seed_(seed)
     x, x_test = data["x"].astype(np.float32), data["x_test"].astype(np.float32)
     y, y_test = np.asarray(data["y"]), np.asarray(data["y_test"])
     Y = fx.onehotbatch(y, range(10)).numpy()
-    model = build(name)
+    model = fx.to_device(build(name), device)
     opt = fx.setup(fx.Adam(1e-2), model)
     loader = fx.DataLoader((x, Y), batchsize=100, shuffle=True, rng=np.random.default_rng(seed))
-    loss = lambda m, xb, yb: fx.logitcrossentropy(m(xb), yb)
+    loss = lambda m, xb, yb: fx.logitcrossentropy(m(fx.to_device(xb, device)), fx.to_device(yb, device))
     epochs = max(1, round(steps / len(loader)))
     bar = None
     if progress:
@@ -86,7 +86,7 @@ def train(name: str, data: dict, steps: int = 8000, seed: int = 0, progress: boo
     seconds = time.perf_counter() - t0
     nparams = sum(p.size for p in fx.params(model))
     return {"model": name, "params": nparams, "steps": epochs * len(loader), "seconds": seconds,
-            "train": accuracy(model, x, y), "test": accuracy(model, x_test, y_test), "paper": PAPER[name]}
+            "train": accuracy(model, x, y, device), "test": accuracy(model, x_test, y_test, device), "paper": PAPER[name]}
 
 
 def table(rows: list[dict]) -> str:
@@ -103,9 +103,10 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(PAPER), choices=list(PAPER))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu needs the gpu build (README: GPU)")
     a = p.parse_args()
     data = load_mnist1d()
-    rows = [train(m, data, a.steps, a.seed, not a.no_progress) for m in a.models]
+    rows = [train(m, data, a.steps, a.seed, not a.no_progress, a.device) for m in a.models]
     print(table(rows))
 
 

@@ -164,6 +164,42 @@ def test_update_moves_gpu_parameters_as_on_the_cpu(rule):
 
 
 @gpu_only
+@pytest.mark.parametrize("layer", [
+    lambda: fx.Conv((5,), (2, 4), fx.relu, stride=2, pad=1),
+    lambda: fx.Conv((3, 3), (2, 6), fx.tanh, pad=1, dilation=2, groups=2),
+    lambda: fx.CrossCor((2, 3), (2, 3), stride=(1, 2)),
+    lambda: fx.ConvTranspose((3,), (2, 3), fx.sigmoid, stride=2),
+], ids=["conv1d", "conv2d-groups-dilation", "crosscor", "convtranspose"])
+def test_conv_layers_and_gradients_match_cpu(layer):
+    fx.seed_(8)
+    m = layer()
+    nd = len(m.weight.shape) - 2
+    x = rnd(*([3, 2] + [9] * nd), seed=9)
+    loss = lambda m, x: (m(x) ** 2).sum()
+    lc, gc = fx.withgradient(loss, m, fx.tensor(x))
+    lg, gg = fx.withgradient(loss, fx.gpu(m), fx.gpu(x))
+    assert float(lg) == pytest.approx(float(lc), rel=1e-4)
+    for a, b in zip(fx.functor.leaves(gg), fx.functor.leaves(gc)):
+        assert a.device == "gpu"
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+@gpu_only
+def test_mnist1d_cnn_on_the_gpu_reaches_the_cpu_accuracy():
+    """The MNIST-1D CNN of examples/mnist1d_table.py, same seed on both devices."""
+    pytest.importorskip("mnist1d")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    import mnist1d_table as t
+
+    data = t.load_mnist1d()
+    # 80 steps (two epochs): lavapipe runs the CNN at about 0.6 s a step
+    gpu = t.train("cnn", data, steps=80, progress=False, device="gpu")
+    cpu = t.train("cnn", data, steps=80, progress=False, device="cpu")
+    assert cpu["test"] > 40, cpu
+    assert abs(gpu["test"] - cpu["test"]) < 4, (gpu, cpu)
+
+
+@gpu_only
 def test_training_mnist1d_on_the_gpu_reaches_the_cpu_accuracy():
     """The explicit-style train_ loop on MNIST-1D, same initial weights and batches on both."""
     pytest.importorskip("mnist1d")
@@ -182,11 +218,11 @@ def test_training_mnist1d_on_the_gpu_reaches_the_cpu_accuracy():
         opt = fx.setup(fx.Adam(1e-2), model)
         loader = fx.DataLoader((x, Y), batchsize=250, shuffle=True, rng=np.random.default_rng(1))
         loss = lambda m, x, y: fx.logitcrossentropy(m(fx.to_device(x, dev)), fx.to_device(y, dev))
-        for _ in range(6):
+        for _ in range(4):
             fx.train_(loss, model, loader, opt)
         with fx.no_grad():
             return float((fx.onecold(fx.cpu(model(fx.to_device(xt, dev)))) == d["y_test"]).mean())
 
     acc_gpu, acc_cpu = run("gpu"), run("cpu")
-    assert acc_cpu > 0.40, acc_cpu
+    assert acc_cpu > 0.35, acc_cpu
     assert abs(acc_gpu - acc_cpu) < 0.03, (acc_gpu, acc_cpu)

@@ -187,21 +187,43 @@ fn mlp_gradients_match_cpu() {
 }
 
 #[test]
-fn optimiser_step_updates_gpu_parameters_in_place() {
+fn optimiser_rules_on_the_gpu_match_the_cpu() {
     if !gpu_or_skip() {
         return;
     }
     use fluxrs_core::optim::{update, ParamState, Rule};
-    let chain = [Rule::Adam { eta: 0.01, beta: (0.9, 0.999), eps: 1e-8 }];
-    let x = t(&[4, 3], 17);
-    let dx = t(&[4, 3], 18);
-    let (xg, dxg) = (gpu(&x), gpu(&dx));
-    let (mut sc, mut sg) = (ParamState::init(&chain, &x), ParamState::init(&chain, &xg));
-    for _ in 0..3 {
-        update(&chain, std::slice::from_ref(&x), std::slice::from_ref(&dx), &mut [&mut sc]).unwrap();
-        update(&chain, std::slice::from_ref(&xg), std::slice::from_ref(&dxg), &mut [&mut sg]).unwrap();
+    let b = (0.9, 0.999);
+    let chains: Vec<Vec<Rule>> = vec![
+        // rules with a WGSL kernel, alone and chained
+        vec![Rule::Descent { eta: 0.1 }],
+        vec![Rule::Momentum { eta: 0.01, rho: 0.9 }],
+        vec![Rule::Nesterov { eta: 0.01, rho: 0.9 }],
+        vec![Rule::Adam { eta: 0.01, beta: b, eps: 1e-8 }],
+        vec![Rule::AdamW { eta: 0.01, beta: b, lambda: 0.1, eps: 1e-8, couple: true }],
+        vec![Rule::AdamW { eta: 0.01, beta: b, lambda: 0.1, eps: 1e-8, couple: false }],
+        vec![Rule::RMSProp { eta: 0.01, rho: 0.9, eps: 1e-8, centred: true }],
+        vec![Rule::Lion { eta: 0.01, beta: b }],
+        vec![Rule::ClipGrad { delta: 0.5 }, Rule::WeightDecay { lambda: 0.01 }, Rule::SignDecay { lambda: 0.01 }, Rule::Descent { eta: 0.1 }],
+        // rules that take the CPU path, with their state on the GPU
+        vec![Rule::ClipNorm { omega: 1.0, p: 2.0, throw: false }, Rule::Adam { eta: 0.01, beta: b, eps: 1e-8 }],
+        vec![Rule::AccumGrad { n: 2 }, Rule::RAdam { eta: 0.01, beta: b, eps: 1e-8 }],
+    ];
+    for chain in &chains {
+        let x = t(&[4, 3], 17);
+        let xg = gpu(&x);
+        let (mut sc, mut sg) = (ParamState::init(chain, &x), ParamState::init(chain, &xg));
+        assert!(sg.arrays.iter().flatten().all(|a| a.device() == Device::Gpu), "{chain:?}: state left the GPU");
+        for k in 0..4 {
+            let dx = t(&[4, 3], 18 + k);
+            update(chain, std::slice::from_ref(&x), std::slice::from_ref(&dx), &mut [&mut sc]).unwrap();
+            update(chain, std::slice::from_ref(&xg), &[gpu(&dx)], &mut [&mut sg]).unwrap();
+        }
+        close(&format!("{chain:?}"), &xg, &x);
+        for (a, c) in sg.arrays.iter().flatten().zip(sc.arrays.iter().flatten()) {
+            close(&format!("{chain:?} state"), a, c);
+        }
+        assert_eq!(sg.scalars, sc.scalars, "{chain:?}");
     }
-    close("adam", &xg, &x);
 }
 
 #[test]
@@ -218,4 +240,44 @@ fn mixing_devices_and_cpu_only_ops_are_clear_errors() {
     assert!(err.to_string().contains("no GPU kernel"), "{err}");
     let f64t = Tensor::from_vec(vec![1.0f64, 2.0], &[2]).unwrap();
     assert!(matches!(f64t.to_device(Device::Gpu), Err(Error::DType { .. })));
+}
+
+#[test]
+fn convolutions_and_their_gradients_match_cpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    use fluxrs_core::ops::conv::ConvSpec;
+    use fluxrs_core::ops::nn::Act;
+    // (input, weight, stride, pad, dilation, groups, flip, act)
+    let cases: Vec<(Vec<usize>, Vec<usize>, Vec<usize>, Vec<(usize, usize)>, Vec<usize>, usize, bool, Act)> = vec![
+        (vec![3, 2, 17], vec![4, 2, 5], vec![2], vec![(1, 1)], vec![1], 1, true, Act::Relu),
+        (vec![2, 4, 9], vec![6, 2, 3], vec![1], vec![(2, 0)], vec![2], 2, false, Act::Tanh),
+        (vec![2, 3, 7, 6], vec![5, 3, 3, 2], vec![2, 1], vec![(1, 1), (0, 1)], vec![1, 1], 1, true, Act::Identity),
+        (vec![1, 2, 4, 5, 3], vec![2, 2, 2, 2, 2], vec![1, 2, 1], vec![(0, 0), (1, 0), (0, 1)], vec![1, 1, 1], 1, false, Act::Sigmoid),
+    ];
+    for (i, (xs, ws, stride, pad, dilation, groups, flip, act)) in cases.into_iter().enumerate() {
+        let spec = ConvSpec { stride, pad, dilation, groups, flip };
+        let (x, w, b) = (t(&xs, 30 + i as u64), t(&ws, 40 + i as u64), t(&[ws[0]], 50 + i as u64));
+        let run = |dev: Device| -> Vec<Tensor> {
+            let leaves: Vec<Tensor> = [&x, &w, &b].iter().map(|p| p.to_device(dev).unwrap()).collect();
+            push_watch(&leaves);
+            let y = leaves[0].conv(&leaves[1], Some(&leaves[2]), &spec, act).unwrap();
+            let l = y.mul(&y).unwrap().sum_all().unwrap();
+            pop_watch();
+            let mut out = vec![y];
+            out.extend(grad(&l, &leaves, None).unwrap().into_iter().map(Option::unwrap));
+            out
+        };
+        let (g, c) = (run(Device::Gpu), run(Device::Cpu));
+        for (j, (a, b)) in g.iter().zip(&c).enumerate() {
+            close(&format!("case {i}: {}", ["y", "dx", "dw", "db"][j]), a, b);
+        }
+        // conv_transpose (the ConvTranspose layer's forward) with a bias of its own
+        let y = c[0].detach();
+        let bt = t(&[xs[1]], 60 + i as u64);
+        let ct = y.conv_transpose(&w, Some(&bt), &spec, Some(&xs[2..]), act).unwrap();
+        let gt = gpu(&y).conv_transpose(&gpu(&w), Some(&gpu(&bt)), &spec, Some(&xs[2..]), act).unwrap();
+        close(&format!("case {i}: conv_transpose"), &gt, &ct);
+    }
 }

@@ -288,7 +288,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
 }
 "#;
 
-fn src(body: &str) -> String {
+pub(crate) fn with_common(body: &str) -> String {
     format!("{COMMON}{body}")
 }
 
@@ -300,6 +300,17 @@ fn strides_u32(t: &Tensor) -> Vec<u32> {
     t.strides().iter().map(|&s| (s as i32) as u32).collect()
 }
 
+/// Shape and strides as the kernels index them: contiguous operands as one flat axis, which
+/// spares the per-element index arithmetic (on lavapipe, most of an elementwise op's time).
+fn index_dims(shape: &[usize], ts: &[&Tensor]) -> (Vec<u32>, Vec<Vec<u32>>) {
+    if ts.iter().all(|t| t.is_contiguous()) {
+        let n: usize = shape.iter().product();
+        (vec![n as u32], ts.iter().map(|_| vec![1]).collect())
+    } else {
+        (shape.iter().map(|&d| d as u32).collect(), ts.iter().map(|t| strides_u32(t)).collect())
+    }
+}
+
 fn check_f32(op: &'static str, t: &Tensor) -> Result<()> {
     if t.dtype() != crate::DType::F32 {
         return Err(Error::DType { op, msg: format!("the GPU backend holds float32 only, got {}", t.dtype()) });
@@ -308,7 +319,7 @@ fn check_f32(op: &'static str, t: &Tensor) -> Result<()> {
 }
 
 /// `t` on the GPU: a one-element CPU operand (a backward rule's constant) is moved over.
-fn on_gpu(op: &'static str, t: &Tensor) -> Result<Tensor> {
+pub(crate) fn on_gpu(op: &'static str, t: &Tensor) -> Result<Tensor> {
     check_f32(op, t)?;
     if t.is_gpu() {
         return Ok(t.clone());
@@ -317,7 +328,7 @@ fn on_gpu(op: &'static str, t: &Tensor) -> Result<Tensor> {
 }
 
 fn shader(name: &'static str, body: &'static str) -> (&'static str, String) {
-    (name, src(body))
+    (name, with_common(body))
 }
 
 fn map_launch(op: &'static str, x: &Tensor, code: u32, p: (f64, f64)) -> Result<Tensor> {
@@ -326,14 +337,19 @@ fn map_launch(op: &'static str, x: &Tensor, code: u32, p: (f64, f64)) -> Result<
     let n = x.numel();
     let out = g.alloc(n);
     if n > 0 {
-        let nd = x.ndim() as u32;
-        let mut meta = vec![n as u32, nd, code, x.layout().offset as u32, bits(p.0), bits(p.1)];
-        meta.extend(x.shape().iter().map(|&d| d as u32));
-        meta.extend(strides_u32(&x));
+        let (dims, strides) = index_dims(x.shape(), &[&x]);
+        let mut meta = vec![n as u32, dims.len() as u32, code, x.layout().offset as u32, bits(p.0), bits(p.1)];
+        meta.extend(dims);
+        meta.extend(strides.concat());
         let (name, s) = shader("unary", UNARY);
         with_buf(&x, |xb| g.launch(name, &s, &meta, &[&xb.buf, &out.buf], g.groups_1d(n)));
     }
     Ok(wrap(out, x.shape()))
+}
+
+/// A fresh contiguous copy of a GPU tensor.
+pub(crate) fn copy(x: &Tensor) -> Result<Tensor> {
+    map_launch("copy", x, 0, (0.0, 0.0))
 }
 
 /// A contiguous copy of a GPU tensor (itself when already contiguous).
@@ -375,11 +391,10 @@ fn zip_launch(op: &'static str, a: &Tensor, b: &Tensor, code: u32) -> Result<Ten
     let n = a.numel();
     let out = g.alloc(n);
     if n > 0 {
-        let nd = shape.len() as u32;
-        let mut meta = vec![n as u32, nd, code, a.layout().offset as u32, b.layout().offset as u32, 0];
-        meta.extend(shape.iter().map(|&d| d as u32));
-        meta.extend(strides_u32(&a));
-        meta.extend(strides_u32(&b));
+        let (dims, strides) = index_dims(&shape, &[&a, &b]);
+        let mut meta = vec![n as u32, dims.len() as u32, code, a.layout().offset as u32, b.layout().offset as u32, 0];
+        meta.extend(dims);
+        meta.extend(strides.concat());
         let (name, s) = shader("binary", BINARY);
         with_buf(&a, |ab| with_buf(&b, |bb| g.launch(name, &s, &meta, &[&ab.buf, &bb.buf, &out.buf], g.groups_1d(n))));
     }

@@ -6,7 +6,9 @@
 //! back); the only sync points are read-backs (`download`, `item`), as in PyTorch's CUDA
 //! backend, so a training step queues its work and waits once, for the loss.
 
+pub(crate) mod conv;
 mod kernels;
+pub(crate) mod optim;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -45,6 +47,8 @@ pub struct Gpu {
     info: wgpu::AdapterInfo,
     max_workgroups: u32,
     pipelines: Mutex<HashMap<&'static str, Arc<wgpu::ComputePipeline>>>,
+    /// Two 4-byte buffers bound where a kernel's optional input is absent.
+    spares: OnceLock<(GpuBuf, GpuBuf)>,
     /// Work recorded but not yet submitted, and how many ops it holds.
     pending: Mutex<(Option<wgpu::CommandEncoder>, usize)>,
 }
@@ -88,10 +92,16 @@ fn open() -> std::result::Result<Gpu, String> {
         max_workgroups: limits.max_compute_workgroups_per_dimension,
         pipelines: Mutex::new(HashMap::new()),
         pending: Mutex::new((None, 0)),
+        spares: OnceLock::new(),
     })
 }
 
 impl Gpu {
+    pub(crate) fn spare(&self, i: usize) -> &GpuBuf {
+        let s = self.spares.get_or_init(|| (self.alloc(1), self.alloc(1)));
+        if i == 0 { &s.0 } else { &s.1 }
+    }
+
     /// A CPU-emulated adapter (lavapipe, WARP, SwiftShader).
     pub(crate) fn is_software(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu

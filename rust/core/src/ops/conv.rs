@@ -208,6 +208,17 @@ impl Geom {
         }
         off
     }
+    /// The geometry as the GPU kernels read it (`gpu::conv`): n, cin, cout, groups, then
+    /// i, k, o, stride, dilation, low padding (three each), then flip.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn gpu_meta(&self) -> Vec<u32> {
+        let mut m = vec![self.n as u32, self.cin as u32, self.cout as u32, self.groups as u32];
+        for a in [self.i, self.k, self.o, self.s, self.d, self.lo] {
+            m.extend(a.iter().map(|&v| v as u32));
+        }
+        m.push(self.flip as u32);
+        m
+    }
     fn flops(&self) -> usize {
         self.n * self.cout * self.op() * self.ck()
     }
@@ -661,6 +672,13 @@ impl Tensor {
         }
         let mut shape = vec![g.n, g.cout];
         shape.extend(g.out_spatial(x.ndim() - 2));
+        #[cfg(feature = "gpu")]
+        let out = if crate::device::common_device("conv", &[x, w])? == crate::Device::Gpu {
+            crate::gpu::conv::forward(g.gpu_meta(), x, w, b, act, &shape)?
+        } else {
+            with_dtype!(x.dtype(), T => Tensor::from_vec(with_slices::<T, _>(x, w, b, |xs, ws, bs| conv_fwd(&g, xs, ws, bs, act))?, &shape)?)
+        };
+        #[cfg(not(feature = "gpu"))]
         let out = with_dtype!(x.dtype(), T => Tensor::from_vec(with_slices::<T, _>(x, w, b, |xs, ws, bs| conv_fwd(&g, xs, ws, bs, act))?, &shape)?);
         let op = Conv { spec: spec.clone(), act };
         Ok(match b {
@@ -716,6 +734,13 @@ impl Tensor {
         }
         let mut shape = vec![n, cin];
         shape.extend(&in_sp);
+        #[cfg(feature = "gpu")]
+        let out = if crate::device::common_device("conv_transpose", &[y, w])? == crate::Device::Gpu {
+            crate::gpu::conv::data(g.gpu_meta(), y, w, b, act, &shape)?
+        } else {
+            with_dtype!(y.dtype(), T => Tensor::from_vec(with_slices::<T, _>(y, w, b, |ys, ws, bs| conv_data(&g, ys, ws, bs, act))?, &shape)?)
+        };
+        #[cfg(not(feature = "gpu"))]
         let out = with_dtype!(y.dtype(), T => Tensor::from_vec(with_slices::<T, _>(y, w, b, |ys, ws, bs| conv_data(&g, ys, ws, bs, act))?, &shape)?);
         let op = ConvTranspose { spec: spec.clone(), act };
         Ok(match b {
@@ -743,6 +768,13 @@ impl Tensor {
         if g.out_spatial(d) != gy.shape()[2..] {
             return shape_err("conv_filter_grad", format!("output gradient {:?} does not match the convolution's output {:?}", gy.shape(), g.out_spatial(d)));
         }
+        #[cfg(feature = "gpu")]
+        let out = if crate::device::common_device("conv_filter_grad", &[x, gy])? == crate::Device::Gpu {
+            crate::gpu::conv::filter(g.gpu_meta(), x, gy, &w_shape)?
+        } else {
+            with_dtype!(x.dtype(), T => Tensor::from_vec(with_slices::<T, _>(x, gy, None, |xs, gs, _| conv_filter(&g, xs, gs))?, &w_shape)?)
+        };
+        #[cfg(not(feature = "gpu"))]
         let out = with_dtype!(x.dtype(), T => Tensor::from_vec(with_slices::<T, _>(x, gy, None, |xs, gs, _| conv_filter(&g, xs, gs))?, &w_shape)?);
         Ok(record(out, ConvFilterGrad { spec: spec.clone() }, &[x, gy]))
     }

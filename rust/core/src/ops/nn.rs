@@ -49,7 +49,7 @@ pub(crate) fn act_backward(act: Act, out: &Tensor, g: &Tensor) -> Result<Tensor>
     if act == Act::Identity {
         return Ok(g.clone());
     }
-    if out.shape() == g.shape() && out.dtype() == g.dtype() && !should_record(&[out, g]) {
+    if out.shape() == g.shape() && out.dtype() == g.dtype() && !should_record(&[out, g]) && !out.is_gpu() && !g.is_gpu() {
         return with_dtype!(out.dtype(), T => {
             let v = out.with_slice::<T, _>(|y| g.with_slice::<T, _>(|gs| match act {
                 // g * mask, not a select: a NaN gradient stays NaN (as the composed form).

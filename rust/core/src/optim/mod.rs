@@ -26,7 +26,9 @@ impl ParamState {
         let mut scalars = Vec::with_capacity(chain.len());
         for r in chain {
             let (init, sc) = r.state_spec();
-            arrays.push(init.into_iter().map(|v| Tensor::full(x.shape(), v, x.dtype())).collect());
+            // On the parameter's device, so a GPU model's update never leaves the GPU.
+            let dev = x.device();
+            arrays.push(init.into_iter().map(|v| { let t = Tensor::full(x.shape(), v, x.dtype()); t.to_device(dev).unwrap_or(t) }).collect());
             scalars.push(sc);
         }
         ParamState { arrays, scalars }
@@ -63,17 +65,7 @@ pub fn update(chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut 
     }
     #[cfg(feature = "gpu")]
     if xs.iter().chain(dxs).any(|t| t.is_gpu()) {
-        // The rules run on the CPU for now (their state lives there): GPU parameters and
-        // gradients come down, and the updated parameters go back up in place.
-        let cx = xs.iter().map(|x| x.to_device(crate::Device::Cpu)).collect::<Result<Vec<_>>>()?;
-        let cdx = dxs.iter().map(|d| d.to_device(crate::Device::Cpu)).collect::<Result<Vec<_>>>()?;
-        update(chain, &cx, &cdx, states)?;
-        for (x, c) in xs.iter().zip(&cx) {
-            if x.is_gpu() {
-                x.assign(c)?;
-            }
-        }
-        return Ok(());
+        return update_gpu(chain, xs, dxs, states);
     }
     let total: usize = xs.iter().map(|x| x.numel()).sum();
     let work = |((x, dx), st): ((&Tensor, &Tensor), &mut &mut ParamState)| -> Result<()> {
@@ -83,6 +75,42 @@ pub fn update(chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut 
         xs.par_iter().zip(dxs.par_iter()).zip(states.par_iter_mut()).map(work).collect::<Result<Vec<()>>>()?;
     } else {
         xs.iter().zip(dxs.iter()).zip(states.iter_mut()).map(work).collect::<Result<Vec<()>>>()?;
+    }
+    Ok(())
+}
+
+/// The update of a model with tensors on the GPU: in WGSL where every rule of the chain has
+/// a kernel, else on CPU copies of parameters, gradients and state, written back after.
+#[cfg(feature = "gpu")]
+fn update_gpu(chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut ParamState]) -> Result<()> {
+    use crate::Device;
+    let on_gpu = |st: &ParamState| st.arrays.iter().flatten().all(|a| a.is_gpu());
+    if crate::gpu::optim::supported(chain) && xs.iter().all(|x| x.is_gpu()) && states.iter().all(|s| on_gpu(s)) {
+        for ((x, dx), st) in xs.iter().zip(dxs).zip(states.iter_mut()) {
+            crate::gpu::optim::update(chain, x, dx, st)?;
+        }
+        return Ok(());
+    }
+    let down = |t: &Tensor| t.to_device(Device::Cpu);
+    let cx = xs.iter().map(down).collect::<Result<Vec<_>>>()?;
+    let cdx = dxs.iter().map(down).collect::<Result<Vec<_>>>()?;
+    let mut cst = states
+        .iter()
+        .map(|s| Ok(ParamState { arrays: s.arrays.iter().map(|a| a.iter().map(down).collect()).collect::<Result<_>>()?, scalars: s.scalars.clone() }))
+        .collect::<Result<Vec<_>>>()?;
+    update(chain, &cx, &cdx, &mut cst.iter_mut().collect::<Vec<_>>())?;
+    for (x, c) in xs.iter().zip(&cx) {
+        if x.is_gpu() {
+            x.assign(c)?;
+        }
+    }
+    for (s, c) in states.iter_mut().zip(cst) {
+        for (a, ca) in s.arrays.iter().flatten().zip(c.arrays.iter().flatten()) {
+            if a.is_gpu() {
+                a.assign(ca)?;
+            }
+        }
+        s.scalars = c.scalars;
     }
     Ok(())
 }
