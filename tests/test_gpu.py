@@ -169,11 +169,12 @@ def test_update_moves_gpu_parameters_as_on_the_cpu(rule):
     lambda: fx.Conv((3, 3), (2, 6), fx.tanh, pad=1, dilation=2, groups=2),
     lambda: fx.CrossCor((2, 3), (2, 3), stride=(1, 2)),
     lambda: fx.ConvTranspose((3,), (2, 3), fx.sigmoid, stride=2),
-], ids=["conv1d", "conv2d-groups-dilation", "crosscor", "convtranspose"])
+    lambda: fx.Chain(fx.Conv((3, 3), (2, 3), pad=1), fx.MeanPool((2, 2)), fx.GlobalMeanPool()),
+], ids=["conv1d", "conv2d-groups-dilation", "crosscor", "convtranspose", "conv-meanpool"])
 def test_conv_layers_and_gradients_match_cpu(layer):
     fx.seed_(8)
     m = layer()
-    nd = len(m.weight.shape) - 2
+    nd = len(fx.params(m)[0].shape) - 2
     x = rnd(*([3, 2] + [9] * nd), seed=9)
     loss = lambda m, x: (m(x) ** 2).sum()
     lc, gc = fx.withgradient(loss, m, fx.tensor(x))

@@ -295,6 +295,33 @@ impl BackwardOp for MeanPoolAdjoint {
     }
 }
 
+/// Mean pooling (or its adjoint) on the GPU as a depthwise convolution: each (n, c) plane is
+/// a group of one channel, convolved with a constant kernel of 1/kernel-size. Padding counts
+/// as zeros, as on the CPU. Unrecorded: the caller records the pooling op itself.
+#[cfg(feature = "gpu")]
+fn meanpool_gpu(x: &Tensor, spec: &PoolSpec, adjoint_of: Option<&[usize]>) -> Result<Tensor> {
+    use crate::ops::conv::ConvSpec;
+    use crate::ops::nn::Act;
+    crate::backprop::no_grad(|| {
+        let planes = x.shape()[0] * x.shape()[1];
+        let kp: usize = spec.kernel.iter().product();
+        let mut wshape = vec![planes, 1];
+        wshape.extend(&spec.kernel);
+        let w = Tensor::full(&wshape, 1.0 / kp as f64, x.dtype()).to_device(crate::Device::Gpu)?;
+        let cs = ConvSpec { stride: spec.stride.clone(), pad: spec.pad.clone(), dilation: vec![1; spec.kernel.len()], groups: planes, flip: false };
+        let mut flat = vec![1, planes];
+        flat.extend(&x.shape()[2..]);
+        let xf = x.contiguous()?.reshape_raw(&flat)?;
+        let y = match adjoint_of {
+            None => xf.conv(&w, None, &cs, Act::Identity)?,
+            Some(in_sp) => xf.conv_transpose(&w, None, &cs, Some(in_sp), Act::Identity)?,
+        };
+        let mut shape = x.shape()[..2].to_vec();
+        shape.extend(&y.shape()[2..]);
+        y.reshape_raw(&shape)
+    })
+}
+
 impl Tensor {
     /// Max pooling of `(N, C, S...)`; the gradient goes to each window's first maximum.
     pub fn maxpool(&self, spec: &PoolSpec) -> Result<Tensor> {
@@ -311,6 +338,10 @@ impl Tensor {
     pub fn meanpool(&self, spec: &PoolSpec) -> Result<Tensor> {
         let g = Geom::new("meanpool", self.shape(), spec)?;
         let shape = g.out_shape(self.shape());
+        #[cfg(feature = "gpu")]
+        if self.is_gpu() {
+            return Ok(record(meanpool_gpu(self, spec, None)?, MeanPool { spec: spec.clone() }, &[self]));
+        }
         let out = with_dtype!(self.dtype(), T => Tensor::from_vec(self.with_slice::<T, _>(|x| meanpool_kernel(&g, x))?, &shape)?);
         Ok(record(out, MeanPool { spec: spec.clone() }, &[self]))
     }
@@ -326,6 +357,10 @@ impl Tensor {
         let g = Geom::new("meanpool_backward", &in_shape, spec)?;
         if g.out_shape(&in_shape) != self.shape() {
             return shape_err("meanpool_backward", format!("gradient {:?} does not match pooling an input of shape {in_shape:?}", self.shape()));
+        }
+        #[cfg(feature = "gpu")]
+        if self.is_gpu() {
+            return Ok(record(meanpool_gpu(self, spec, Some(in_sp))?, MeanPoolAdjoint { spec: spec.clone() }, &[self]));
         }
         let out = with_dtype!(self.dtype(), T => Tensor::from_vec(self.with_slice::<T, _>(|gy| meanpool_adjoint_kernel(&g, gy))?, &in_shape)?);
         Ok(record(out, MeanPoolAdjoint { spec: spec.clone() }, &[self]))
