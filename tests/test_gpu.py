@@ -170,7 +170,8 @@ def test_update_moves_gpu_parameters_as_on_the_cpu(rule):
     lambda: fx.CrossCor((2, 3), (2, 3), stride=(1, 2)),
     lambda: fx.ConvTranspose((3,), (2, 3), fx.sigmoid, stride=2),
     lambda: fx.Chain(fx.Conv((3, 3), (2, 3), pad=1), fx.MeanPool((2, 2)), fx.GlobalMeanPool()),
-], ids=["conv1d", "conv2d-groups-dilation", "crosscor", "convtranspose", "conv-meanpool"])
+    lambda: fx.Chain(fx.Conv((3,), (2, 3), fx.relu), fx.MaxPool((2,)), fx.MaxPool((2,), stride=1, pad=1)),
+], ids=["conv1d", "conv2d-groups-dilation", "crosscor", "convtranspose", "conv-meanpool", "conv-maxpool"])
 def test_conv_layers_and_gradients_match_cpu(layer):
     fx.seed_(8)
     m = layer()

@@ -309,3 +309,32 @@ fn mean_pooling_and_its_gradient_match_cpu() {
         close(&format!("meanpool {i} gradient"), &gg, &gc);
     }
 }
+
+#[test]
+fn max_pooling_and_its_gradient_match_cpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    use fluxrs_core::ops::pool::PoolSpec;
+    let specs = [
+        (vec![2, 3, 11], PoolSpec { kernel: vec![3], stride: vec![2], pad: vec![(1, 1)] }),
+        (vec![2, 2, 6, 7], PoolSpec::new(&[2, 2])),
+        (vec![1, 2, 4, 5, 6], PoolSpec { kernel: vec![2, 3, 2], stride: vec![1, 1, 2], pad: vec![(0, 1), (1, 0), (0, 0)] }),
+    ];
+    for (i, (xs, spec)) in specs.iter().enumerate() {
+        // Rounded data, so windows have ties: the gradient must go to the first maximum, as on the CPU.
+        let x = t(xs, 80 + i as u64).scale(2.0).unwrap().unary(UnaryOp::Clamp(-1.0, 1.0)).unwrap();
+        let run = |dev: Device| -> (Tensor, Tensor) {
+            let xd = x.to_device(dev).unwrap();
+            push_watch(std::slice::from_ref(&xd));
+            let y = xd.maxpool(spec).unwrap();
+            let l = y.mul(&t(y.shape(), 90).to_device(dev).unwrap()).unwrap().sum_all().unwrap();
+            pop_watch();
+            let g = grad(&l, &[xd], None).unwrap().remove(0).unwrap();
+            (y, g)
+        };
+        let ((yg, gg), (yc, gc)) = (run(Device::Gpu), run(Device::Cpu));
+        close(&format!("maxpool {i}"), &yg, &yc);
+        close(&format!("maxpool {i} gradient"), &gg, &gc);
+    }
+}

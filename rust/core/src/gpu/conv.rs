@@ -167,7 +167,7 @@ fn act_code(act: Act) -> u32 {
 }
 
 /// A contiguous GPU tensor starting at offset 0 (what these kernels index).
-fn packed(t: &Tensor) -> Result<Tensor> {
+pub(crate) fn packed(t: &Tensor) -> Result<Tensor> {
     let t = super::kernels::on_gpu("conv", t)?;
     if t.is_contiguous() && t.layout().offset == 0 {
         Ok(t)

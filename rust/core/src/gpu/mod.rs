@@ -7,6 +7,7 @@
 //! backend, so a training step queues its work and waits once, for the loss.
 
 pub(crate) mod conv;
+pub(crate) mod pool;
 mod kernels;
 pub(crate) mod optim;
 

@@ -93,6 +93,16 @@ impl Geom {
     fn ip(&self) -> usize {
         self.i.iter().product()
     }
+    /// The geometry as the GPU kernels read it (`gpu::pool`): planes, then i, k, o, stride
+    /// and low padding, three each.
+    #[cfg(feature = "gpu")]
+    fn gpu_meta(&self) -> Vec<u32> {
+        let mut m = vec![self.planes as u32];
+        for a in [self.i, self.k, self.o, self.s, self.lo] {
+            m.extend(a.iter().map(|&v| v as u32));
+        }
+        m
+    }
     fn op(&self) -> usize {
         self.o.iter().product()
     }
@@ -327,6 +337,11 @@ impl Tensor {
     pub fn maxpool(&self, spec: &PoolSpec) -> Result<Tensor> {
         let g = Geom::new("maxpool", self.shape(), spec)?;
         let shape = g.out_shape(self.shape());
+        #[cfg(feature = "gpu")]
+        if self.is_gpu() {
+            let (out, op) = crate::gpu::pool::maxpool(g.gpu_meta(), self, &shape)?;
+            return Ok(record(out, op, &[self]));
+        }
         let (out, idx) = with_dtype!(self.dtype(), T => {
             let (v, idx) = self.with_slice::<T, _>(|x| maxpool_kernel(&g, x))?;
             (Tensor::from_vec(v, &shape)?, idx)
