@@ -113,11 +113,12 @@ def test_ops_match_cpu(f):
 
 
 @gpu_only
-@pytest.mark.parametrize("loss", ["mse", "mae", "logitcrossentropy", "crossentropy", "binarycrossentropy", "huber_loss"])
+@pytest.mark.parametrize("loss", ["mse", "mae", "logitcrossentropy", "crossentropy", "binarycrossentropy", "huber_loss",
+                                  "focal_loss", "kldivergence", "dice_coeff_loss"])
 def test_losses_and_their_gradients_match_cpu(loss):
     fn = getattr(fx.losses, loss)
     yhat = rnd(6, 4, seed=2)
-    if loss in ("crossentropy", "binarycrossentropy"):
+    if loss in ("crossentropy", "binarycrossentropy", "focal_loss", "kldivergence"):
         yhat = 1 / (1 + np.exp(-yhat))
     y = np.eye(4, dtype=np.float32)[np.arange(6) % 4]
 
@@ -186,6 +187,84 @@ def test_conv_layers_and_gradients_match_cpu(layer):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 
+def _seeded_dropout(cls, p):
+    # the same mask stream on both devices: a fresh generator per model copy
+    return lambda: cls(p, rng=np.random.default_rng(11), active=True)
+
+
+@gpu_only
+@pytest.mark.parametrize("layer,shape", [
+    (lambda: fx.BatchNorm(3, fx.relu), (4, 3, 5)),
+    (lambda: fx.LayerNorm(5), (4, 3, 5)),
+    (lambda: fx.GroupNorm(4, 2), (2, 4, 6)),
+    (lambda: fx.InstanceNorm(3, affine=True), (2, 3, 6)),
+    (lambda: fx.RNN(3, 4), (2, 5, 3)),
+    (lambda: fx.LSTM(3, 4), (2, 5, 3)),
+    (lambda: fx.GRU(3, 4), (2, 5, 3)),
+    (lambda: fx.Bidirectional(fx.GRU(3, 4)), (2, 5, 3)),
+    (lambda: fx.MultiHeadAttention(8, nheads=2), (2, 5, 8)),
+    (lambda: fx.Chain(fx.Dense(6, 6), _seeded_dropout(fx.Dropout, 0.4)()), (4, 6)),
+    (lambda: fx.Chain(fx.Dense(6, 6), _seeded_dropout(fx.AlphaDropout, 0.3)()), (4, 6)),
+    (lambda: fx.Upsample(scale=2), (1, 2, 3, 3)),
+    (lambda: fx.Upsample("bilinear", scale=2), (1, 2, 3, 3)),
+], ids=["batchnorm", "layernorm", "groupnorm", "instancenorm", "rnn", "lstm", "gru", "bidirectional-gru",
+        "attention", "dropout", "alphadropout", "upsample", "upsample-bilinear"])
+def test_norm_recurrent_and_other_layers_match_cpu(layer, shape):
+    """Built twice from the same seed: the CPU copy, and one moved to the GPU; the GRU runs its
+    fused CPU kernel on one side and the step-by-step cell on the other."""
+    fx.seed_(12)
+    mc = layer()
+    fx.seed_(12)
+    mg = fx.gpu(layer())
+    x = rnd(*shape, seed=13)
+
+    def loss(m, x):
+        y = m(x)
+        y = y[0] if isinstance(y, tuple) else y
+        return (y * y).sum() + y.sum()
+
+    lc, gc = fx.withgradient(loss, mc, fx.tensor(x))
+    lg, gg = fx.withgradient(loss, mg, fx.gpu(x))
+    assert float(lg) == pytest.approx(float(lc), rel=1e-4)
+    for a, b in zip(fx.functor.leaves(gg), fx.functor.leaves(gc)):
+        assert a.device == "gpu"
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    for a, b in zip(fx.functor.leaves(fx.state(mg)), fx.functor.leaves(fx.state(mc))):  # BatchNorm statistics
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), **TOL)
+
+
+@gpu_only
+def test_embedding_gathers_on_the_gpu_with_repeated_indices():
+    fx.seed_(14)
+    m = fx.Embedding(7, 4)
+    mg = fx.gpu(m)
+    idx = np.array([[3, 0, 3], [6, 3, 1]])
+    loss = lambda m: (m(idx) ** 2).sum()
+    lc, gc = fx.withgradient(loss, m)
+    lg, gg = fx.withgradient(loss, mg)
+    assert mg(idx).device == "gpu" and tuple(mg(idx).shape) == (2, 3, 4)
+    assert float(lg) == pytest.approx(float(lc), rel=1e-5)
+    np.testing.assert_allclose(np.asarray(gg[0].weight), np.asarray(gc[0].weight), **TOL)
+    # and the gather itself, on a tensor
+    x = rnd(4, 5, seed=15)
+    np.testing.assert_allclose(np.asarray(fx.gpu(x).index_select(1, [4, 4, 0])), x[:, [4, 4, 0]], **TOL)
+
+
+@gpu_only
+def test_host_arrays_follow_a_gpu_model_and_tensors_stay_put():
+    """numpy input to a layer on the GPU, and numpy targets to a loss of a GPU ŷ, are uploaded;
+    a CPU tensor is not moved behind the user's back."""
+    fx.seed_(16)
+    m = fx.gpu(fx.Dense(3, 2))
+    x, y = rnd(5, 3, seed=17), rnd(5, 2, seed=18)
+    out = m(x)
+    assert out.device == "gpu"
+    assert float(fx.mse(out, y)) == pytest.approx(float(fx.mse(fx.cpu(m)(x), y)), rel=1e-5)
+    assert fx.zeros_like(out).device == "gpu" and fx.ones_like(out).device == "gpu"
+    with pytest.raises(RuntimeError, match="different devices"):
+        m(fx.tensor(x))
+
+
 @gpu_only
 def test_mnist1d_cnn_on_the_gpu_reaches_the_cpu_accuracy():
     """The MNIST-1D CNN of examples/mnist1d_table.py, same seed on both devices."""
@@ -228,3 +307,24 @@ def test_training_mnist1d_on_the_gpu_reaches_the_cpu_accuracy():
     acc_gpu, acc_cpu = run("gpu"), run("cpu")
     assert acc_cpu > 0.35, acc_cpu
     assert abs(acc_gpu - acc_cpu) < 0.03, (acc_gpu, acc_cpu)
+
+
+@gpu_only
+def test_writes_into_gpu_views_land_in_place():
+    a = rnd(4, 6, seed=19)
+    g = fx.gpu(a)
+    g[1:3, ::2] = fx.gpu(np.full((2, 3), 7.0, np.float32))
+    g[:, 5] = 0.5                         # a host number, broadcast
+    a[1:3, ::2] = 7.0
+    a[:, 5] = 0.5
+    assert g.device == "gpu"
+    np.testing.assert_array_equal(np.asarray(g), a)
+
+
+@gpu_only
+def test_ctc_loss_runs_its_recursion_on_the_host_and_its_gradient_lands_on_the_gpu():
+    x = np.log(np.random.default_rng(20).uniform(0.1, 1, (6, 4)).astype(np.float32))
+    (lg, gg), (lc, gc) = (fx.withgradient(lambda q: fx.losses.ctc_loss(q, [0, 2, 2]), d(fx.tensor(x))) for d in (fx.gpu, fx.cpu))
+    assert gg[0].device == "gpu"
+    assert float(lg) == pytest.approx(float(lc), rel=1e-6)
+    np.testing.assert_allclose(np.asarray(gg[0]), np.asarray(gc[0]), **TOL)

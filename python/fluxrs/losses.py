@@ -46,6 +46,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fluxrs._core import Tensor
+from fluxrs.tensor import host_like
 from fluxrs.tensor import tensor as _tensor
 from fluxrs.tensor import where as _where
 
@@ -112,7 +113,8 @@ def _as_yhat(yhat: Any, who: str = "loss") -> Tensor:
 def _as_target(y: Any, like: Tensor, who: str = "loss", name: str = "y") -> Tensor:
     if isinstance(y, Tensor):
         return y if y.dtype == like.dtype else y.astype(like.dtype)
-    return _tensor(_c_order(np.asarray(_numeric(y, who, name), dtype=like.dtype)), dtype=like.dtype)
+    # a target given as an array follows ŷ to its device
+    return host_like(_c_order(np.asarray(_numeric(y, who, name), dtype=like.dtype)), like)
 
 
 def _pair(yhat: Any, y: Any, who: str) -> tuple[Tensor, Tensor]:
@@ -668,8 +670,8 @@ def ctc_loss(yhat: Any, y: Any, *, blank: Any = None, agg: Any = mean) -> Tensor
         losses = np.array([o[0] for o in out])
         grads = np.stack([o[1] for o in out])
     dt = yhat.dtype.name
-    lt = _tensor(np.asarray(losses, dtype=yhat.dtype), dtype=dt)
-    gt = _tensor(np.asarray(grads, dtype=yhat.dtype), dtype=dt)
+    lt = host_like(np.asarray(losses, dtype=yhat.dtype), yhat)
+    gt = host_like(np.asarray(grads, dtype=yhat.dtype), yhat)
     # Value: the losses; gradient: the CTC gradient. (ŷ - ŷ.detach()) is exactly zero but carries
     # ŷ's gradient, so the result differentiates as d(loss_i)/dŷ = grads_i.
     delta = yhat - yhat.detach()

@@ -117,14 +117,24 @@ def ones(*shape, dtype=float32) -> Tensor:
     return _core.full(list(_shape(shape, "ones", name)), 1.0, name)
 
 
+def host_like(data: Any, like: Tensor) -> Tensor:
+    """Host data (a numpy array, a list, a CPU tensor) as a tensor with `like`'s dtype, on
+    `like`'s device: masks, targets and constants that layers and losses make beside a tensor."""
+    if isinstance(data, Tensor):
+        t = data if data.dtype == like.dtype else data.astype(like.dtype.name)
+    else:
+        t = Tensor(data, dtype=like.dtype.name)
+    return t if like.device == "cpu" else t.to_device(like.device)
+
+
 def zeros_like(t: Tensor) -> Tensor:
     t = tensor(t)
-    return _core.full(list(t.shape), 0.0, t.dtype.name)
+    return host_like(_core.full(list(t.shape), 0.0, t.dtype.name), t)
 
 
 def ones_like(t: Tensor) -> Tensor:
     t = tensor(t)
-    return _core.full(list(t.shape), 1.0, t.dtype.name)
+    return host_like(_core.full(list(t.shape), 1.0, t.dtype.name), t)
 
 
 def rand(*shape, dtype=float32, rng: np.random.Generator | None = None) -> Tensor:

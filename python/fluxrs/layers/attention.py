@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fluxrs._core import Tensor
+from fluxrs.tensor import host_like
 from fluxrs.functor import Layer
 from fluxrs.layers.basic import Dense, as_input
 from fluxrs.layers.dropout import Dropout
@@ -35,12 +36,13 @@ def make_causal_mask(n: int) -> np.ndarray:
     return np.tril(np.ones((int(n), int(n)), dtype=bool))
 
 
-def _additive_mask(mask: Any, dtype: str) -> Tensor:
-    """A 0 / -inf tensor from a boolean (or 0/1) mask, True meaning "attend"."""
+def _additive_mask(mask: Any, like: Tensor) -> Tensor:
+    """A 0 / -inf tensor from a boolean (or 0/1) mask, True meaning "attend", with `like`'s
+    dtype and device."""
     m = np.asarray(mask)
     if m.dtype != bool:
         m = m != 0
-    return Tensor(np.where(m, 0.0, -np.inf), dtype=dtype)
+    return host_like(np.where(m, 0.0, -np.inf), like)
 
 
 def dot_product_attention(q: Tensor, k: Tensor, v: Tensor, *, bias: Any = None, mask: Any = None,
@@ -53,7 +55,7 @@ def dot_product_attention(q: Tensor, k: Tensor, v: Tensor, *, bias: Any = None, 
     if bias is not None:
         logits = logits + bias
     if mask is not None:
-        logits = logits + _additive_mask(mask, logits.dtype.name)
+        logits = logits + _additive_mask(mask, logits)
     scores = logits.softmax(-1)
     if fdrop is not None:
         scores = fdrop(scores)

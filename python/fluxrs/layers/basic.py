@@ -27,6 +27,7 @@ from fluxrs.activations import identity
 from fluxrs.functor import Layer
 from fluxrs.layers.init import glorot_uniform
 from fluxrs.layers.show import short_repr, show
+from fluxrs.tensor import host_like
 
 __all__ = ["Dense", "Chain"]
 
@@ -55,8 +56,9 @@ def _who(who: Any) -> str:
 
 
 def as_input(x: Any, like: Tensor, who: Any) -> Tensor:
-    """`x` as a tensor of `like`'s dtype (numpy arrays, lists and other tensors converted);
-    `who` (a layer or a name) is named in warnings and errors."""
+    """`x` as a tensor of `like`'s dtype (numpy arrays, lists and other tensors converted;
+    host data is placed on `like`'s device); `who` (a layer or a name) is named in warnings
+    and errors."""
     if isinstance(x, Tensor):
         if x.dtype == like.dtype:
             return x
@@ -71,7 +73,8 @@ def as_input(x: Any, like: Tensor, who: Any) -> Tensor:
         raise TypeError(f"{_who(who)}: expected a tensor or numeric array, got {type(x).__name__} of dtype {a.dtype}")
     if a.dtype == np.float64 and like.dtype != np.float64:
         _warn_f64(who)
-    return Tensor(a, dtype=like.dtype.name)
+    # host data follows the layer to its device; a tensor stays where it is (moving it is explicit)
+    return host_like(a, like)
 
 
 def _as_param(x: Any) -> Tensor:

@@ -37,6 +37,7 @@ from fluxrs.functor import Layer
 from fluxrs.layers.basic import _as_param, _who, as_input
 from fluxrs.layers.init import glorot_uniform
 from fluxrs.layers.show import short_repr, show
+from fluxrs.tensor import host_like
 
 __all__ = ["SamePad", "Conv", "ConvTranspose", "CrossCor", "DepthwiseConv", "MaxPool", "MeanPool",
            "AdaptiveMaxPool", "AdaptiveMeanPool", "GlobalMaxPool", "GlobalMeanPool", "Flatten", "flatten",
@@ -606,8 +607,9 @@ class Flatten(Layer):
 _MODES = {"nearest": None, "linear": 1, "bilinear": 2, "trilinear": 3}
 
 
-def _interp_matrix(n_in: int, n_out: int, align_corners: bool, dtype: str) -> Tensor:
-    """(n_out, n_in) linear interpolation weights along one axis, as NNlib computes them."""
+def _interp_matrix(n_in: int, n_out: int, align_corners: bool, like: Tensor) -> Tensor:
+    """(n_out, n_in) linear interpolation weights along one axis, as NNlib computes them,
+    with `like`'s dtype and device."""
     a = np.zeros((n_out, n_in))
     for o in range(n_out):
         if align_corners:
@@ -619,7 +621,7 @@ def _interp_matrix(n_in: int, n_out: int, align_corners: bool, dtype: str) -> Te
         lam = src - i0
         a[o, i0] += 1.0 - lam
         a[o, i1] += lam
-    return Tensor(a, dtype=dtype)
+    return host_like(a, like)
 
 
 class Upsample(Layer):
@@ -705,7 +707,7 @@ class Upsample(Layer):
         for j in range(d):
             if out[j] == insize[j]:
                 continue  # the identity, with or without align_corners
-            a = _interp_matrix(insize[j], out[j], self.align_corners, x.dtype.name)
+            a = _interp_matrix(insize[j], out[j], self.align_corners, x)
             ax = 2 + j
             if ax == y.ndim - 1:
                 y = y @ a.T

@@ -28,7 +28,7 @@ from fluxrs._core import Tensor
 from fluxrs.layers.mode import ModalLayer
 from fluxrs.layers.show import show
 from fluxrs.random import default_rng
-from fluxrs.tensor import tensor
+from fluxrs.tensor import host_like, tensor
 
 __all__ = ["Dropout", "AlphaDropout"]
 
@@ -93,7 +93,7 @@ class Dropout(ModalLayer):
         rng = self._rng or default_rng()
         # Flux's kernel: keep where rand > p, scaled by 1/(1-p)
         mask = (rng.random(shape) > self.p) * (1.0 / (1.0 - self.p))
-        return x * Tensor(mask, dtype=x.dtype.name)
+        return x * host_like(mask, x)
 
     def _repr_inner(self) -> str:
         s = f"Dropout({self.p:g}"
@@ -135,8 +135,7 @@ class AlphaDropout(ModalLayer):
         b = -a * _ALPHA_PRIME * p
         keep = (self._rng or default_rng()).random(tuple(x.shape)) > p
         # A * (keep ? x : α′) + B, as two tensor ops: x * (A keep) + (A α′ (1 - keep) + B)
-        dt = x.dtype.name
-        return x * Tensor(keep * a, dtype=dt) + Tensor(np.where(keep, b, a * _ALPHA_PRIME + b), dtype=dt)
+        return x * host_like(keep * a, x) + host_like(np.where(keep, b, a * _ALPHA_PRIME + b), x)
 
     def _repr_inner(self) -> str:
         return f"AlphaDropout({self.p:g}{self._mode_repr()})"

@@ -37,7 +37,7 @@ from fluxrs.functor import Layer, fmap
 from fluxrs.layers.basic import as_input
 from fluxrs.layers.init import glorot_uniform
 from fluxrs.layers.show import short_repr, show
-from fluxrs.tensor import concat
+from fluxrs.tensor import concat, host_like
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "Recurrence", "RNN", "LSTM", "GRU", "Bidirectional"]
 
@@ -119,8 +119,11 @@ class _Cell(Layer):
         return x
 
     def _zeros(self, x: Tensor) -> Tensor:
-        shape = list(x.shape[:-1]) + [self.out_features]
-        return _core.full(shape, 0.0, self.Wi.dtype.name)
+        return self._full(list(x.shape[:-1]) + [self.out_features])
+
+    def _full(self, shape: list[int]) -> Tensor:
+        """Zeros of `shape` beside the weights (their dtype, their device)."""
+        return host_like(_core.full(shape, 0.0, self.Wi.dtype.name), self.Wi)
 
     def _check_h(self, h: Any, x: Tensor, what: str = "state") -> Tensor:
         h = as_input(h, self.Wi, self)
@@ -134,7 +137,7 @@ class _Cell(Layer):
         """The zero state for one time step like `x` (``(N, in)``; one vector's state, shape
         ``(out,)``, when `x` is None), as Flux's ``initialstates``."""
         if x is None:
-            return _core.full([self.out_features], 0.0, self.Wi.dtype.name)
+            return self._full([self.out_features])
         return self._zeros(x if isinstance(x, Tensor) else as_input(x, self.Wi, self))
 
     def __call__(self, x: Any, state: Any = None) -> tuple[Tensor, Any]:
@@ -211,7 +214,7 @@ class LSTMCell(_Cell):
 
     def initialstates(self, x: Any = None) -> tuple[Tensor, Tensor]:
         h = super().initialstates(x)
-        return h, _core.full(list(h.shape), 0.0, h.dtype.name)
+        return h, self._full(list(h.shape))
 
     def _check_state(self, state: Any, x: Tensor) -> tuple[Tensor, Tensor]:
         if not isinstance(state, (tuple, list)) or len(state) != 2:
@@ -296,7 +299,7 @@ class Recurrence(Layer):
             raise ValueError(f"{self._repr_inner()}: the sequence is empty (shape {tuple(x.shape)})")
         first = x.select(tax, 0)
         state = cell.initialstates(first) if state is None else cell._check_state(state, first)
-        if isinstance(cell, GRUCell) and _gru_sequence is not None and _core.watch_depth() <= 1:
+        if isinstance(cell, GRUCell) and _gru_sequence is not None and _core.watch_depth() <= 1 and x.device == "cpu":
             return self._gru_fused(cell, x, state)
         whT = cell.Wh.T
         outs = []

@@ -338,3 +338,56 @@ fn max_pooling_and_its_gradient_match_cpu() {
         close(&format!("maxpool {i} gradient"), &gg, &gc);
     }
 }
+
+#[test]
+fn index_select_and_its_gradient_match_cpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    // Repeats and skipped rows, on the first, a middle and the last axis.
+    let cases: [(Vec<usize>, isize, Vec<usize>); 3] = [
+        (vec![5, 3], 0, vec![4, 0, 4, 2, 4]),
+        (vec![2, 6, 3], 1, vec![1, 1, 5, 0]),
+        (vec![3, 4], -1, vec![3, 2, 1, 0, 0, 3, 3]),
+    ];
+    for (i, (xs, axis, idx)) in cases.iter().enumerate() {
+        let x = t(xs, 100 + i as u64);
+        let run = |dev: Device| -> (Tensor, Tensor) {
+            let xd = x.to_device(dev).unwrap();
+            push_watch(std::slice::from_ref(&xd));
+            let y = xd.index_select(*axis, idx).unwrap();
+            let l = y.mul(&t(y.shape(), 110).to_device(dev).unwrap()).unwrap().sum_all().unwrap();
+            pop_watch();
+            let g = grad(&l, &[xd], None).unwrap().remove(0).unwrap();
+            (y, g)
+        };
+        let ((yg, gg), (yc, gc)) = (run(Device::Gpu), run(Device::Cpu));
+        close(&format!("index_select {i}"), &yg, &yc);
+        close(&format!("index_select {i} gradient"), &gg, &gc);
+    }
+}
+
+#[test]
+fn concat_and_stack_and_their_gradients_match_cpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let (a, b, c) = (t(&[2, 3, 4], 120), t(&[2, 1, 4], 121), t(&[2, 5, 4], 122));
+    let run = |dev: Device| -> Vec<Tensor> {
+        let xs: Vec<Tensor> = [&a, &b, &c].iter().map(|x| x.to_device(dev).unwrap()).collect();
+        push_watch(&xs);
+        let y = Tensor::concat(&xs, 1).unwrap();
+        // stack of views (non-contiguous parts), as the recurrent layers build their output
+        let s = Tensor::stack(&[xs[0].select(1, 2).unwrap(), xs[2].select(1, 0).unwrap()], 0).unwrap();
+        let l = y.mul(&t(y.shape(), 123).to_device(dev).unwrap()).unwrap().sum_all().unwrap()
+            .add(&s.mul(&t(s.shape(), 124).to_device(dev).unwrap()).unwrap().sum_all().unwrap()).unwrap();
+        pop_watch();
+        let mut out = vec![y, s];
+        out.extend(grad(&l, &xs, None).unwrap().into_iter().map(Option::unwrap));
+        out
+    };
+    let (g, c) = (run(Device::Gpu), run(Device::Cpu));
+    for (i, (x, y)) in g.iter().zip(&c).enumerate() {
+        close(&format!("concat/stack {i}"), x, y);
+    }
+}

@@ -352,6 +352,36 @@ pub(crate) fn copy(x: &Tensor) -> Result<Tensor> {
     map_launch("copy", x, 0, (0.0, 0.0))
 }
 
+// md: n, ndim, dst offset, shape[ndim], dst strides[ndim]. The source is packed.
+const WRITE_STRIDED: &str = r#"
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = linear(id, nw);
+    if (i >= md[0]) { return; }
+    let nd = md[1];
+    y[strided(i, nd, 3u, 3u + nd, md[2])] = x[i];
+}
+"#;
+
+/// Write the packed `src` (same shape) into the GPU view `dst`, in place: the other elements
+/// of `dst`'s buffer keep their values.
+pub(crate) fn write_strided(dst: &Tensor, src: &Tensor) -> Result<()> {
+    let g = context()?;
+    let n = dst.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let mut meta = vec![n as u32, dst.ndim() as u32, dst.layout().offset as u32];
+    meta.extend(dst.shape().iter().map(|&d| d as u32));
+    meta.extend(strides_u32(dst));
+    let (name, s) = shader("write_strided", WRITE_STRIDED);
+    with_buf(src, |sb| with_buf(dst, |db| g.launch(name, &s, &meta, &[&sb.buf, &db.buf], g.groups_1d(n))));
+    Ok(())
+}
+
 /// A contiguous copy of a GPU tensor (itself when already contiguous).
 pub(crate) fn contiguous(x: &Tensor) -> Result<Tensor> {
     if x.is_contiguous() {

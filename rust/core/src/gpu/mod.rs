@@ -7,6 +7,7 @@
 //! backend, so a training step queues its work and waits once, for the loss.
 
 pub(crate) mod conv;
+pub(crate) mod axis;
 pub(crate) mod pool;
 mod kernels;
 pub(crate) mod optim;
@@ -292,12 +293,14 @@ pub(crate) fn assign(dst: &Tensor, src: &Tensor) -> Result<()> {
     if !dst.is_gpu() {
         return dst.assign(&download(src)?);
     }
-    if !dst.is_contiguous() || dst.layout().offset != 0 {
-        return Err(Error::Value { op: "assign", msg: "in-place writes to a GPU view are not supported".into() });
-    }
     let src = src.to_device(crate::Device::Gpu)?;
     if src.dtype() != DType::F32 {
         return Err(Error::DType { op: "assign", msg: format!("cannot assign {} data to a float32 GPU tensor", src.dtype()) });
+    }
+    if !dst.is_contiguous() || dst.layout().offset != 0 {
+        // a view: element by element into its strided places (a packed copy of the source
+        // first, which also settles a source aliasing the destination)
+        return kernels::write_strided(dst, &kernels::copy(&src.broadcast_to(dst.shape())?)?);
     }
     let full = kernels::contiguous(&src.broadcast_to(dst.shape())?)?;
     let g = context()?;

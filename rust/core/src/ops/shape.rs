@@ -170,6 +170,40 @@ fn copy_contiguous(t: &Tensor) -> Result<Tensor> {
     with_dtype!(t.dtype(), T => { let v = t.to_vec::<T>()?; Tensor::from_vec(v, t.shape()) })
 }
 
+/// Strides that give the elements of (`shape`, `strides`) in row-major order under
+/// `new_shape`, if there are any (numpy's no-copy reshape): each run of old axes merged into
+/// new ones must itself be laid out contiguously. Size-1 axes carry no constraint.
+fn nocopy_strides(shape: &[usize], strides: &[isize], new_shape: &[usize]) -> Option<Vec<isize>> {
+    let (os, ost): (Vec<usize>, Vec<isize>) = shape.iter().zip(strides).filter(|(&d, _)| d != 1).map(|(&d, &s)| (d, s)).unzip();
+    if os.contains(&0) || new_shape.contains(&0) {
+        return None;
+    }
+    let mut nst = vec![1isize; new_shape.len()];
+    let (mut oi, mut ni) = (0, 0);
+    while ni < new_shape.len() && oi < os.len() {
+        let (mut oj, mut nj) = (oi + 1, ni + 1);
+        let (mut np, mut op) = (new_shape[ni], os[oi]);
+        while np != op {
+            if np < op {
+                np *= *new_shape.get(nj)?;
+                nj += 1;
+            } else {
+                op *= *os.get(oj)?;
+                oj += 1;
+            }
+        }
+        if (oi..oj - 1).any(|k| ost[k] != ost[k + 1] * os[k + 1] as isize) {
+            return None;
+        }
+        nst[nj - 1] = ost[oj - 1];
+        for k in (ni + 1..nj).rev() {
+            nst[k - 1] = nst[k] * new_shape[k] as isize;
+        }
+        (oi, ni) = (oj, nj);
+    }
+    Some(nst)
+}
+
 impl Tensor {
     /// Reshape without recording: a view when contiguous, else a copy. `-1` is not
     /// handled here (the bindings resolve it).
@@ -182,6 +216,10 @@ impl Tensor {
             let mut l = Layout::contiguous(shape);
             l.offset = self.layout().offset;
             Ok(self.view_with(l))
+        } else if let Some(strides) = nocopy_strides(self.shape(), self.strides(), shape) {
+            // e.g. a column `x[:, j]`: still a view, so writing through it reaches `x`
+            let l = self.layout();
+            Ok(self.view_with(Layout { shape: shape.to_vec(), strides, offset: l.offset }))
         } else {
             copy_contiguous(self)?.reshape_raw(shape)
         }
@@ -287,6 +325,8 @@ impl Tensor {
 
     fn slice_scatter(&self, shape: &[usize], s: SliceSpec) -> Result<Tensor> {
         let out = Tensor::zeros(shape, self.dtype());
+        #[cfg(feature = "gpu")]
+        let out = if self.is_gpu() { out.to_device(crate::Device::Gpu)? } else { out };
         let len = self.shape()[s.axis];
         let stop = if len == 0 { s.start } else { s.start + (len - 1) * s.step + 1 };
         let dst = out.slice_raw(s.axis, s.start, stop, s.step);
@@ -311,12 +351,22 @@ impl Tensor {
         if let Some(&bad) = idx.iter().find(|&&i| i >= dim) {
             return Err(Error::Index { op: "index_select", index: bad as isize, dim: ax, size: dim });
         }
+        #[cfg(feature = "gpu")]
+        if self.is_gpu() {
+            let out = crate::gpu::axis::index_select(self, ax, idx)?;
+            return Ok(record(out, IndexSelect { axis: ax, idx: idx.to_vec() }, &[self]));
+        }
         let out = with_dtype!(self.dtype(), T => self.with_view::<T, _>(|v| Tensor::from_array(v.select(ndarray::Axis(ax), idx)))?);
         Ok(record(out, IndexSelect { axis: ax, idx: idx.to_vec() }, &[self]))
     }
 
     /// Zeros of `shape` with the slices of `self` added at positions `idx` along `axis`.
     fn index_add_into(&self, shape: &[usize], axis: usize, idx: &[usize]) -> Result<Tensor> {
+        #[cfg(feature = "gpu")]
+        if self.is_gpu() {
+            let out = crate::gpu::axis::index_add(self, shape, axis, idx)?;
+            return Ok(record(out, IndexAdd { axis, idx: idx.to_vec() }, &[self]));
+        }
         let out = with_dtype!(self.dtype(), T => {
             let mut acc = ndarray::ArrayD::<T>::zeros(ndarray::IxDyn(shape));
             self.with_view::<T, _>(|src| {
@@ -341,12 +391,18 @@ impl Tensor {
                 return shape_err("concat", format!("shapes {:?} and {:?} differ outside axis {ax}", first.shape(), t.shape()));
             }
         }
+        let refs: Vec<&Tensor> = tensors.iter().collect();
+        #[cfg(feature = "gpu")]
+        if crate::device::common_device("concat", &refs)? == crate::Device::Gpu {
+            let mut shape = first.shape().to_vec();
+            shape[ax] = tensors.iter().map(|t| t.shape()[ax]).sum();
+            return Ok(record(crate::gpu::axis::concat(tensors, ax, &shape)?, Concat(ax), &refs));
+        }
         let out = with_dtype!(first.dtype(), T => {
             let parts: Vec<ndarray::ArrayD<T>> = tensors.iter().map(|t| t.to_array::<T>()).collect::<Result<_>>()?;
             let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
             Tensor::from_array(ndarray::concatenate(ndarray::Axis(ax), &views).map_err(|e| Error::Shape { op: "concat", msg: e.to_string() })?)
         });
-        let refs: Vec<&Tensor> = tensors.iter().collect();
         Ok(record(out, Concat(ax), &refs))
     }
 
@@ -387,3 +443,20 @@ impl Tensor {
 
 #[allow(dead_code)]
 fn _assert_elem<T: Elem>() {}
+
+#[cfg(test)]
+mod tests {
+    use super::nocopy_strides;
+
+    #[test]
+    fn reshape_keeps_views_where_numpy_does() {
+        // a column of a (4, 6) matrix, dropping its unit axis
+        assert_eq!(nocopy_strides(&[4, 1], &[6, 1], &[4]), Some(vec![6]));
+        // split and merge within a contiguous run of a strided view
+        assert_eq!(nocopy_strides(&[3, 4, 2], &[16, 2, 1], &[3, 8]), Some(vec![16, 1]));
+        assert_eq!(nocopy_strides(&[3, 8], &[16, 1], &[3, 2, 1, 4]), Some(vec![16, 4, 4, 1]));
+        // a transpose cannot be flattened without a copy
+        assert_eq!(nocopy_strides(&[6, 4], &[1, 6], &[24]), None);
+        assert_eq!(nocopy_strides(&[3, 4], &[8, 1], &[12]), None);
+    }
+}
