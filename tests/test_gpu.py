@@ -97,19 +97,44 @@ def test_mixing_devices_names_the_op_and_both_devices():
         fx.gpu(fx.Dense(3, 2))(x)
 
 
+_OPS = {
+    "affine": lambda x: x * 2 - 1, "div": lambda x: x / (abs(x) + 1), "rdiv": lambda x: 1 / (x * x + 1),
+    "square": lambda x: x ** 2, "rpow": lambda x: 2 ** x, "neg": lambda x: -x,
+    "exp": lambda x: x.exp(), "log": lambda x: (abs(x) + 0.5).log(), "sqrt": lambda x: (abs(x) + 0.5).sqrt(),
+    "abs": abs, "sin": lambda x: x.sin(), "cos": lambda x: x.cos(), "sign": lambda x: x.sign() * x,
+    "clamp": lambda x: x.clamp(-1.0, 0.5), "maximum": lambda x: x.maximum(x.T.reshape(5, 7) * 0.5),
+    "minimum": lambda x: x.minimum(0.25),
+    "relu": fx.relu, "sigmoid": fx.sigmoid, "tanh": fx.tanh, "softplus": fx.softplus, "elu": fx.elu,
+    "leakyrelu": lambda x: fx.leakyrelu(x, 0.1), "gelu": fx.gelu, "swish": fx.swish,
+    "softmax": lambda x: fx.softmax(x, dims=1), "logsoftmax": lambda x: fx.logsoftmax(x, dims=0),
+    "sum": lambda x: x.sum(axis=1), "sum-keep": lambda x: x.sum(axis=0, keepdims=True) * x, "mean": lambda x: x.mean(),
+    "max": lambda x: x.max(axis=0), "min": lambda x: x.min(axis=1), "logsumexp": lambda x: x.logsumexp(axis=1),
+    "gt-where": lambda x: fx.where(x > 0.3, x * 3, -x), "le-mask": lambda x: (x <= 0.0) * x,
+    "x@xT": lambda x: x @ x.T, "xT@x": lambda x: x.T @ x,
+    "batched-matmul": lambda x: x.reshape(5, 7, 1) @ x.reshape(5, 1, 7), "broadcast-matmul": lambda x: x.reshape(1, 5, 7) @ x.T,
+    "permute": lambda x: x.reshape(5, 7, 1).permute(2, 0, 1) * 2, "swapaxes-reshape": lambda x: x.swapaxes(0, 1).reshape(35),
+    "broadcast_to": lambda x: x.reshape(5, 1, 7).broadcast_to((5, 3, 7)) * x.reshape(5, 1, 7),
+    "slice-step": lambda x: x[1:5:2, ::3], "select": lambda x: x[:, 2].reshape(5, 1) * x[3], "fancy-index": lambda x: x[[4, 0, 4]],
+    "concat": lambda x: fx.concat([x, x[:2] * 2], axis=0), "stack": lambda x: fx.stack([x, x.T.T], axis=1),
+}
+
+
 @gpu_only
-@pytest.mark.parametrize("f", [
-    lambda x: x * 2 - 1, lambda x: x / (abs(x) + 1), lambda x: x ** 2, fx.relu, fx.sigmoid, fx.tanh,
-    fx.softplus, fx.elu, lambda x: fx.leakyrelu(x, 0.1), lambda x: fx.softmax(x, dims=1),
-    lambda x: fx.logsoftmax(x, dims=0), lambda x: x.sum(axis=1), lambda x: x.mean(), lambda x: x.max(axis=0),
-    lambda x: x @ x.T, lambda x: x.T @ x, lambda x: x.logsumexp(axis=1),
-], ids=["affine", "div", "square", "relu", "sigmoid", "tanh", "softplus", "elu", "leakyrelu", "softmax",
-        "logsoftmax", "sum", "mean", "max", "x@xT", "xT@x", "logsumexp"])
-def test_ops_match_cpu(f):
+@pytest.mark.parametrize("name", list(_OPS))
+def test_ops_and_their_gradients_match_cpu(name):
+    """Each op's value and its gradient (of a random weighting of the output) on both devices."""
+    f = _OPS[name]
     x = rnd(5, 7, seed=1)
-    got = f(fx.gpu(fx.tensor(x)))
-    assert got.device == "gpu"
-    np.testing.assert_allclose(np.asarray(got), np.asarray(f(fx.tensor(x))), **TOL)
+
+    def run(x):
+        y = f(x)
+        w = fx.to_device(fx.tensor(rnd(*y.shape, seed=2)), y.device)
+        return y, fx.gradient(lambda x: (f(x) * w).sum(), x)[0]
+
+    (yg, gg), (yc, gc) = run(fx.gpu(x)), run(fx.tensor(x))
+    assert yg.device == "gpu" and gg.device == "gpu"
+    np.testing.assert_allclose(np.asarray(yg), np.asarray(yc), **TOL)
+    np.testing.assert_allclose(np.asarray(gg), np.asarray(gc), **TOL)
 
 
 @gpu_only
@@ -315,8 +340,10 @@ def test_writes_into_gpu_views_land_in_place():
     g = fx.gpu(a)
     g[1:3, ::2] = fx.gpu(np.full((2, 3), 7.0, np.float32))
     g[:, 5] = 0.5                         # a host number, broadcast
+    g[3:] = fx.gpu(np.arange(6, dtype=np.float32))  # contiguous rows past the start of the buffer
     a[1:3, ::2] = 7.0
     a[:, 5] = 0.5
+    a[3:] = np.arange(6)
     assert g.device == "gpu"
     np.testing.assert_array_equal(np.asarray(g), a)
 

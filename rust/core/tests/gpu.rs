@@ -391,3 +391,35 @@ fn concat_and_stack_and_their_gradients_match_cpu() {
         close(&format!("concat/stack {i}"), x, y);
     }
 }
+
+#[test]
+fn fused_dense_and_its_gradient_match_cpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    use fluxrs_core::ops::nn::Act;
+    // 33 x 20 outputs: not a multiple of the 16x16 tiles; the weight is used transposed (a view)
+    let (x, w, b) = (t(&[33, 7], 130), t(&[20, 7], 131), t(&[20], 132));
+    for act in [Act::Identity, Act::Relu, Act::Sigmoid, Act::Tanh] {
+        for with_bias in [true, false] {
+            let run = |dev: Device| -> Vec<Tensor> {
+                let mut leaves: Vec<Tensor> = [&x, &w].iter().map(|v| v.to_device(dev).unwrap()).collect();
+                if with_bias {
+                    leaves.push(b.to_device(dev).unwrap());
+                }
+                push_watch(&leaves);
+                let y = Tensor::dense(&leaves[0], &leaves[1], leaves.get(2), act).unwrap();
+                let l = y.mul(&t(y.shape(), 133).to_device(dev).unwrap()).unwrap().sum_all().unwrap();
+                pop_watch();
+                let mut out = vec![y];
+                out.extend(grad(&l, &leaves, None).unwrap().into_iter().map(Option::unwrap));
+                out
+            };
+            let (g, c) = (run(Device::Gpu), run(Device::Cpu));
+            assert!(g[0].is_gpu());
+            for (i, (p, q)) in g.iter().zip(&c).enumerate() {
+                close(&format!("dense {act:?} bias={with_bias} output/grad {i}"), p, q);
+            }
+        }
+    }
+}

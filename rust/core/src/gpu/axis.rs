@@ -4,7 +4,8 @@
 //! as CSR: each thread of the backward kernel then sums its own rows' gradients, with no
 //! float atomics.
 
-use super::{context, conv::packed, kernels, with_buf, wrap};
+use super::kernels::{self, packed};
+use super::{context, with_buf, wrap};
 use crate::error::Result;
 use crate::tensor::Tensor;
 

@@ -3,6 +3,7 @@
 //! forward: y = act(conv(x, w) + b); data: act(conv_transpose(gy, w) + b) (the input
 //! gradient, and ConvTranspose's forward); filter: the weight gradient.
 
+use super::kernels::{act_code, packed};
 use super::{context, with_buf, wrap};
 use crate::error::Result;
 use crate::ops::nn::Act;
@@ -18,14 +19,6 @@ fn koff(j: u32, kj: u32) -> i32 {
     var k = kj;
     if (md[22] == 1u) { k = md[7u + j] - 1u - kj; }
     return i32(k * md[16u + j]) - i32(md[19u + j]);
-}
-fn actf(v: f32) -> f32 {
-    switch md[23] {
-        case 1u: { return select(v, 0.0, v < 0.0); }
-        case 2u: { return 1.0 / (1.0 + exp(-v)); }
-        case 3u: { return tanh(clamp(v, -15.0, 15.0)); }
-        default: { return v; }
-    }
 }
 "#;
 
@@ -65,7 +58,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
             }
         }
     }
-    y[t] = actf(acc);
+    y[t] = actf(acc, md[23]);
 }
 "#;
 
@@ -115,7 +108,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
             }
         }
     }
-    gx[t] = actf(acc);
+    gx[t] = actf(acc, md[23]);
 }
 "#;
 
@@ -157,24 +150,6 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
 }
 "#;
 
-fn act_code(act: Act) -> u32 {
-    match act {
-        Act::Identity => 0,
-        Act::Relu => 1,
-        Act::Sigmoid => 2,
-        Act::Tanh => 3,
-    }
-}
-
-/// A contiguous GPU tensor starting at offset 0 (what these kernels index).
-pub(crate) fn packed(t: &Tensor) -> Result<Tensor> {
-    let t = super::kernels::on_gpu("conv", t)?;
-    if t.is_contiguous() && t.layout().offset == 0 {
-        Ok(t)
-    } else {
-        super::kernels::copy(&t)
-    }
-}
 
 /// Launch one of the three kernels; `geom` is `Geom::gpu_meta` (entries 0..=22).
 fn run(name: &'static str, body: &str, mut meta: Vec<u32>, act: Act, ins: &[&Tensor], bias: Option<&Tensor>, shape: &[usize]) -> Result<Tensor> {

@@ -10,6 +10,7 @@ use crate::error::{shape_err, Error, Result};
 use crate::layout::broadcast_shapes;
 use crate::ops::binary::BinaryOp;
 use crate::ops::compare::CmpOp;
+use crate::ops::nn::Act;
 use crate::ops::unary::UnaryOp;
 use crate::tensor::Tensor;
 use crate::Device;
@@ -34,7 +35,26 @@ fn strided(i: u32, nd: u32, sh: u32, st: u32, off: u32) -> u32 {
     }
     return u32(o);
 }
+
+// The fused activations of Dense and Conv (`act_code`).
+fn actf(v: f32, code: u32) -> f32 {
+    switch code {
+        case 1u: { return select(v, 0.0, v < 0.0); }
+        case 2u: { return 1.0 / (1.0 + exp(-v)); }
+        case 3u: { return tanh(clamp(v, -15.0, 15.0)); }
+        default: { return v; }
+    }
+}
 "#;
+
+pub(crate) fn act_code(act: Act) -> u32 {
+    match act {
+        Act::Identity => 0,
+        Act::Relu => 1,
+        Act::Sigmoid => 2,
+        Act::Tanh => 3,
+    }
+}
 
 // md: n, ndim, op, off, p0 (f32 bits), p1 (f32 bits), shape[ndim], strides[ndim]
 const UNARY: &str = r#"
@@ -182,12 +202,14 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
 }
 "#;
 
-// C[b] = A[b] @ B[b] in 16x16 tiles; A and B strided (batch stride 0 broadcasts).
-// md: M, N, K, a_off, b_off, a_bs, a_rs, a_cs, b_bs, b_rs, b_cs
+// C[b] = act(A[b] @ B[b] + bias) in 16x16 tiles; A and B strided (batch stride 0
+// broadcasts); bias over columns, the epilogue of a fused Dense.
+// md: M, N, K, a_off, b_off, a_bs, a_rs, a_cs, b_bs, b_rs, b_cs, act, has bias
 const MATMUL: &str = r#"
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
 var<workgroup> ta: array<array<f32, 16>, 16>;
 var<workgroup> tb: array<array<f32, 16>, 16>;
@@ -226,7 +248,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) l: v
         workgroupBarrier();
     }
     if (row < M && col < N) {
-        c[bi * M * N + row * N + col] = acc;
+        c[bi * M * N + row * N + col] = epilogue(acc, col);
     }
 }
 "#;
@@ -237,7 +259,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) l: v
 const MATMUL_SIMPLE: &str = r#"
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
@@ -258,7 +281,16 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         ia += sa;
         ib += sb;
     }
-    c[bi * M * N + row * N + col] = acc;
+    c[bi * M * N + row * N + col] = epilogue(acc, col);
+}
+"#;
+
+// Shared by both matmul kernels.
+const EPILOGUE: &str = r#"
+fn epilogue(v: f32, col: u32) -> f32 {
+    var r = v;
+    if (md[12] == 1u) { r += bias[col]; }
+    return actf(r, md[11]);
 }
 "#;
 
@@ -508,6 +540,11 @@ pub(crate) fn reduce(x: &Tensor, axes: &[usize], kind: ReduceKind) -> Result<Ten
 
 /// Batched product of same-batch operands `[B.., m, k] @ [B.., k, n]`.
 pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_bias_act(a, b, None, Act::Identity)
+}
+
+/// `act(a @ b + bias)` in one kernel (bias over the last axis; shapes already checked).
+pub(crate) fn matmul_bias_act(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor> {
     let (a, b) = (on_gpu("matmul", a)?, on_gpu("matmul", b)?);
     let nd = a.ndim();
     let (m, k, n) = (a.shape()[nd - 2], a.shape()[nd - 1], b.shape()[nd - 1]);
@@ -527,16 +564,47 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         return Ok(wrap(out, &out_shape));
     }
     if k == 0 {
-        return crate::Tensor::zeros(&out_shape, crate::DType::F32).to_device(Device::Gpu);
+        let z = crate::Tensor::zeros(&out_shape, crate::DType::F32).to_device(Device::Gpu)?;
+        return if bias.is_none() && act == Act::Identity { Ok(z) } else { matmul_epilogue_fallback(z, bias, act) };
     }
     if nb > g.max_workgroups as usize || m.div_ceil(16) > g.max_workgroups as usize || n.div_ceil(16) > g.max_workgroups as usize {
         return shape_err("matmul", format!("{:?} @ {:?} is past the GPU's dispatch limits", a.shape(), b.shape()));
     }
     let (sa, sb) = (strides_u32(&a3), strides_u32(&b3));
-    let meta = vec![m as u32, n as u32, k as u32, a3.layout().offset as u32, b3.layout().offset as u32, sa[0], sa[1], sa[2], sb[0], sb[1], sb[2]];
-    let (name, s) = if tiled_matmul(g) { shader("matmul", MATMUL) } else { shader("matmul_simple", MATMUL_SIMPLE) };
-    with_buf(&a3, |ab| with_buf(&b3, |bb| g.launch(name, &s, &meta, &[&ab.buf, &bb.buf, &out.buf], [n.div_ceil(16) as u32, m.div_ceil(16) as u32, nb as u32])));
+    let bias = bias.map(packed).transpose()?;
+    let meta = vec![m as u32, n as u32, k as u32, a3.layout().offset as u32, b3.layout().offset as u32, sa[0], sa[1], sa[2], sb[0], sb[1], sb[2],
+                    act_code(act), bias.is_some() as u32];
+    let (name, body) = if tiled_matmul(g) { ("matmul", MATMUL) } else { ("matmul_simple", MATMUL_SIMPLE) };
+    let s = with_common(&format!("{body}{EPILOGUE}"));
+    let groups = [n.div_ceil(16) as u32, m.div_ceil(16) as u32, nb as u32];
+    with_buf(&a3, |ab| {
+        with_buf(&b3, |bb| match &bias {
+            Some(bt) => with_buf(bt, |cb| g.launch(name, &s, &meta, &[&ab.buf, &bb.buf, &cb.buf, &out.buf], groups)),
+            None => g.launch(name, &s, &meta, &[&ab.buf, &bb.buf, &g.spare(0).buf, &out.buf], groups),
+        })
+    });
     Ok(wrap(out, &out_shape))
+}
+
+/// The epilogue by separate ops, for the degenerate empty inner dimension.
+fn matmul_epilogue_fallback(z: Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor> {
+    let z = match bias { Some(b) => binary(BinaryOp::Add, &z, &on_gpu("matmul", b)?)?, None => z };
+    Ok(match act {
+        Act::Identity => z,
+        Act::Relu => unary(UnaryOp::Relu, &z)?,
+        Act::Sigmoid => unary(UnaryOp::Sigmoid, &z)?,
+        Act::Tanh => unary(UnaryOp::Tanh, &z)?,
+    })
+}
+
+/// A contiguous GPU tensor starting at offset 0 (what the conv, pool and axis kernels index).
+pub(crate) fn packed(t: &Tensor) -> Result<Tensor> {
+    let t = on_gpu("gpu", t)?;
+    if t.is_contiguous() && t.layout().offset == 0 {
+        Ok(t)
+    } else {
+        copy(&t)
+    }
 }
 
 /// The shared-memory tiled kernel on hardware; the plain one on software adapters.

@@ -24,7 +24,7 @@ use crate::storage::Storage;
 use crate::tensor::Tensor;
 use crate::DType;
 
-pub(crate) use kernels::{binary, compare, matmul, reduce, softmax, unary, where_, ReduceKind};
+pub(crate) use kernels::{binary, compare, matmul, matmul_bias_act, reduce, softmax, unary, where_, ReduceKind};
 
 /// A float32 buffer on the GPU.
 #[derive(Debug)]
@@ -297,14 +297,19 @@ pub(crate) fn assign(dst: &Tensor, src: &Tensor) -> Result<()> {
     if src.dtype() != DType::F32 {
         return Err(Error::DType { op: "assign", msg: format!("cannot assign {} data to a float32 GPU tensor", src.dtype()) });
     }
-    if !dst.is_contiguous() || dst.layout().offset != 0 {
-        // a view: element by element into its strided places (a packed copy of the source
+    if !dst.is_contiguous() {
+        // a strided view: element by element into its places (a packed copy of the source
         // first, which also settles a source aliasing the destination)
         return kernels::write_strided(dst, &kernels::copy(&src.broadcast_to(dst.shape())?)?);
     }
-    let full = kernels::contiguous(&src.broadcast_to(dst.shape())?)?;
+    // a contiguous run of the buffer (the whole of it, or a view of some rows): one copy
+    let full = kernels::copy(&src.broadcast_to(dst.shape())?)?;
+    let bytes = (dst.numel() * 4) as u64;
+    if bytes == 0 {
+        return Ok(());
+    }
     let g = context()?;
-    with_buf(&full, |s| with_buf(dst, |d| g.encode(|enc| enc.copy_buffer_to_buffer(&s.buf, (full.layout().offset * 4) as u64, &d.buf, 0, (d.len * 4) as u64))));
+    with_buf(&full, |s| with_buf(dst, |d| g.encode(|enc| enc.copy_buffer_to_buffer(&s.buf, 0, &d.buf, (dst.layout().offset * 4) as u64, bytes))));
     Ok(())
 }
 

@@ -110,7 +110,7 @@ impl BackwardOp for MaxPoolBackward {
         if should_record(&[g]) {
             return Err(Error::Device { op: "maxpool", msg: "second derivatives of max pooling are not available on the GPU yet; use the CPU".into() });
         }
-        let gc = super::conv::packed(g)?;
+        let gc = kernels::packed(g)?;
         let gpu = context()?;
         let n: usize = self.in_shape.iter().product();
         let out = gpu.alloc(n);
@@ -126,7 +126,7 @@ impl BackwardOp for MaxPoolBackward {
 
 /// Max pooling of a GPU tensor; `meta` is the pooling geometry (`pool::Geom::gpu_meta`).
 pub(crate) fn maxpool(meta: Vec<u32>, x: &Tensor, shape: &[usize]) -> Result<(Tensor, MaxPoolBackward)> {
-    let x = super::conv::packed(x)?;
+    let x = kernels::packed(x)?;
     let gpu = context()?;
     let n: usize = shape.iter().product();
     let (out, arg) = (gpu.alloc(n), gpu.alloc(n));

@@ -168,7 +168,7 @@ impl BackwardOp for Dense {
     fn backward(&self, inputs: &[Tensor], out: &Tensor, g: &Tensor, need: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let (x, w) = (&inputs[0], &inputs[1]);
         let gp = act_backward(self.0, out, g)?;
-        if !should_record(&[&gp, x, w]) && gp.is_contiguous() {
+        if !should_record(&[&gp, x, w]) && gp.is_contiguous() && !gp.is_gpu() {
             // First order: three products straight on the buffers, no intermediate ops.
             return with_dtype!(gp.dtype(), T => dense_backward_kernel::<T>(x, w, &gp, inputs.len() == 3, need));
         }
@@ -180,6 +180,23 @@ impl BackwardOp for Dense {
         }
         Ok(grads)
     }
+}
+
+/// The GPU's fused Dense (one kernel: the matmul with bias and activation in its epilogue),
+/// or None when the operands are on the CPU.
+#[cfg(feature = "gpu")]
+fn dense_gpu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -> Result<Option<Tensor>> {
+    let mut all = vec![x, w];
+    all.extend(b);
+    if crate::device::common_device("dense", &all)? != crate::Device::Gpu {
+        return Ok(None);
+    }
+    Ok(Some(crate::gpu::matmul_bias_act(x, &w.transpose(0, 1)?, b, act)?))
+}
+
+#[cfg(not(feature = "gpu"))]
+fn dense_gpu(_x: &Tensor, _w: &Tensor, _b: Option<&Tensor>, _act: Act) -> Result<Option<Tensor>> {
+    Ok(None)
 }
 
 impl Tensor {
@@ -196,19 +213,10 @@ impl Tensor {
                 return shape_err("dense", format!("bias of shape {:?} does not match weight of shape {:?}", b.shape(), w.shape()));
             }
         }
-        #[cfg(feature = "gpu")]
-        if crate::device::common_device("dense", &[x, w])? == crate::Device::Gpu {
-            // The composed form: its ops have GPU kernels and their own backward rules.
-            let pre = x.matmul(&w.transpose(0, 1)?)?;
-            let pre = match b { Some(b) => pre.add(b)?, None => pre };
-            return match act {
-                Act::Identity => Ok(pre),
-                Act::Relu => pre.relu(),
-                Act::Sigmoid => pre.sigmoid(),
-                Act::Tanh => pre.tanh(),
-            };
-        }
-        let out = with_dtype!(x.dtype(), T => dense_kernel::<T>(x, w, b, act)?);
+        let out = match dense_gpu(x, w, b, act)? {
+            Some(out) => out,
+            None => with_dtype!(x.dtype(), T => dense_kernel::<T>(x, w, b, act)?),
+        };
         Ok(match b {
             Some(b) => record(out, Dense(act), &[x, w, b]),
             None => record(out, Dense(act), &[x, w]),
