@@ -270,6 +270,8 @@ def test_embedding_gathers_on_the_gpu_with_repeated_indices():
     assert mg(idx).device == "gpu" and tuple(mg(idx).shape) == (2, 3, 4)
     assert float(lg) == pytest.approx(float(lc), rel=1e-5)
     np.testing.assert_allclose(np.asarray(gg[0].weight), np.asarray(gc[0].weight), **TOL)
+    onehot = np.eye(7, dtype=bool)[[0, 2]]  # one-hot input, from the host
+    np.testing.assert_allclose(np.asarray(mg(onehot)), np.asarray(m(onehot)), **TOL)
     # and the gather itself, on a tensor
     x = rnd(4, 5, seed=15)
     np.testing.assert_allclose(np.asarray(fx.gpu(x).index_select(1, [4, 4, 0])), x[:, [4, 4, 0]], **TOL)

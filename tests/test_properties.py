@@ -496,6 +496,21 @@ def test_indexing(data, ta):
         np.testing.assert_array_equal(got.numpy(), np.asarray(want).astype(t.dtype))
 
 
+@given(st.data(), tensors(max_side=4, max_dims=3))
+def test_writes_through_basic_indices_land_in_place(data, ta):
+    """``t[key] = v`` for integer/slice/ellipsis keys writes where numpy's does: columns and
+    strided slices are views, not copies that swallow the write (negative steps are not
+    supported, and say so)."""
+    t, a = ta
+    key = data.draw(hnp.basic_indices(a.shape, min_dims=0, allow_newaxis=False, allow_ellipsis=True)
+                    .filter(lambda k: not any(isinstance(p, slice) and (p.step or 1) < 0
+                                              for p in (k if isinstance(k, tuple) else (k,)))), label="key")
+    want = np.array(a, dtype=t.dtype)
+    want[key] = 7.0
+    t[key] = 7.0
+    np.testing.assert_array_equal(t.numpy(), want)
+
+
 @given(st.data(), st.integers(1, 3), st.sampled_from([fx.concat, fx.stack]))
 def test_concat_and_stack(data, k, f):
     shape = data.draw(shapes(max_dims=3, max_side=3), label="shape")

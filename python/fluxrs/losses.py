@@ -669,7 +669,6 @@ def ctc_loss(yhat: Any, y: Any, *, blank: Any = None, agg: Any = mean) -> Tensor
         out = [_ctc_one(x[i], _ctc_labels(ys[i], C, b, T), b) for i in range(x.shape[0])]
         losses = np.array([o[0] for o in out])
         grads = np.stack([o[1] for o in out])
-    dt = yhat.dtype.name
     lt = host_like(np.asarray(losses, dtype=yhat.dtype), yhat)
     gt = host_like(np.asarray(grads, dtype=yhat.dtype), yhat)
     # Value: the losses; gradient: the CTC gradient. (ŷ - ŷ.detach()) is exactly zero but carries

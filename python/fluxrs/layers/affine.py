@@ -24,6 +24,7 @@ from fluxrs.layers.basic import _as_param, as_input
 from fluxrs.layers.init import glorot_uniform, ones32
 from fluxrs.layers.show import short_repr, show
 from fluxrs.random import default_rng
+from fluxrs.tensor import host_like
 
 __all__ = ["Scale", "Bilinear", "Embedding"]
 
@@ -230,7 +231,7 @@ class Embedding(Layer):
             if a.ndim == 0 or a.shape[-1] != n_in:
                 raise ValueError(f"{self._repr_inner()}: one-hot input needs {n_in} entries on its last axis, "
                                  f"got {a.shape}")
-            return Tensor(a, dtype=self.weight.dtype.name) @ self.weight.T
+            return host_like(a, self.weight) @ self.weight.T
         if a.dtype.kind == "f" and a.ndim and a.shape[-1] == n_in:
             return as_input(a, self.weight, self) @ self.weight.T
         if a.dtype.kind not in "iu":

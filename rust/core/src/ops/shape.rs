@@ -1,6 +1,6 @@
-//! Shape ops. reshape (of contiguous data), permute, broadcast_to and slice are views:
-//! they share the buffer and only change the layout. index_select, concat and the
-//! scatter ops used by backward rules copy.
+//! Shape ops. reshape (wherever numpy's would be a view), permute, broadcast_to and slice
+//! are views: they share the buffer and only change the layout. index_select, concat and
+//! the scatter ops used by backward rules copy.
 
 use crate::backprop::{record, BackwardOp};
 use crate::dtype::DType;
@@ -205,8 +205,9 @@ fn nocopy_strides(shape: &[usize], strides: &[isize], new_shape: &[usize]) -> Op
 }
 
 impl Tensor {
-    /// Reshape without recording: a view when contiguous, else a copy. `-1` is not
-    /// handled here (the bindings resolve it).
+    /// Reshape without recording: a view where the layout allows one (as numpy decides; the
+    /// view may be non-contiguous), else a contiguous copy. `-1` is not handled here (the
+    /// bindings resolve it).
     pub(crate) fn reshape_raw(&self, shape: &[usize]) -> Result<Tensor> {
         let n = crate::layout::checked_numel("reshape", shape)?;
         if n != self.numel() {
