@@ -21,12 +21,12 @@ from typing import Any, Callable
 import numpy as np
 
 from fluxrs._core import Tensor
-from fluxrs.tensor import host_like
 from fluxrs.functor import Layer
 from fluxrs.layers.basic import Dense, as_input
 from fluxrs.layers.dropout import Dropout
 from fluxrs.layers.init import glorot_uniform
 from fluxrs.layers.show import show
+from fluxrs.tensor import host_like
 
 __all__ = ["MultiHeadAttention", "make_causal_mask", "dot_product_attention"]
 

@@ -54,6 +54,33 @@ fn close(what: &str, gpu: &Tensor, cpu: &Tensor) {
     }
 }
 
+/// `f`'s outputs, computed on `dev` from `inputs` moved there, followed by the gradients
+/// with respect to `inputs` of a random weighting of the outputs (weights from seeds
+/// `seed`, `seed + 1`, ...: the same on either device).
+fn outputs_and_grads(dev: Device, inputs: &[&Tensor], seed: u64, f: &impl Fn(&[Tensor]) -> Vec<Tensor>) -> Vec<Tensor> {
+    let leaves: Vec<Tensor> = inputs.iter().map(|x| x.to_device(dev).unwrap()).collect();
+    push_watch(&leaves);
+    let mut out = f(&leaves);
+    let terms: Vec<Tensor> = out
+        .iter()
+        .enumerate()
+        .map(|(j, y)| y.mul(&t(y.shape(), seed + j as u64).to_device(dev).unwrap()).unwrap().sum_all().unwrap())
+        .collect();
+    let l = terms[1..].iter().fold(terms[0].clone(), |acc, term| acc.add(term).unwrap());
+    pop_watch();
+    out.extend(grad(&l, &leaves, None).unwrap().into_iter().map(Option::unwrap));
+    out
+}
+
+/// `outputs_and_grads` on the GPU against the CPU.
+#[track_caller]
+fn gpu_matches_cpu(what: &str, inputs: &[&Tensor], seed: u64, f: impl Fn(&[Tensor]) -> Vec<Tensor>) {
+    let (g, c) = (outputs_and_grads(Device::Gpu, inputs, seed, &f), outputs_and_grads(Device::Cpu, inputs, seed, &f));
+    for (i, (a, b)) in g.iter().zip(&c).enumerate() {
+        close(&format!("{what}: output/gradient {i}"), a, b);
+    }
+}
+
 #[test]
 fn round_trip_keeps_data_and_views() {
     if !gpu_or_skip() {
@@ -150,6 +177,9 @@ fn matmul_matches_cpu_for_views_batches_and_ragged_tiles() {
     close("batch @ batch", &gpu(&ab).matmul(&gpu(&bb)).unwrap(), &ab.matmul(&bb).unwrap());
     let v = t(&[19], 11);
     close("matrix @ vector", &gpu(&a).matmul(&gpu(&v)).unwrap(), &a.matmul(&v).unwrap());
+    // An empty inner dimension: zeros, from the kernel itself.
+    let (a0, b0) = (t(&[5, 0], 12), t(&[0, 3], 13));
+    close("empty inner dimension", &gpu(&a0).matmul(&gpu(&b0)).unwrap(), &a0.matmul(&b0).unwrap());
 }
 
 /// The seed model's loss, built from the same ops on either device.
@@ -324,18 +354,7 @@ fn max_pooling_and_its_gradient_match_cpu() {
     for (i, (xs, spec)) in specs.iter().enumerate() {
         // Rounded data, so windows have ties: the gradient must go to the first maximum, as on the CPU.
         let x = t(xs, 80 + i as u64).scale(2.0).unwrap().unary(UnaryOp::Clamp(-1.0, 1.0)).unwrap();
-        let run = |dev: Device| -> (Tensor, Tensor) {
-            let xd = x.to_device(dev).unwrap();
-            push_watch(std::slice::from_ref(&xd));
-            let y = xd.maxpool(spec).unwrap();
-            let l = y.mul(&t(y.shape(), 90).to_device(dev).unwrap()).unwrap().sum_all().unwrap();
-            pop_watch();
-            let g = grad(&l, &[xd], None).unwrap().remove(0).unwrap();
-            (y, g)
-        };
-        let ((yg, gg), (yc, gc)) = (run(Device::Gpu), run(Device::Cpu));
-        close(&format!("maxpool {i}"), &yg, &yc);
-        close(&format!("maxpool {i} gradient"), &gg, &gc);
+        gpu_matches_cpu(&format!("maxpool {i}"), &[&x], 90, |v| vec![v[0].maxpool(spec).unwrap()]);
     }
 }
 
@@ -352,18 +371,7 @@ fn index_select_and_its_gradient_match_cpu() {
     ];
     for (i, (xs, axis, idx)) in cases.iter().enumerate() {
         let x = t(xs, 100 + i as u64);
-        let run = |dev: Device| -> (Tensor, Tensor) {
-            let xd = x.to_device(dev).unwrap();
-            push_watch(std::slice::from_ref(&xd));
-            let y = xd.index_select(*axis, idx).unwrap();
-            let l = y.mul(&t(y.shape(), 110).to_device(dev).unwrap()).unwrap().sum_all().unwrap();
-            pop_watch();
-            let g = grad(&l, &[xd], None).unwrap().remove(0).unwrap();
-            (y, g)
-        };
-        let ((yg, gg), (yc, gc)) = (run(Device::Gpu), run(Device::Cpu));
-        close(&format!("index_select {i}"), &yg, &yc);
-        close(&format!("index_select {i} gradient"), &gg, &gc);
+        gpu_matches_cpu(&format!("index_select {i}"), &[&x], 110, |v| vec![v[0].index_select(*axis, idx).unwrap()]);
     }
 }
 
@@ -373,23 +381,12 @@ fn concat_and_stack_and_their_gradients_match_cpu() {
         return;
     }
     let (a, b, c) = (t(&[2, 3, 4], 120), t(&[2, 1, 4], 121), t(&[2, 5, 4], 122));
-    let run = |dev: Device| -> Vec<Tensor> {
-        let xs: Vec<Tensor> = [&a, &b, &c].iter().map(|x| x.to_device(dev).unwrap()).collect();
-        push_watch(&xs);
-        let y = Tensor::concat(&xs, 1).unwrap();
+    gpu_matches_cpu("concat/stack", &[&a, &b, &c], 123, |xs| {
+        let y = Tensor::concat(xs, 1).unwrap();
         // stack of views (non-contiguous parts), as the recurrent layers build their output
         let s = Tensor::stack(&[xs[0].select(1, 2).unwrap(), xs[2].select(1, 0).unwrap()], 0).unwrap();
-        let l = y.mul(&t(y.shape(), 123).to_device(dev).unwrap()).unwrap().sum_all().unwrap()
-            .add(&s.mul(&t(s.shape(), 124).to_device(dev).unwrap()).unwrap().sum_all().unwrap()).unwrap();
-        pop_watch();
-        let mut out = vec![y, s];
-        out.extend(grad(&l, &xs, None).unwrap().into_iter().map(Option::unwrap));
-        out
-    };
-    let (g, c) = (run(Device::Gpu), run(Device::Cpu));
-    for (i, (x, y)) in g.iter().zip(&c).enumerate() {
-        close(&format!("concat/stack {i}"), x, y);
-    }
+        vec![y, s]
+    });
 }
 
 #[test]
@@ -398,28 +395,17 @@ fn fused_dense_and_its_gradient_match_cpu() {
         return;
     }
     use fluxrs_core::ops::nn::Act;
-    // 33 x 20 outputs: not a multiple of the 16x16 tiles; the weight is used transposed (a view)
-    let (x, w, b) = (t(&[33, 7], 130), t(&[20, 7], 131), t(&[20], 132));
-    for act in [Act::Identity, Act::Relu, Act::Sigmoid, Act::Tanh] {
-        for with_bias in [true, false] {
-            let run = |dev: Device| -> Vec<Tensor> {
-                let mut leaves: Vec<Tensor> = [&x, &w].iter().map(|v| v.to_device(dev).unwrap()).collect();
-                if with_bias {
-                    leaves.push(b.to_device(dev).unwrap());
-                }
-                push_watch(&leaves);
-                let y = Tensor::dense(&leaves[0], &leaves[1], leaves.get(2), act).unwrap();
-                let l = y.mul(&t(y.shape(), 133).to_device(dev).unwrap()).unwrap().sum_all().unwrap();
-                pop_watch();
-                let mut out = vec![y];
-                out.extend(grad(&l, &leaves, None).unwrap().into_iter().map(Option::unwrap));
-                out
-            };
-            let (g, c) = (run(Device::Gpu), run(Device::Cpu));
-            assert!(g[0].is_gpu());
-            for (i, (p, q)) in g.iter().zip(&c).enumerate() {
-                close(&format!("dense {act:?} bias={with_bias} output/grad {i}"), p, q);
-            }
+    // 33 x 20 outputs: not a multiple of the 16x16 tiles; the weight is used transposed (a
+    // view). No input features at all: the epilogue alone (bias and activation of zeros).
+    for n_in in [7, 0] {
+        let (x, w, b) = (t(&[33, n_in], 130), t(&[20, n_in], 131), t(&[20], 132));
+        for act in [Act::Identity, Act::Relu, Act::Sigmoid, Act::Tanh] {
+            gpu_matches_cpu(&format!("dense {n_in} inputs, {act:?}"), &[&x, &w, &b], 133, |v| {
+                vec![Tensor::dense(&v[0], &v[1], Some(&v[2]), act).unwrap()]
+            });
+            gpu_matches_cpu(&format!("dense {n_in} inputs, {act:?}, no bias"), &[&x, &w], 133, |v| {
+                vec![Tensor::dense(&v[0], &v[1], None, act).unwrap()]
+            });
         }
     }
 }

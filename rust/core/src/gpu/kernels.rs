@@ -563,10 +563,6 @@ pub(crate) fn matmul_bias_act(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, act
     if nb * m * n == 0 {
         return Ok(wrap(out, &out_shape));
     }
-    if k == 0 {
-        let z = crate::Tensor::zeros(&out_shape, crate::DType::F32).to_device(Device::Gpu)?;
-        return if bias.is_none() && act == Act::Identity { Ok(z) } else { matmul_epilogue_fallback(z, bias, act) };
-    }
     if nb > g.max_workgroups as usize || m.div_ceil(16) > g.max_workgroups as usize || n.div_ceil(16) > g.max_workgroups as usize {
         return shape_err("matmul", format!("{:?} @ {:?} is past the GPU's dispatch limits", a.shape(), b.shape()));
     }
@@ -584,17 +580,6 @@ pub(crate) fn matmul_bias_act(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, act
         })
     });
     Ok(wrap(out, &out_shape))
-}
-
-/// The epilogue by separate ops, for the degenerate empty inner dimension.
-fn matmul_epilogue_fallback(z: Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor> {
-    let z = match bias { Some(b) => binary(BinaryOp::Add, &z, &on_gpu("matmul", b)?)?, None => z };
-    Ok(match act {
-        Act::Identity => z,
-        Act::Relu => unary(UnaryOp::Relu, &z)?,
-        Act::Sigmoid => unary(UnaryOp::Sigmoid, &z)?,
-        Act::Tanh => unary(UnaryOp::Tanh, &z)?,
-    })
 }
 
 /// A contiguous GPU tensor starting at offset 0 (what the conv, pool and axis kernels index).

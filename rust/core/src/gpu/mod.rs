@@ -297,17 +297,18 @@ pub(crate) fn assign(dst: &Tensor, src: &Tensor) -> Result<()> {
     if src.dtype() != DType::F32 {
         return Err(Error::DType { op: "assign", msg: format!("cannot assign {} data to a float32 GPU tensor", src.dtype()) });
     }
-    if !dst.is_contiguous() {
-        // a strided view: element by element into its places (a packed copy of the source
-        // first, which also settles a source aliasing the destination)
-        return kernels::write_strided(dst, &kernels::copy(&src.broadcast_to(dst.shape())?)?);
-    }
-    // a contiguous run of the buffer (the whole of it, or a view of some rows): one copy
-    let full = kernels::copy(&src.broadcast_to(dst.shape())?)?;
-    let bytes = (dst.numel() * 4) as u64;
-    if bytes == 0 {
+    let src = src.broadcast_to(dst.shape())?;
+    if dst.numel() == 0 {
         return Ok(());
     }
+    // A packed copy of the source first: it also settles a source aliasing the destination.
+    let full = kernels::copy(&src)?;
+    if !dst.is_contiguous() {
+        // a strided view: element by element into its places
+        return kernels::write_strided(dst, &full);
+    }
+    // a contiguous run of the buffer (the whole of it, or a view of some rows): one copy
+    let bytes = (dst.numel() * 4) as u64;
     let g = context()?;
     with_buf(&full, |s| with_buf(dst, |d| g.encode(|enc| enc.copy_buffer_to_buffer(&s.buf, 0, &d.buf, (dst.layout().offset * 4) as u64, bytes))));
     Ok(())

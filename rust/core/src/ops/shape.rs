@@ -325,9 +325,7 @@ impl Tensor {
     }
 
     fn slice_scatter(&self, shape: &[usize], s: SliceSpec) -> Result<Tensor> {
-        let out = Tensor::zeros(shape, self.dtype());
-        #[cfg(feature = "gpu")]
-        let out = if self.is_gpu() { out.to_device(crate::Device::Gpu)? } else { out };
+        let out = Tensor::zeros(shape, self.dtype()).to_device(self.device())?;
         let len = self.shape()[s.axis];
         let stop = if len == 0 { s.start } else { s.start + (len - 1) * s.step + 1 };
         let dst = out.slice_raw(s.axis, s.start, stop, s.step);
