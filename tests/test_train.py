@@ -287,3 +287,67 @@ def test_ncycle():
     assert list(fx.ncycle([1, 2], 2)) == [1, 2, 1, 2]
     assert list(fx.ncycle(iter([1, 2]), 2)) == [1, 2, 1, 2]
     assert list(fx.ncycle([1], 0)) == []
+
+
+# ---------------------------------------------------------------- the fused step (grad + update in one call)
+
+@pytest.mark.parametrize("rule", [fx.Descent(0.1), fx.Adam(1e-2), fx.OptimiserChain(fx.ClipGrad(0.01), fx.Momentum(0.05))],
+                         ids=["descent", "adam", "chain"])
+def test_train_step_matches_withgradient_and_update(rule):
+    """train_'s one-call step (the gradients never reach Python) leaves the model and the
+    optimiser state exactly where the public two-step API does."""
+    X, Y, _ = signal_data(96)
+    data = [(X[i:i + 32], Y[i:i + 32]) for i in range(0, 96, 32)]
+    loss = lambda m, x, y: fx.mse(m(x), y)  # noqa: E731
+    a = seed_model()
+    b = fx.functor.fmap(lambda p: fx.Tensor(p.numpy().copy()), a)
+    sa, sb = fx.setup(rule, a), fx.setup(rule, b)
+    fx.train_(loss, a, data, sa)
+    for x, y in data:
+        _, g = fx.withgradient(lambda m: loss(m, x, y), b)
+        fx.update_(sb, b, g[0])
+    for p, q in zip(fx.params(a), fx.params(b)):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+    fx.train_(loss, a, data, sa)
+    for x, y in data:
+        _, g = fx.withgradient(lambda m: loss(m, x, y), b)
+        fx.update_(sb, b, g[0])
+    for p, q in zip(fx.params(a), fx.params(b)):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())  # the state advanced alike too
+
+
+def test_grad_update_hands_back_gradients_when_a_parameter_gets_none():
+    from fluxrs import _core
+    x, unused = fx.tensor([1.0, 2.0]), fx.tensor([5.0])
+    chain = fx.Descent(0.5).chain()
+    states = [_core.OptState(chain, t) for t in (x, unused)]
+    _core.push_watch([x, unused])
+    try:
+        loss = (x * x).sum()
+    finally:
+        _core.pop_watch()
+    gs = _core.grad_update(loss, chain, [x, unused], states)
+    assert gs is not None and gs[1] is None
+    np.testing.assert_allclose(gs[0].numpy(), [2.0, 4.0])
+    np.testing.assert_array_equal(x.numpy(), [1.0, 2.0])  # nothing updated
+    _core.push_watch([x])
+    try:
+        loss = (x * x).sum()
+    finally:
+        _core.pop_watch()
+    assert _core.grad_update(loss, chain, [x], states[:1]) is None
+    np.testing.assert_allclose(x.numpy(), [0.0, 0.0])  # 1 - 0.5*2, 2 - 0.5*4
+
+
+def test_train_skips_a_parameter_without_gradient_as_optimisers_jl():
+    """A layer the loss never uses gets no gradient: train_ falls back to the general path,
+    updates the rest and leaves that one (and its state) alone."""
+    used, unused = fx.Dense(3, 1), fx.Dense(3, 1)
+    model = fx.Chain(used, unused)
+    before = unused.weight.numpy().copy()
+    opt = fx.setup(fx.Adam(0.1), model)
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 1), np.float32)
+    w0 = used.weight.numpy().copy()
+    fx.train_(lambda m, x, y: fx.mse(m.layers[0](x), y), model, [(x, y)], opt)
+    assert not np.array_equal(used.weight.numpy(), w0)
+    np.testing.assert_array_equal(unused.weight.numpy(), before)

@@ -39,7 +39,7 @@ from fluxrs._core import Tensor
 from fluxrs.autodiff import Params
 from fluxrs.functor import Struct
 from fluxrs.functor import leaves as leaves_of
-from fluxrs.optimise.interface import Leaf, _gather, _implicit_update, setup, update_leaves
+from fluxrs.optimise.interface import Leaf, _gather, _implicit_update, fused_plan, setup, update_leaves
 from fluxrs.optimise.rules import Rule
 
 __all__ = ["train_", "stop", "skip", "StopTraining", "SkipStep", "NonFiniteLossError", "throttle", "epochs",
@@ -335,7 +335,13 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
             finally:
                 _core.pop_watch()
             _check_scalar(val, i)
-            gs, v = _grads_and_loss(val, xs, i)
+            # The usual step (no buffers to restore, no gradient reducer, one built-in rule):
+            # backward pass and update in one Rust call below, one GIL hand-over, and the
+            # gradients never become Python objects.
+            fused = None if saved is not None or not xs or not isinstance(val, Tensor) or _reducer.get() is not None \
+                else fused_plan(xs, leaves)
+            if fused is None:
+                gs, v = _grads_and_loss(val, xs, i)
         except (SkipStep, StopTraining):
             raise  # fx.skip()/fx.stop(): the forward pass counts, as in Flux
         except BaseException:
@@ -343,6 +349,10 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
                 for t, a in zip(buffers, saved):
                     t.assign_(a)
             raise
+        if fused is not None:
+            v = _finite(val, i)
+            # None when it updated; the gradients, untouched, when some parameter got none.
+            gs = _core.grad_update(val, fused[0], xs, fused[1])
         if gs is not None:
             update_leaves(xs, gs, leaves)
         return v

@@ -328,26 +328,32 @@ def _pairs(model: Any, grad: Any) -> list[tuple[Tensor, Tensor]]:
     return out
 
 
+def fused_plan(xs: list[Tensor], leaves: list[Leaf]) -> tuple[list, list] | None:
+    """``(chain, states)`` when one fused Rust call can update all of `xs`: the usual step,
+    where no leaf is frozen and all share one built-in rule. None otherwise."""
+    if not leaves:
+        return None
+    r = leaves[0].rule
+    if type(r).apply_batch is not Rule.apply_batch:
+        return None
+    states = []
+    for x, leaf in zip(xs, leaves):
+        s = leaf.state
+        if leaf.frozen or leaf.rule is not r or type(s) is not _core.OptState or not x.is_contiguous:
+            return None
+        states.append(s)
+    chain = r.chain()
+    return None if chain is None else (chain, states)
+
+
 def update_leaves(xs: list[Tensor], dxs: list[Tensor | None], leaves: list[Leaf]) -> None:
     """Update parameters already matched to their Leafs (``train_``'s fast path, which
     matches them once per epoch instead of walking the trees on every step)."""
-    if leaves:
-        # The usual step: every leaf has a gradient, none is frozen, all share one built-in
-        # rule. One fused call, with no grouping (this runs on every step of train_).
-        r = leaves[0].rule
-        if type(r).apply_batch is Rule.apply_batch:
-            states = []
-            for x, dx, leaf in zip(xs, dxs, leaves):
-                s = leaf.state
-                if dx is None or leaf.frozen or leaf.rule is not r or type(s) is not _core.OptState \
-                        or not x.is_contiguous:
-                    break
-                states.append(s)
-            else:
-                chain = r.chain()
-                if chain is not None:
-                    _core.optim_update(chain, xs, dxs, states)
-                    return
+    if all(dx is not None for dx in dxs):
+        plan = fused_plan(xs, leaves)
+        if plan is not None:
+            _core.optim_update(plan[0], xs, dxs, plan[1])
+            return
     triples = [(x, dx, leaf) for x, dx, leaf in zip(xs, dxs, leaves) if dx is not None and not leaf.frozen]
 
     def set_state(leaf, s):

@@ -128,6 +128,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NoGrad>()?;
     m.add_class::<optim::OptState>()?;
     m.add_function(wrap_pyfunction!(optim::optim_update, m)?)?;
+    m.add_function(wrap_pyfunction!(optim::grad_update, m)?)?;
     m.add_function(wrap_pyfunction!(grad, m)?)?;
     m.add_function(wrap_pyfunction!(push_watch, m)?)?;
     m.add_function(wrap_pyfunction!(pop_watch, m)?)?;

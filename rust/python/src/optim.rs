@@ -64,3 +64,34 @@ pub fn optim_update(
         optim::update(&rules, &xs, &dxs, &mut refs)
     })
 }
+
+/// `train_`'s step after the forward pass: the gradients of `root` w.r.t. `xs`, then
+/// `xs[i] -= chain(grad_i)`, in one call with the GIL released throughout (one hand-over
+/// per step instead of two, and no gradient tensors handed to Python). Returns None when it
+/// updated. When some parameter got no gradient it updates nothing and returns the gradients
+/// (None for those) for the caller's general path, which skips them as Optimisers.jl does.
+#[pyfunction]
+pub fn grad_update(
+    py: Python<'_>,
+    root: PyRef<'_, PyTensor>,
+    chain: Vec<(String, Vec<f64>)>,
+    xs: Vec<PyRef<'_, PyTensor>>,
+    states: Vec<PyRef<'_, OptState>>,
+) -> PyResult<Option<Vec<Option<PyTensor>>>> {
+    let rules = parse_chain(&chain)?;
+    let root = root.inner.clone();
+    let xs: Vec<_> = xs.iter().map(|t| t.inner.clone()).collect();
+    let states: Vec<&OptState> = states.iter().map(|s| &**s).collect();
+    let left = run(py, move || {
+        let gs = fluxrs_core::grad(&root, &xs, None)?;
+        if gs.iter().any(Option::is_none) {
+            return Ok(Some(gs));
+        }
+        let dxs: Vec<_> = gs.into_iter().flatten().collect();
+        let mut guards: Vec<_> = states.iter().map(|s| s.inner.lock()).collect();
+        let mut refs: Vec<&mut ParamState> = guards.iter_mut().map(|g| &mut **g).collect();
+        optim::update(&rules, &xs, &dxs, &mut refs)?;
+        Ok(None)
+    })?;
+    Ok(left.map(|gs| gs.into_iter().map(|g| g.map(PyTensor::wrap)).collect()))
+}

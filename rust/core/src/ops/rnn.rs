@@ -107,9 +107,9 @@ fn gates_backward<T: Elem>(i: [&[T]; 7], o: [&mut [T]; 7]) {
     }
 }
 
-fn forward<T: Elem>(gx: &[T], wh: &[T], h0: &[T], n: usize, t_len: usize, h: usize) -> (Vec<T>, Saved<T>) {
+/// The recurrence for one block of samples, writing its hidden states into `hs` `(n, T, H)`.
+fn forward<T: Elem>(gx: &[T], wh: &[T], h0: &[T], hs: &mut [T], n: usize, t_len: usize, h: usize) -> Saved<T> {
     let g3 = 3 * h;
-    let mut hs = vec![T::ZERO; n * t_len * h];
     let mut s = Saved { r: vec![T::ZERO; n * t_len * h], z: vec![T::ZERO; n * t_len * h], c: vec![T::ZERO; n * t_len * h], ghc: vec![T::ZERO; n * t_len * h] };
     let mut gh = vec![T::ZERO; n * g3];
     let mut hprev = h0.to_vec();
@@ -135,11 +135,95 @@ fn forward<T: Elem>(gx: &[T], wh: &[T], h0: &[T], n: usize, t_len: usize, h: usi
             hprev[i * h..(i + 1) * h].copy_from_slice(&hs[o..o + h]);
         }
     }
-    (hs, s)
+    s
+}
+
+/// Backpropagation through time for one block of samples (all slices cover just its samples).
+#[allow(clippy::too_many_arguments)]
+/// Writes d gx into `dgx` `(n, T, 3H)`; returns (this block's part of dWh, d h0).
+fn backward<T: Elem>(s: &Saved<T>, wh: &[T], h0: &[T], hs: &[T], dhs: &[T], dgx: &mut [T], n: usize, t_len: usize, h: usize) -> (Vec<T>, Vec<T>) {
+    let g3 = 3 * h;
+    let mut dwh = vec![T::ZERO; g3 * h];
+    let mut dh = vec![T::ZERO; n * h]; // gradient flowing into h_t from later steps
+    let mut dgh = vec![T::ZERO; n * g3];
+    let mut hprev = vec![T::ZERO; n * h];
+    let mut dprev = vec![T::ZERO; n * h];
+    for t in (0..t_len).rev() {
+        for i in 0..n {
+            let src = if t == 0 { &h0[i * h..(i + 1) * h] } else { &hs[(i * t_len + t - 1) * h..(i * t_len + t) * h] };
+            hprev[i * h..(i + 1) * h].copy_from_slice(src);
+        }
+        // Vectorised like the forward gates: per sample, slices of length h.
+        simd(#[inline(always)] || {
+            for i in 0..n {
+                let o = (i * t_len + t) * h;
+                let gxo = (i * t_len + t) * g3;
+                let (dh_i, dhs_i, hp) = (&dh[i * h..(i + 1) * h], &dhs[o..o + h], &hprev[i * h..(i + 1) * h]);
+                let so = (t * n + i) * h;
+                let (r_i, z_i, c_i, ghc_i) = (&s.r[so..so + h], &s.z[so..so + h], &s.c[so..so + h], &s.ghc[so..so + h]);
+                let (dgx_r, rest) = dgx[gxo..gxo + g3].split_at_mut(h);
+                let (dgx_z, dgx_c) = rest.split_at_mut(h);
+                let (dgh_r, rest) = dgh[i * g3..(i + 1) * g3].split_at_mut(h);
+                let (dgh_z, dgh_c) = rest.split_at_mut(h);
+                let dprev_i = &mut dprev[i * h..(i + 1) * h];
+                gates_backward([dh_i, dhs_i, hp, r_i, z_i, c_i, ghc_i], [dgx_r, dgx_z, dgx_c, dgh_r, dgh_z, dgh_c, dprev_i]);
+            }
+        });
+        // dWh += dgh^T @ h_prev  (3H x N) @ (N x H)
+        mm(g3, h, n, &mut dwh, h, true, &dgh, 1, g3, &hprev, h, 1);
+        // dh_prev = d*z + dgh @ Wh  (N x 3H) @ (3H x H)
+        mm(n, h, g3, &mut dprev, h, true, &dgh, g3, 1, wh, h, 1);
+        std::mem::swap(&mut dh, &mut dprev);
+    }
+    (dwh, dh)
+}
+
+/// How many blocks of samples to run in parallel. The samples of a batch never meet in the
+/// recurrence (only dWh sums over them), so each block runs the whole sequence on its own
+/// thread: one rayon hand-over per call, not one per step (~10 µs each on this VM).
+fn nblocks(n: usize, t_len: usize, h: usize) -> usize {
+    let macs = n * t_len * 3 * h * h;
+    if matches!(crate::ops::matmul::gemm_par(macs), gemm::Parallelism::None) { 1 } else { rayon::current_num_threads() }
+}
+
+/// `n` samples in `k` blocks `(first, count)` of near-equal size (none empty).
+fn split(n: usize, k: usize) -> Vec<(usize, usize)> {
+    let k = k.clamp(1, n.max(1));
+    let (q, r) = (n / k, n % k);
+    let mut start = 0;
+    (0..k)
+        .map(|b| {
+            let len = q + usize::from(b < r);
+            start += len;
+            (start - len, len)
+        })
+        .collect()
+}
+
+/// `v` cut into consecutive chunks of `sizes[i]` elements.
+fn carve<'a, T>(mut v: &'a mut [T], sizes: impl Iterator<Item = usize>) -> Vec<&'a mut [T]> {
+    sizes
+        .map(|k| {
+            let (a, b) = std::mem::take(&mut v).split_at_mut(k);
+            v = b;
+            a
+        })
+        .collect()
+}
+
+/// `f` over every block's item, in parallel when there is more than one.
+fn each_block<I: Send, R: Send>(items: Vec<I>, f: impl Fn(I) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    if items.len() == 1 {
+        items.into_iter().map(f).collect()
+    } else {
+        items.into_par_iter().map(f).collect()
+    }
 }
 
 struct GruSeq<T> {
-    saved: Saved<T>,
+    saved: Vec<Saved<T>>, // one per block
+    blocks: Vec<(usize, usize)>,
     dims: (usize, usize, usize),
 }
 
@@ -149,43 +233,24 @@ impl<T: Elem> GruSeq<T> {
         let g3 = 3 * h;
         let wh = inputs[1].to_vec::<T>()?;
         let h0 = inputs[2].to_vec::<T>()?;
-        let hs = out.to_vec::<T>()?;
-        let dhs = g.to_vec::<T>()?;
-        let s = &self.saved;
         let mut dgx = vec![T::ZERO; n * t_len * g3];
-        let mut dwh = vec![T::ZERO; g3 * h];
-        let mut dh = vec![T::ZERO; n * h]; // gradient flowing into h_t from later steps
-        let mut dgh = vec![T::ZERO; n * g3];
-        let mut hprev = vec![T::ZERO; n * h];
-        let mut dprev = vec![T::ZERO; n * h];
-        for t in (0..t_len).rev() {
-            for i in 0..n {
-                let src = if t == 0 { &h0[i * h..(i + 1) * h] } else { &hs[(i * t_len + t - 1) * h..(i * t_len + t) * h] };
-                hprev[i * h..(i + 1) * h].copy_from_slice(src);
-            }
-            // Vectorised like the forward gates: per sample, slices of length h.
-            simd(#[inline(always)] || {
-                for i in 0..n {
-                    let o = (i * t_len + t) * h;
-                    let gxo = (i * t_len + t) * g3;
-                    let (dh_i, dhs_i, hp) = (&dh[i * h..(i + 1) * h], &dhs[o..o + h], &hprev[i * h..(i + 1) * h]);
-                    let so = (t * n + i) * h;
-                    let (r_i, z_i, c_i, ghc_i) = (&s.r[so..so + h], &s.z[so..so + h], &s.c[so..so + h], &s.ghc[so..so + h]);
-                    let (dgx_r, rest) = dgx[gxo..gxo + g3].split_at_mut(h);
-                    let (dgx_z, dgx_c) = rest.split_at_mut(h);
-                    let (dgh_r, rest) = dgh[i * g3..(i + 1) * g3].split_at_mut(h);
-                    let (dgh_z, dgh_c) = rest.split_at_mut(h);
-                    let dprev_i = &mut dprev[i * h..(i + 1) * h];
-                    gates_backward([dh_i, dhs_i, hp, r_i, z_i, c_i, ghc_i], [dgx_r, dgx_z, dgx_c, dgh_r, dgh_z, dgh_c, dprev_i]);
-                }
-            });
-            // dWh += dgh^T @ h_prev  (3H x N) @ (N x H)
-            mm(g3, h, n, &mut dwh, h, true, &dgh, 1, g3, &hprev, h, 1);
-            // dh_prev = d*z + dgh @ Wh  (N x 3H) @ (3H x H)
-            mm(n, h, g3, &mut dprev, h, true, &dgh, g3, 1, &wh, h, 1);
-            std::mem::swap(&mut dh, &mut dprev);
+        let parts = out.with_slice::<T, _>(|hs| {
+            g.with_slice::<T, _>(|dhs| {
+                let chunks = carve(&mut dgx, self.blocks.iter().map(|&(_, len)| len * t_len * g3));
+                let items: Vec<_> = self.blocks.iter().zip(&self.saved).zip(chunks).collect();
+                each_block(items, |((&(s, len), saved), dgx_b)| {
+                    let seq = s * t_len * h..(s + len) * t_len * h;
+                    backward(saved, &wh, &h0[s * h..(s + len) * h], &hs[seq.clone()], &dhs[seq], dgx_b, len, t_len, h)
+                })
+            })
+        })??;
+        let mut parts = parts.into_iter();
+        let (mut dwh, mut dh0) = parts.next().expect("at least one block");
+        for (wh_b, h0_b) in parts {
+            dwh.iter_mut().zip(&wh_b).for_each(|(a, &b)| *a += b);
+            dh0.extend_from_slice(&h0_b);
         }
-        Ok((dgx, dwh, dh))
+        Ok((dgx, dwh, dh0))
     }
 }
 
@@ -211,6 +276,11 @@ impl Tensor {
     /// All hidden states `(N, T, H)` of a GRU run over `gx = x Wi^T + b` `(N, T, 3H)` with
     /// recurrent weight `wh` `(3H, H)` from initial state `h0` `(N, H)`.
     pub fn gru_sequence(gx: &Tensor, wh: &Tensor, h0: &Tensor) -> Result<Tensor> {
+        Self::gru_sequence_in_blocks(gx, wh, h0, None)
+    }
+
+    /// `gru_sequence` with the batch split into `blocks` (default: by the work's size).
+    fn gru_sequence_in_blocks(gx: &Tensor, wh: &Tensor, h0: &Tensor, blocks: Option<usize>) -> Result<Tensor> {
         check_same_dtype("gru_sequence", gx, wh)?;
         check_same_dtype("gru_sequence", gx, h0)?;
         if wh.ndim() != 2 || wh.shape()[0] != 3 * wh.shape()[1] {
@@ -224,10 +294,20 @@ impl Tensor {
         if h0.shape() != [n, h] {
             return shape_err("gru_sequence", format!("the initial state must be ({n}, {h}), got {:?}", h0.shape()));
         }
+        let bl = split(n, blocks.unwrap_or_else(|| nblocks(n, t_len, h)));
         with_dtype!(gx.dtype(), T => {
-            let (hs, saved) = forward::<T>(&gx.to_vec::<T>()?, &wh.to_vec::<T>()?, &h0.to_vec::<T>()?, n, t_len, h);
+            let (whv, h0v) = (wh.to_vec::<T>()?, h0.to_vec::<T>()?);
+            let g3 = 3 * h;
+            let mut hs = vec![T::ZERO; n * t_len * h];
+            let saved = gx.with_slice::<T, _>(|gxv| {
+                let chunks = carve(&mut hs, bl.iter().map(|&(_, len)| len * t_len * h));
+                let items: Vec<_> = bl.iter().zip(chunks).collect();
+                each_block(items, |(&(s, len), hs_b)| {
+                    forward::<T>(&gxv[s * t_len * g3..(s + len) * t_len * g3], &whv, &h0v[s * h..(s + len) * h], hs_b, len, t_len, h)
+                })
+            })?;
             let out = Tensor::from_vec(hs, &[n, t_len, h])?;
-            Ok(record(out, GruSeq::<T> { saved, dims: (n, t_len, h) }, &[gx, wh, h0]))
+            Ok(record(out, GruSeq::<T> { saved, blocks: bl, dims: (n, t_len, h) }, &[gx, wh, h0]))
         })
     }
 }
@@ -277,6 +357,35 @@ mod tests {
         for (x, y) in ga.iter().zip(&gb) {
             let (x, y) = (x.as_ref().unwrap().to_vec_f64(), y.as_ref().unwrap().to_vec_f64());
             for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() < 1e-12, "{p} vs {q}");
+            }
+        }
+    }
+
+    #[test]
+    fn batch_blocks_give_the_one_block_values_and_gradients() {
+        assert_eq!(split(7, 3), vec![(0, 3), (3, 2), (5, 2)]);
+        assert_eq!(split(2, 4), vec![(0, 1), (1, 1)]);
+        assert_eq!(split(0, 2), vec![(0, 0)]);
+        let (n, t, h) = (7, 4, 3);
+        let gx = Tensor::from_vec(rand(n * t * 3 * h, 5), &[n, t, 3 * h]).unwrap();
+        let wh = Tensor::from_vec(rand(3 * h * h, 6), &[3 * h, h]).unwrap();
+        let h0 = Tensor::from_vec(rand(n * h, 7), &[n, h]).unwrap();
+        let w = Tensor::from_vec(rand(n * t * h, 8), &[n, t, h]).unwrap();
+        let leaves = [gx.clone(), wh.clone(), h0.clone()];
+        let run = |k| {
+            crate::push_watch(&leaves);
+            let y = Tensor::gru_sequence_in_blocks(&gx, &wh, &h0, Some(k)).unwrap();
+            let l = y.mul(&w).unwrap().sum_all().unwrap();
+            crate::pop_watch();
+            let g = crate::grad(&l, &leaves, None).unwrap();
+            (y.to_vec_f64(), g.into_iter().map(|g| g.unwrap().to_vec_f64()).collect::<Vec<_>>())
+        };
+        let (y1, g1) = run(1);
+        let (y3, g3) = run(3);
+        assert_eq!(y1, y3, "the forward pass of a sample does not depend on its block");
+        for (a, b) in g1.iter().zip(&g3) {
+            for (p, q) in a.iter().zip(b) {
                 assert!((p - q).abs() < 1e-12, "{p} vs {q}");
             }
         }

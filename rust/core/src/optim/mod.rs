@@ -116,6 +116,17 @@ fn update_gpu(chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut 
 }
 
 fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamState) -> Result<()> {
+    if let [Rule::Descent { eta }] = chain {
+        if dx.is_contiguous() && !dx.same_storage(x) {
+            // Plain gradient descent in one pass over the gradient, without the step buffer
+            // (the same arithmetic: x - dx * eta).
+            let e = T::from_f64(*eta);
+            let mut xguard = x.0.storage.write();
+            let (off, n) = (x.layout().offset, x.numel());
+            let xs: &mut [T] = &mut T::slice_mut(&mut xguard)[off..off + n];
+            return dx.with_slice::<T, _>(|d| simd(#[inline(always)] || xs.iter_mut().zip(d).for_each(|(x, &d)| *x -= d * e)));
+        }
+    }
     let mut step: Vec<T> = dx.to_vec::<T>()?;
     // Lock the state arrays for writing; they are private to this parameter.
     let offsets: Vec<Vec<usize>> = st.arrays.iter().map(|arrs| arrs.iter().map(|a| a.layout().offset).collect()).collect();
