@@ -321,6 +321,16 @@ mod tests {
         (0..n).map(|_| { s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5 }).collect()
     }
 
+    /// Random gx, Wh, h0 for `n` sequences of `t` steps and `h` units, and weights `w` to sum the outputs with.
+    fn inputs(n: usize, t: usize, h: usize, seed: u64) -> [Tensor; 4] {
+        [
+            Tensor::from_vec(rand(n * t * 3 * h, seed), &[n, t, 3 * h]).unwrap(),
+            Tensor::from_vec(rand(3 * h * h, seed + 1), &[3 * h, h]).unwrap(),
+            Tensor::from_vec(rand(n * h, seed + 2), &[n, h]).unwrap(),
+            Tensor::from_vec(rand(n * t * h, seed + 3), &[n, t, h]).unwrap(),
+        ]
+    }
+
     /// The same recurrence from ordinary ops, step by step.
     fn reference(gx: &Tensor, wh: &Tensor, h0: &Tensor) -> Tensor {
         let h = wh.shape()[1];
@@ -341,11 +351,7 @@ mod tests {
 
     #[test]
     fn fused_gru_matches_step_by_step_ops_in_value_and_gradient() {
-        let (n, t, h) = (3, 5, 4);
-        let gx = Tensor::from_vec(rand(n * t * 3 * h, 1), &[n, t, 3 * h]).unwrap();
-        let wh = Tensor::from_vec(rand(3 * h * h, 2), &[3 * h, h]).unwrap();
-        let h0 = Tensor::from_vec(rand(n * h, 3), &[n, h]).unwrap();
-        let w = Tensor::from_vec(rand(n * t * h, 4), &[n, t, h]).unwrap();
+        let [gx, wh, h0, w] = inputs(3, 5, 4, 1);
         let leaves = [gx.clone(), wh.clone(), h0.clone()];
         crate::push_watch(&leaves);
         let a = Tensor::gru_sequence(&gx, &wh, &h0).unwrap().mul(&w).unwrap().sum_all().unwrap();
@@ -367,11 +373,7 @@ mod tests {
         assert_eq!(split(7, 3), vec![(0, 3), (3, 2), (5, 2)]);
         assert_eq!(split(2, 4), vec![(0, 1), (1, 1)]);
         assert_eq!(split(0, 2), vec![(0, 0)]);
-        let (n, t, h) = (7, 4, 3);
-        let gx = Tensor::from_vec(rand(n * t * 3 * h, 5), &[n, t, 3 * h]).unwrap();
-        let wh = Tensor::from_vec(rand(3 * h * h, 6), &[3 * h, h]).unwrap();
-        let h0 = Tensor::from_vec(rand(n * h, 7), &[n, h]).unwrap();
-        let w = Tensor::from_vec(rand(n * t * h, 8), &[n, t, h]).unwrap();
+        let [gx, wh, h0, w] = inputs(7, 4, 3, 5);
         let leaves = [gx.clone(), wh.clone(), h0.clone()];
         let run = |k| {
             crate::push_watch(&leaves);
