@@ -19,6 +19,25 @@ pub fn simd<R>(f: impl FnOnce() -> R) -> R {
     ARCH.get_or_init(pulp::Arch::new).dispatch(f)
 }
 
+/// `f` folded over `v` in eight independent accumulators, so the loop vectorises instead
+/// of waiting on one add after another (a float fold is not reassociated by the compiler).
+#[inline(always)]
+pub(crate) fn fold8<T: crate::storage::Elem>(v: &[T], init: T, f: impl Fn(T, T) -> T) -> T {
+    let mut acc = [init; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] = f(acc[k], c[k]);
+        }
+    }
+    let mut r = rest.iter().fold(init, |a, &b| f(a, b));
+    for a in acc {
+        r = f(r, a);
+    }
+    r
+}
+
 /// exp, tanh and sigmoid as an element type computes them in hot loops.
 pub trait FastMath: Copy {
     fn fast_exp(self) -> Self;

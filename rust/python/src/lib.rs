@@ -129,6 +129,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<optim::OptState>()?;
     m.add_function(wrap_pyfunction!(optim::optim_update, m)?)?;
     m.add_function(wrap_pyfunction!(optim::grad_update, m)?)?;
+    m.add_function(wrap_pyfunction!(sq_err, m)?)?;
     m.add_function(wrap_pyfunction!(grad, m)?)?;
     m.add_function(wrap_pyfunction!(push_watch, m)?)?;
     m.add_function(wrap_pyfunction!(pop_watch, m)?)?;
@@ -168,6 +169,13 @@ fn dense(py: Python<'_>, x: PyRef<'_, PyTensor>, w: PyRef<'_, PyTensor>, b: Opti
         y.reshape(&s)
     })
     .map(PyTensor::wrap)
+}
+
+/// The squared-error loss `mean((yhat - y)²)` (`sum` when `mean` is false) as one op; shapes must match.
+#[pyfunction]
+fn sq_err(py: Python<'_>, yhat: PyRef<'_, PyTensor>, y: PyRef<'_, PyTensor>, mean: bool) -> PyResult<PyTensor> {
+    let (a, b) = (yhat.inner.clone(), y.inner.clone());
+    run_sized(py, a.numel(), move || a.sq_err(&b, mean)).map(PyTensor::wrap)
 }
 
 /// All hidden states of a GRU over `gx = x @ Wi.T + b` `(N, T, 3H)`, recurrent weight

@@ -7,27 +7,8 @@ use crate::error::Result;
 use crate::layout::normalize_axis;
 use crate::storage::Elem;
 use crate::tensor::Tensor;
-use crate::vmath::simd;
+use crate::vmath::{fold8, simd};
 use crate::with_dtype;
-
-/// `f` folded over `v` in eight independent accumulators, so the loop vectorises instead
-/// of waiting on one add after another (a float fold is not reassociated by the compiler).
-#[inline(always)]
-fn fold8<T: Elem>(v: &[T], init: T, f: impl Fn(T, T) -> T) -> T {
-    let mut acc = [init; 8];
-    let chunks = v.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for k in 0..8 {
-            acc[k] = f(acc[k], c[k]);
-        }
-    }
-    let mut r = rest.iter().fold(init, |a, &b| f(a, b));
-    for a in acc {
-        r = f(r, a);
-    }
-    r
-}
 
 /// One lane (`i` in, `o` out), max-shifted.
 #[inline(always)]
