@@ -65,8 +65,8 @@ def mean(x: Tensor) -> Tensor:
 
 
 _MEANS = (mean, np.mean, statistics.mean)
-_sq_err = getattr(_core, "sq_err", None)
 _SUMS = (builtins.sum, np.sum, math.fsum)
+_sq_err = getattr(_core, "sq_err", None)  # the fused squared error (absent from an older build)
 
 
 def _agg_mode(agg: Any) -> str | None:
