@@ -1,6 +1,7 @@
 //! Fused optimiser updates: one call applies a rule chain to every parameter of a model.
 
 use fluxrs_core::optim::{self, ParamState, Rule};
+use fluxrs_core::Tensor;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
@@ -58,11 +59,14 @@ pub fn optim_update(
     let xs: Vec<_> = xs.iter().map(|t| t.inner.clone()).collect();
     let dxs: Vec<_> = dxs.iter().map(|t| t.inner.clone()).collect();
     let states: Vec<&OptState> = states.iter().map(|s| &**s).collect();
-    run(py, move || {
-        let mut guards: Vec<_> = states.iter().map(|s| s.inner.lock()).collect();
-        let mut refs: Vec<&mut ParamState> = guards.iter_mut().map(|g| &mut **g).collect();
-        optim::update(&rules, &xs, &dxs, &mut refs)
-    })
+    run(py, move || update_locked(&rules, &xs, &dxs, &states))
+}
+
+/// `optim::update` with each parameter's state locked for the call.
+fn update_locked(rules: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &[&OptState]) -> fluxrs_core::Result<()> {
+    let mut guards: Vec<_> = states.iter().map(|s| s.inner.lock()).collect();
+    let mut refs: Vec<&mut ParamState> = guards.iter_mut().map(|g| &mut **g).collect();
+    optim::update(rules, xs, dxs, &mut refs)
 }
 
 /// `train_`'s step after the forward pass: the gradients of `root` w.r.t. `xs`, then
@@ -88,9 +92,7 @@ pub fn grad_update(
             return Ok(Some(gs));
         }
         let dxs: Vec<_> = gs.into_iter().flatten().collect();
-        let mut guards: Vec<_> = states.iter().map(|s| s.inner.lock()).collect();
-        let mut refs: Vec<&mut ParamState> = guards.iter_mut().map(|g| &mut **g).collect();
-        optim::update(&rules, &xs, &dxs, &mut refs)?;
+        update_locked(&rules, &xs, &dxs, &states)?;
         Ok(None)
     })?;
     Ok(left.map(|gs| gs.into_iter().map(|g| g.map(PyTensor::wrap)).collect()))
