@@ -70,7 +70,8 @@ _sq_err = getattr(_core, "sq_err", None)  # the fused squared error (absent from
 
 
 def _agg_mode(agg: Any) -> str | None:
-    """"mean" or "sum" for the built-in aggregations, None for any other callable."""
+    """Which built-in aggregation `agg` is: "mean", "sum", or None for any other (a callable,
+    or a string `_agg` rejects)."""
     if isinstance(agg, str):
         return agg if agg in ("mean", "sum") else None
     if agg is mean or agg is None or any(agg is m for m in _MEANS):
@@ -79,14 +80,11 @@ def _agg_mode(agg: Any) -> str | None:
 
 
 def _agg(agg: Any, x: Tensor, who: str) -> Any:
+    mode = _agg_mode(agg)
+    if mode is not None:
+        return x.mean() if mode == "mean" else x.sum()
     if isinstance(agg, str):
-        if agg not in ("mean", "sum"):
-            raise ValueError(f"{who}: agg must be 'mean', 'sum' or a callable, got {agg!r}")
-        return x.mean() if agg == "mean" else x.sum()
-    if agg is mean or agg is None or any(agg is m for m in _MEANS):  # the default first: every step
-        return x.mean()
-    if any(agg is s for s in _SUMS):
-        return x.sum()
+        raise ValueError(f"{who}: agg must be 'mean', 'sum' or a callable, got {agg!r}")
     if not callable(agg):
         raise TypeError(f"{who}: agg must be a callable (e.g. mean or sum), got {type(agg).__name__}")
     return agg(x)
