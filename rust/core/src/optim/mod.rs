@@ -115,10 +115,18 @@ fn update_gpu(chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut 
     Ok(())
 }
 
+/// Elements per chunk of an update: the chunk's step stays in L1 (no parameter-sized step
+/// buffer to allocate, fault in and stream through again), and the chunks of a large
+/// parameter spread over rayon's threads.
+const CHUNK: usize = 4096;
+
+/// A parameter this large has its chunks updated in parallel.
+const PAR_CHUNKED: usize = 1 << 17;
+
 fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamState) -> Result<()> {
     if let [Rule::Descent { eta }] = chain {
         if dx.is_contiguous() && !dx.same_storage(x) {
-            // Plain gradient descent in one pass over the gradient, without the step buffer
+            // Plain gradient descent in one pass, without the chunks' step copies
             // (the same arithmetic: x - dx * eta).
             let e = T::from_f64(*eta);
             let mut xguard = x.0.storage.write();
@@ -127,7 +135,15 @@ fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamSt
             return dx.with_slice::<T, _>(|d| simd(#[inline(always)] || xs.iter_mut().zip(d).for_each(|(x, &d)| *x -= d * e)));
         }
     }
-    let mut step: Vec<T> = dx.to_vec::<T>()?;
+    // A gradient that is not a plain slice of its own (a strided view, or x's own storage) is
+    // copied first: x is locked for writing below.
+    let owned: Option<Vec<T>> = if dx.is_contiguous() && !dx.same_storage(x) { None } else { Some(dx.to_vec::<T>()?) };
+    let dguard = owned.is_none().then(|| dx.0.storage.read_recursive());
+    let d: &[T] = match (&owned, &dguard) {
+        (Some(v), _) => v,
+        (None, Some(g)) => &T::slice(g)[dx.layout().offset..dx.layout().offset + dx.numel()],
+        (None, None) => unreachable!(),
+    };
     // Lock the state arrays for writing; they are private to this parameter.
     let offsets: Vec<Vec<usize>> = st.arrays.iter().map(|arrs| arrs.iter().map(|a| a.layout().offset).collect()).collect();
     let mut guards: Vec<Vec<_>> = st.arrays.iter().map(|arrs| arrs.iter().map(|a| a.0.storage.write()).collect()).collect();
@@ -135,16 +151,51 @@ fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamSt
     let off = x.layout().offset;
     let n = x.numel();
     let xs: &mut [T] = &mut T::slice_mut(&mut xguard)[off..off + n];
-    for (((rule, gs), offs), sc) in chain.iter().zip(guards.iter_mut()).zip(&offsets).zip(st.scalars.iter_mut()) {
-        let mut views: Vec<&mut [T]> = gs.iter_mut().zip(offs).map(|(g, &o)| &mut T::slice_mut(g)[o..o + n]).collect();
+    let views: Vec<Vec<&mut [T]>> = guards
+        .iter_mut()
+        .zip(&offsets)
+        .map(|(gs, offs)| gs.iter_mut().zip(offs).map(|(g, &o)| &mut T::slice_mut(g)[o..o + n]).collect())
+        .collect();
+    // ClipNorm scales by the norm of the whole gradient, so a chain with it takes one chunk.
+    // Every other rule is elementwise, and its scalars (Adam's beta powers, AccumGrad's
+    // counter) advance the same way whatever the chunk: each chunk starts from the scalars
+    // as they were, and the parameter keeps the advanced ones.
+    let whole = chain.iter().any(|r| matches!(r, Rule::ClipNorm { .. }));
+    let chunk = if whole { n.max(1) } else { CHUNK };
+    let mut items = Vec::with_capacity(n.div_ceil(chunk).max(1));
+    let mut state_chunks: Vec<Vec<_>> = views.into_iter().map(|vs| vs.into_iter().map(|v| v.chunks_mut(chunk)).collect()).collect();
+    for (xc, dc) in xs.chunks_mut(chunk).zip(d.chunks(chunk)) {
+        let sts: Vec<Vec<&mut [T]>> = state_chunks.iter_mut().map(|its| its.iter_mut().map(|it| it.next().expect("same length")).collect()).collect();
+        items.push((xc, dc, sts));
+    }
+    if items.is_empty() {
+        // No elements: the rules still count the step (their scalars advance).
+        items.push((&mut [][..], &[][..], st.arrays.iter().map(|a| a.iter().map(|_| &mut [][..]).collect()).collect()));
+    }
+    let scalars = st.scalars.clone();
+    let step = |buf: &mut Vec<T>, (xc, dc, mut sts): (&mut [T], &[T], Vec<Vec<&mut [T]>>)| -> Result<Vec<Vec<f64>>> {
+        let mut sc = scalars.clone();
+        buf.clear();
+        buf.extend_from_slice(dc);
         // Under `simd` (and `apply` inlined into it) the rule's loops get AVX2/AVX-512.
-        if simd(#[inline(always)] || rule.apply::<T>(xs, &mut step, &mut views, sc))? == Step::Hold {
-            return Ok(());
-        }
-    }
-    for (xi, s) in xs.iter_mut().zip(&step) {
-        *xi -= *s;
-    }
+        simd(#[inline(always)] || {
+            for ((rule, views), s) in chain.iter().zip(sts.iter_mut()).zip(sc.iter_mut()) {
+                if rule.apply::<T>(xc, buf, views, s)? == Step::Hold {
+                    return Ok(());
+                }
+            }
+            xc.iter_mut().zip(buf.iter()).for_each(|(x, s)| *x -= *s);
+            Ok(())
+        })?;
+        Ok(sc)
+    };
+    let advanced = if n >= PAR_CHUNKED {
+        items.into_par_iter().map_init(|| Vec::with_capacity(chunk), step).collect::<Result<Vec<_>>>()?.swap_remove(0)
+    } else {
+        let mut buf = Vec::with_capacity(chunk);
+        items.into_iter().map(|it| step(&mut buf, it)).collect::<Result<Vec<_>>>()?.swap_remove(0)
+    };
+    st.scalars = advanced;
     Ok(())
 }
 
@@ -193,6 +244,61 @@ mod tests {
         let dx = Tensor::from_vec(vec![f32::NAN], &[1]).unwrap();
         assert!(update(&chain, std::slice::from_ref(&x), &[dx], &mut [&mut st]).is_err());
         assert_eq!(x.item().unwrap(), 1.0);
+    }
+
+    #[test]
+    fn chunked_update_equals_the_elements_updated_alone() {
+        // A parameter large enough to be split into chunks (and chunks run in parallel) must
+        // end exactly where its elements end when each is a parameter of its own: rules are
+        // elementwise and each chunk starts from the same scalars. ClipNorm (a whole-gradient
+        // norm) keeps one chunk; it is in the chain to check that path too.
+        let n = PAR_CHUNKED + CHUNK + 7;
+        let probes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, n / 2, n - 1];
+        let ab = (0.9, 0.999);
+        let chains: Vec<Vec<Rule>> = vec![
+            vec![Rule::Adam { eta: 0.01, beta: ab, eps: 1e-8 }],
+            vec![Rule::AccumGrad { n: 2 }, Rule::WeightDecay { lambda: 0.1 }, Rule::Momentum { eta: 0.1, rho: 0.9 }],
+            vec![Rule::ClipGrad { delta: 0.5 }, Rule::RAdam { eta: 0.01, beta: ab, eps: 1e-8 }],
+            vec![Rule::AdamW { eta: 0.01, beta: ab, lambda: 0.1, eps: 1e-8, couple: true }],
+            vec![Rule::OAdam { eta: 0.01, beta: ab, eps: 1e-8 }],
+            vec![Rule::ClipNorm { omega: 1.0, p: 2.0, throw: true }, Rule::Descent { eta: 0.1 }],
+        ];
+        let grad = |step: usize, i: usize| ((i * 7919 + step * 104729) % 1000) as f32 / 250.0 - 2.0;
+        for chain in chains {
+            let x = Tensor::from_vec((0..n).map(|i| (i % 13) as f32 * 0.1).collect::<Vec<_>>(), &[n]).unwrap();
+            let mut st = ParamState::init(&chain, &x);
+            let alone: Vec<Tensor> = probes.iter().map(|&i| Tensor::from_vec(vec![(i % 13) as f32 * 0.1], &[1]).unwrap()).collect();
+            let mut st_alone: Vec<ParamState> = alone.iter().map(|t| ParamState::init(&chain, t)).collect();
+            for step in 0..4 {
+                let dx = Tensor::from_vec((0..n).map(|i| grad(step, i)).collect::<Vec<_>>(), &[n]).unwrap();
+                update(&chain, std::slice::from_ref(&x), &[dx.clone()], &mut [&mut st]).unwrap();
+                let norm = dx.to_vec::<f32>().unwrap().iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt();
+                for ((t, s), &i) in alone.iter().zip(st_alone.iter_mut()).zip(&probes) {
+                    let mut g = grad(step, i);
+                    if matches!(chain[0], Rule::ClipNorm { .. }) {
+                        // alone, the element is its own whole gradient: give it the big one's scale
+                        g = (g as f64 * (1.0f64 / norm).min(1.0)) as f32;
+                    }
+                    let chain_alone: Vec<Rule> = chain.iter().filter(|r| !matches!(r, Rule::ClipNorm { .. })).cloned().collect();
+                    let mut s2 = if chain_alone.len() == chain.len() { None } else { Some(ParamState::init(&chain_alone, t)) };
+                    let dxi = Tensor::from_vec(vec![g], &[1]).unwrap();
+                    match s2.as_mut() {
+                        Some(s2) => update(&chain_alone, std::slice::from_ref(t), &[dxi], &mut [s2]).unwrap(),
+                        None => update(&chain, std::slice::from_ref(t), &[dxi], &mut [s]).unwrap(),
+                    }
+                }
+            }
+            let big = x.to_vec::<f32>().unwrap();
+            for (t, &i) in alone.iter().zip(&probes) {
+                let v = t.item().unwrap() as f32;
+                if matches!(chain[0], Rule::ClipNorm { .. }) {
+                    assert!((big[i] - v).abs() <= 1e-6 * (1.0 + v.abs()), "{chain:?} element {i}: {} vs {v}", big[i]);
+                } else {
+                    assert_eq!(big[i].to_bits(), v.to_bits(), "{chain:?} element {i}: {} vs {v}", big[i]);
+                }
+            }
+            assert_eq!(st.scalars, st_alone[0].scalars, "{chain:?}: scalars advance once per step");
+        }
     }
 
     #[test]
