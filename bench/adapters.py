@@ -26,11 +26,13 @@ def _flip_kernel(p):
 
 
 class FluxrsTrain:
-    """``fx.train_(lambda m, x, y: loss(m(x), y), model, data, opt_state)``, as the seeds write it."""
+    """``fx.train_(lambda m, x, y: loss(m(x), y), model, data, opt_state)``, as the seeds write it;
+    with ``compile=True`` ("fluxrs-compiled": the step recorded once and replayed from Rust)."""
 
-    def __init__(self, spec, data, init):
+    def __init__(self, spec, data, init, compile=False):
         import fluxrs as fx
         self.fx = fx
+        self.compile = compile
         if spec.get("arch") == "gru":
             gru, dense = fx.GRU(spec["n_in"], spec["hidden"]), fx.Dense(spec["hidden"], spec["n_out"])
             self.model = fx.Chain(gru, lambda y: y[:, -1], dense)  # the class from the last step's output
@@ -68,11 +70,21 @@ class FluxrsTrain:
         return out
 
     def run(self, n):
-        self.fx.train_(self.objective, self.model, self._take(n), self.opt)
+        self.fx.train_(self.objective, self.model, self._take(n), self.opt, compile=self.compile)
 
     def trajectory(self, k):
         self.reset()
         seen = []
+        if self.compile:
+            # a compiled step runs the loss function only when it records: take each step's
+            # loss from the batch-end hook instead
+            class Losses:
+                @self.fx.hookimpl
+                def on_batch_end(self, step, loss):
+                    seen.append(loss)
+
+            self.fx.train_(self.objective, self.model, self._take(k), self.opt, compile=True, callbacks=[Losses()])
+            return [float(v) for v in seen]
         lossf = self.lossf
 
         def recorded(m, x, y):
@@ -90,8 +102,8 @@ class FluxrsTrain:
 class FluxrsThreads:
     """(f): `nthreads` Python threads, each training its own seed model with ``fx.train_``."""
 
-    def __init__(self, spec, data, init, nthreads):
-        self.trainers = [FluxrsTrain(spec, data, init) for _ in range(nthreads)]
+    def __init__(self, spec, data, init, nthreads, compile=False):
+        self.trainers = [FluxrsTrain(spec, data, init, compile) for _ in range(nthreads)]
         self.streams = nthreads
 
     def reset(self):
@@ -582,7 +594,8 @@ class NumpySgemm:
         return self.run(1)
 
 
-TRAIN = {"fluxrs": FluxrsTrain, "torch": TorchTrain, "jax": JaxTrain, "numpy": NumpyTrain}
+TRAIN = {"fluxrs": FluxrsTrain, "fluxrs-compiled": lambda spec, data, init: FluxrsTrain(spec, data, init, compile=True),
+         "torch": TorchTrain, "jax": JaxTrain, "numpy": NumpyTrain}
 SGEMM = {"fluxrs": FluxrsSgemm, "torch": TorchSgemm, "numpy": NumpySgemm}
 
 
@@ -593,7 +606,7 @@ def make(lib, spec, data=None, init=None, mats=None):
     if kind == "sgemm":
         return SGEMM[lib](spec, *mats)
     if kind == "threads":
-        return FluxrsThreads(spec, data, init, 2 if lib == "fluxrs-2threads" else 1)
+        return FluxrsThreads(spec, data, init, 2 if lib.endswith("2threads") else 1, compile="compiled" in lib)
     raise ValueError(f"no adapter for workload kind {kind!r}")
 
 

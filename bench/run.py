@@ -122,7 +122,7 @@ def check_threads(workers, name, steps, rtol):
     """Two threads training two identical models concurrently must each follow the one-thread trajectory."""
     traj = {w.lib: w.ask(cmd="check", steps=steps)["losses"] for w in workers}
     one = traj["fluxrs-1thread"][0]
-    bad = [f"  thread {i}: {fmt_list(t)}" for i, t in enumerate(traj["fluxrs-2threads"])
+    bad = [f"  {lib} thread {i}: {fmt_list(t)}" for lib in traj for i, t in enumerate(traj[lib])
            if not np.allclose(t, one, rtol=rtol, atol=1e-7)]
     if bad:
         raise CheckFailed(f"\nCORRECTNESS CHECK FAILED for workload {name!r}: models trained in two threads at "
@@ -246,10 +246,12 @@ def bench_workload(name, spec, libs, args):
             res[lib]["soak"] = soak[lib]
         if spec["kind"] == "sgemm":
             res[lib]["gflops"] = med * 2 * spec["n"] ** 3 / 1e9
-    base = libs[0]
-    ratios = {f"{base}/{lib}": res[base]["samples_per_s"] / res[lib]["samples_per_s"] for lib in libs[1:]}
+    ours = [lib for lib in libs if lib.startswith("fluxrs")]
+    ratios = {f"{base}/{lib}": res[base]["samples_per_s"] / res[lib]["samples_per_s"]
+              for base in ours for lib in libs if not lib.startswith("fluxrs")}
     if spec["kind"] == "threads":
-        ratios = {"2threads/1thread": res[libs[1]]["samples_per_s"] / res[libs[0]]["samples_per_s"]}
+        ratios = {f"{lib[:-len('2threads')]}2threads/1thread": res[lib]["samples_per_s"] / res[lib.replace("2threads", "1thread")]["samples_per_s"]
+                  for lib in libs if lib.endswith("2threads")}
     return {"title": workloads.title(spec), "status": "ok", "kind": spec["kind"], "spec": public_spec(spec),
             "libs": res, "ratios": ratios, "check": check}
 
@@ -306,7 +308,7 @@ def busy_warning():
 
 def print_table(report, out=sys.stdout):
     w = out.write
-    w("\n" + "=" * 110 + "\n")
+    w("\n" + "=" * 119 + "\n")
     w(f"fluxrs benchmark  {report['meta']['date']}  commit {str(report['meta']['git_commit'])[:10]}"
       f"{' (dirty)' if report['meta']['git_dirty'] else ''}  cpu: {report['meta']['cpu']}\n")
     w(f"2 threads per library; median of {report['meta']['rounds']} interleaved rounds of "
@@ -315,11 +317,11 @@ def print_table(report, out=sys.stdout):
         w(report["meta"]["warning"] + "\n")
     w("others CPU: what other processes used of the two CPUs during the timed chunks (median); "
       "'!' above 10%: that row is disturbed\n")
-    w("=" * 110 + "\n")
-    hdr = (f"{'workload':<14}{'library':<17}{'steps/s':>12}{'samples/s':>14}{'peak RSS MB':>13}"
+    w("=" * 119 + "\n")
+    hdr = (f"{'workload':<14}{'library':<26}{'steps/s':>12}{'samples/s':>14}{'peak RSS MB':>13}"
            f"{'import MB':>11}{'RSS growth':>12}{'others CPU':>12}\n")
     w(hdr)
-    w("-" * 110 + "\n")
+    w("-" * 119 + "\n")
     for name in ORDER:
         r = report["workloads"].get(name)
         if r is None:
@@ -332,7 +334,7 @@ def print_table(report, out=sys.stdout):
             extra = f"  ({v['gflops']:.1f} GFLOP/s)" if "gflops" in v else ""
             g, o = v["rss_growth_mb"], v.get("others_cpu_share")
             busy = f"{100 * o:.0f}%{'!' if o > 0.1 else ''}" if o is not None else "-"
-            w(f"{name if first else '':<14}{lib:<17}{v['steps_per_s']:>12.1f}{v['samples_per_s']:>14.0f}"
+            w(f"{name if first else '':<14}{lib:<26}{v['steps_per_s']:>12.1f}{v['samples_per_s']:>14.0f}"
               f"{v['peak_rss_mb']:>13.0f}{v['import_rss_mb']:>11.0f}{(f'{g:+.1f}' if g is not None else '-'):>12}"
               f"{busy:>12}{extra}\n")
             first = False
@@ -342,7 +344,7 @@ def print_table(report, out=sys.stdout):
                 s = v["soak"]
                 w(f"{'':<14}soak {lib}: {s['steps']} steps, RSS {s['rss_mb'][0]:.0f} -> {s['rss_mb'][-1]:.0f} MB "
                   f"({s['growth_mb']:+.1f})\n")
-        w("-" * 110 + "\n")
+        w("-" * 119 + "\n")
 
 
 def main(argv=None):

@@ -55,10 +55,10 @@ SMOKE = {
 }
 
 # Which libraries each kind of workload is run with (the first is fluxrs; ratios are fluxrs / each other).
-PEERS = {"train": ["fluxrs", "torch", "jax"], "sgemm": ["fluxrs", "numpy", "torch"],
-         "threads": ["fluxrs-1thread", "fluxrs-2threads"]}
-SMOKE_PEERS = {"train": ["fluxrs", "numpy"], "sgemm": ["fluxrs", "numpy"],
-               "threads": ["fluxrs-1thread", "fluxrs-2threads"]}
+PEERS = {"train": ["fluxrs", "fluxrs-compiled", "torch", "jax"], "sgemm": ["fluxrs", "numpy", "torch"],
+         "threads": ["fluxrs-1thread", "fluxrs-2threads", "fluxrs-compiled-1thread", "fluxrs-compiled-2threads"]}
+SMOKE_PEERS = {"train": ["fluxrs", "fluxrs-compiled", "numpy"], "sgemm": ["fluxrs", "numpy"],
+               "threads": ["fluxrs-1thread", "fluxrs-2threads", "fluxrs-compiled-1thread", "fluxrs-compiled-2threads"]}
 
 
 def specs(smoke: bool) -> dict:

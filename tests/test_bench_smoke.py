@@ -35,7 +35,7 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
         w = report["workloads"][name]
         assert w["status"] == "ok", (name, w)
         assert w["title"] and w["check"]
-        assert len(w["libs"]) == 2
+        assert len(w["libs"]) == {"sgemm": 2, "threads": 4}.get(name, 3)
         for lib, r in w["libs"].items():
             for key in ("steps_per_s", "samples_per_s", "peak_rss_mb", "import_rss_mb"):
                 assert _positive(r[key]), (name, lib, key, r[key])
@@ -45,12 +45,12 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
 
     for name in ("seed_descent", "seed_adam", "mlp", "lenet5", "gru"):
         w = report["workloads"][name]
-        assert list(w["libs"]) == ["fluxrs", "numpy"]
-        assert set(w["ratios"]) == {"fluxrs/numpy"}
+        assert list(w["libs"]) == ["fluxrs", "fluxrs-compiled", "numpy"]
+        assert set(w["ratios"]) == {"fluxrs/numpy", "fluxrs-compiled/numpy"}
         losses = w["check"]["losses"]
-        assert len(losses["fluxrs"]) == len(losses["numpy"]) == 5
+        assert len(losses["fluxrs"]) == len(losses["fluxrs-compiled"]) == len(losses["numpy"]) == 5
     assert "gflops" in report["workloads"]["sgemm"]["libs"]["fluxrs"]
-    assert set(report["workloads"]["threads"]["ratios"]) == {"2threads/1thread"}
+    assert set(report["workloads"]["threads"]["ratios"]) == {"fluxrs-2threads/1thread", "fluxrs-compiled-2threads/1thread"}
     assert report["workloads"]["threads"]["libs"]["fluxrs-2threads"]["threads_training"] == 2
 
 

@@ -6,6 +6,7 @@ import logging
 import math
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -351,3 +352,91 @@ def test_train_skips_a_parameter_without_gradient_as_optimisers_jl():
     fx.train_(lambda m, x, y: fx.mse(m.layers[0](x), y), model, [(x, y)], opt)
     assert not np.array_equal(used.weight.numpy(), w0)
     np.testing.assert_array_equal(unused.weight.numpy(), before)
+
+
+# ---------------------------------------------------------------- train_(compile=True)
+
+def _twins(make):
+    """Two copies of one model (same weights)."""
+    a, b = make(), make()
+    for p, q in zip(fx.params(a), fx.params(b)):
+        q.assign_(np.array(p))
+    return a, b
+
+
+def _same(a, b):
+    return all(np.array_equal(np.array(p), np.array(q)) for p, q in zip(fx.params(a), fx.params(b)))
+
+
+@pytest.mark.parametrize("rule", [fx.Descent(0.1), fx.Adam(0.01), fx.OptimiserChain(fx.ClipGrad(0.01), fx.Momentum(0.1))],
+                         ids=["Descent", "Adam", "ClipGrad+Momentum"])
+def test_compiled_train_equals_eager_train_bit_for_bit(rule):
+    X, Y, _ = signal_data(200)
+    # 200 = 6 batches of 32 and one of 8: the last one's new shape records again
+    data = fx.DataLoader((fx.tensor(X), fx.tensor(Y)), batchsize=32)
+    for make, loss in [(seed_model, lambda m, x, y: fx.mse(m(x), y)),
+                       (lambda: fx.Chain(fx.Dense(784, 24, fx.relu), fx.Dense(24, 10)),
+                        lambda m, x, y: fx.logitcrossentropy(m(x), y, label_smoothing=0.1))]:
+        eager, comp = _twins(make)
+        oe, oc = fx.setup(rule, eager), fx.setup(rule, comp)
+        seen = {False: [], True: []}
+
+        class Losses:
+            def __init__(self, compiled):
+                self.compiled = compiled
+
+            @fx.hookimpl
+            def on_batch_end(self, step, loss):
+                seen[self.compiled].append(loss)
+
+        for _ in range(2):
+            fx.train_(loss, eager, data, oe, callbacks=[Losses(False)])
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # nothing falls back to eager here
+                fx.train_(loss, comp, data, oc, compile=True, callbacks=[Losses(True)])
+        assert _same(eager, comp)
+        assert len(seen[True]) == 14 and seen[True] == seen[False]
+
+
+def test_compiled_step_with_nan_loss_raises_before_its_update():
+    x, y = fx.tensor(np.ones((4, 3), np.float32)), fx.tensor(np.ones((4, 1), np.float32))
+    bad = fx.tensor(np.full((4, 1), np.nan, np.float32))
+    loss = lambda m, x, y: fx.mse(m(x), y)
+    eager, comp = _twins(lambda: fx.Dense(3, 1))
+    fx.train_(loss, eager, [(x, y), (x, y)], fx.setup(fx.Descent(0.1), eager))
+    with pytest.raises(fx.NonFiniteLossError):
+        # two steps recorded and replayed, then the NaN one: it raises before its update
+        fx.train_(loss, comp, [(x, y), (x, y), (x, bad)], fx.setup(fx.Descent(0.1), comp), compile=True)
+    assert _same(eager, comp)
+
+
+def test_compiled_step_skips_a_parameter_without_gradient():
+    # the second layer takes no part in the loss: it gets no gradient and stays as it was
+    make = lambda: fx.Chain(fx.Dense(4, 3), fx.Dense(3, 2))
+    eager, comp = _twins(make)
+    loss = lambda m, x, y: fx.mse(m[0](x), y)
+    data = [(fx.tensor(np.full((5, 4), k, np.float32)), fx.tensor(np.ones((5, 3), np.float32))) for k in range(4)]
+    fx.train_(loss, eager, data, fx.setup(fx.Adam(0.1), eager))
+    fx.train_(loss, comp, data, fx.setup(fx.Adam(0.1), comp), compile=True)
+    assert _same(eager, comp)
+
+
+@pytest.mark.parametrize("case", ["dropout", "numpy data", "batchnorm"])
+def test_what_cannot_be_compiled_warns_and_trains_as_usual(case):
+    x, y = np.ones((8, 4), np.float32), np.ones((8, 2), np.float32)
+    m = {"dropout": lambda: fx.Chain(fx.Dense(4, 6), fx.Dropout(0.5), fx.Dense(6, 2)),
+         "numpy data": lambda: fx.Dense(4, 2),
+         "batchnorm": lambda: fx.Chain(fx.Dense(4, 6), fx.BatchNorm(6), fx.Dense(6, 2))}[case]()
+    data = [(x, y)] * 3 if case == "numpy data" else [(fx.tensor(x), fx.tensor(y))] * 3
+    fx.trainmode_(m)
+    before = [np.array(p) for p in fx.params(m)]
+    match = {"dropout": r"shape \[8, 6\].*freeze", "numpy data": "not all fx tensors", "batchnorm": "running statistics"}[case]
+    with pytest.warns(UserWarning, match=match):
+        fx.train_(lambda m, x, y: fx.mse(m(x), y), m, data, fx.setup(fx.Descent(0.1), m), compile=True)
+    assert not all(np.array_equal(a, np.array(p)) for a, p in zip(before, fx.params(m)))
+
+
+def test_compile_is_for_the_explicit_style():
+    m = fx.Dense(2, 1)
+    with pytest.raises(TypeError, match="explicit style"):
+        fx.train_(lambda x: m(x).sum(), fx.params(m), [fx.ones(1, 2)], fx.Descent(0.1), compile=True)

@@ -150,3 +150,15 @@ def gru_sequence(gx: Tensor, wh: Tensor, h0: Tensor) -> Tensor: ...
 def sq_err(yhat: Tensor, y: Tensor, mean: bool) -> Tensor:
     """mean((yhat - y)²) (sum when `mean` is false) as one op; shapes must match."""
 
+def tensor_mark() -> int:
+    """A mark below the id of every tensor made from now on (pass it to `Trace`)."""
+class Trace:
+    """A recorded training step (`train_(..., compile=True)`): the graph behind `root`, the
+    loss, from `params` and the data `inputs`; tensors of more than one element made since
+    `mark` outside the ops are refused (ValueError), as are ops without a replay."""
+    def __init__(self, root: Tensor, params: Sequence[Tensor], inputs: Sequence[Tensor], mark: int) -> None: ...
+    def step(self, inputs: Sequence[Tensor], chain: Sequence[tuple[str, Sequence[float]]], xs: Sequence[Tensor],
+             states: Sequence[OptState]) -> tuple[float, list[Tensor | None] | None] | None:
+        """Forward, gradients and update on new inputs, the GIL released: None when the inputs'
+        shapes or dtypes are not the recorded ones; else (loss, None), or, when some parameter
+        got no gradient, (loss, gradients) with nothing updated. A non-finite loss updates nothing."""

@@ -36,7 +36,32 @@ pub trait BackwardOp: Send + Sync {
     fn accumulates(&self) -> bool {
         false
     }
+
+    /// The forward op again, on new inputs shaped as the recorded ones (`out`, the output
+    /// it gave then, supplies what the op does not store, such as a reshape's target), so
+    /// a recorded step runs again without the code that recorded it (`crate::trace`).
+    /// Implemented with `replay!`, which also sets `replays`.
+    fn replay(&self, _inputs: &[Tensor], _out: &Tensor) -> Result<Tensor> {
+        Err(Error::Value { op: "compile", msg: format!("{} cannot be replayed", self.name()) })
+    }
+    fn replays(&self) -> bool {
+        false
+    }
 }
+
+/// Inside `impl BackwardOp`: `replay` as the forward call `f(op, inputs, recorded_out)`.
+macro_rules! replay {
+    ($f:expr) => {
+        fn replays(&self) -> bool {
+            true
+        }
+        fn replay(&self, inputs: &[Tensor], out: &Tensor) -> Result<Tensor> {
+            let f: fn(&Self, &[Tensor], &Tensor) -> Result<Tensor> = $f;
+            f(self, inputs, out)
+        }
+    };
+}
+pub(crate) use replay;
 
 #[derive(Clone)]
 pub(crate) struct Node {
@@ -170,7 +195,7 @@ pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
 
 /// Tensors reachable from `root` through nodes, parents after children (post-order),
 /// with the set of those that lie on a path to one of `leaves`.
-fn topo_order(root: &Tensor, leaves: &HashSet<TensorId>) -> (Vec<Tensor>, HashSet<TensorId>) {
+pub(crate) fn topo_order(root: &Tensor, leaves: &HashSet<TensorId>) -> (Vec<Tensor>, HashSet<TensorId>) {
     let mut order = Vec::new();
     let mut visited: HashSet<TensorId> = HashSet::new();
     let mut needs: HashSet<TensorId> = HashSet::new();

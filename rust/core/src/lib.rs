@@ -14,6 +14,7 @@ pub mod ops;
 pub mod optim;
 pub mod storage;
 pub mod tensor;
+pub mod trace;
 pub mod vmath;
 
 pub use backprop::{grad, no_grad, pop_watch, push_watch, BackwardOp, NoGradGuard};

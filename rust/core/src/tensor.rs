@@ -17,10 +17,20 @@ use crate::with_dtype;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TensorId(u64);
 
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 impl TensorId {
     fn fresh() -> TensorId {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        TensorId(NEXT.fetch_add(1, Ordering::Relaxed))
+        TensorId(NEXT_ID.fetch_add(1, Ordering::Relaxed))
+    }
+    /// Below the id of every tensor created from now on (ids only grow): tells tensors
+    /// made before a point from those made after it.
+    pub fn mark() -> TensorId {
+        TensorId(NEXT_ID.load(Ordering::Relaxed))
+    }
+    /// The id `as_u64` gave (a mark handed through Python).
+    pub fn from_u64(v: u64) -> TensorId {
+        TensorId(v)
     }
     pub fn as_u64(self) -> u64 {
         self.0

@@ -6,6 +6,7 @@ mod errors;
 mod nn;
 mod optim;
 mod tensor;
+mod trace;
 
 use fluxrs_core::{backprop, Tensor};
 use pyo3::prelude::*;
@@ -129,6 +130,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<optim::OptState>()?;
     m.add_function(wrap_pyfunction!(optim::optim_update, m)?)?;
     m.add_function(wrap_pyfunction!(optim::grad_update, m)?)?;
+    m.add_class::<trace::Trace>()?;
+    m.add_function(wrap_pyfunction!(trace::tensor_mark, m)?)?;
     m.add_function(wrap_pyfunction!(sq_err, m)?)?;
     m.add_function(wrap_pyfunction!(grad, m)?)?;
     m.add_function(wrap_pyfunction!(push_watch, m)?)?;

@@ -8,14 +8,14 @@ use pyo3::prelude::*;
 use crate::errors::{run, to_py};
 use crate::tensor::PyTensor;
 
-fn parse_chain(chain: &[(String, Vec<f64>)]) -> PyResult<Vec<Rule>> {
+pub(crate) fn parse_chain(chain: &[(String, Vec<f64>)]) -> PyResult<Vec<Rule>> {
     chain.iter().map(|(n, p)| Rule::from_name(n, p).map_err(to_py)).collect()
 }
 
 /// One parameter's optimiser state (its arrays and scalars, per rule of the chain).
 #[pyclass(module = "fluxrs._core", frozen)]
 pub struct OptState {
-    inner: Mutex<ParamState>,
+    pub(crate) inner: Mutex<ParamState>,
 }
 
 #[pymethods]

@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayD, Zip};
 
-use crate::backprop::{record, BackwardOp};
+use crate::backprop::{record, BackwardOp, replay};
 use crate::error::{Error, Result};
 use crate::layout::broadcast_shapes;
 use crate::ops::PAR_THRESHOLD;
@@ -123,6 +123,7 @@ fn forward(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 struct Binary(BinaryOp);
 
 impl BackwardOp for Binary {
+    replay!(|op, i, _| i[0].binary(op.0, &i[1]));
     fn name(&self) -> &'static str {
         self.0.name()
     }

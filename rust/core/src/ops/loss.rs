@@ -4,7 +4,7 @@
 //! pass each way. Its backward is built from differentiable ops when a second derivative is
 //! being recorded, and GPU tensors take the composed form.
 
-use crate::backprop::{record, should_record, BackwardOp};
+use crate::backprop::{record, should_record, BackwardOp, replay};
 use crate::error::{shape_err, Result};
 use crate::ops::binary::check_same_dtype;
 use crate::storage::Elem;
@@ -41,6 +41,7 @@ struct SqErr {
 }
 
 impl BackwardOp for SqErr {
+    replay!(|op, i, _| i[0].sq_err(&i[1], op.mean));
     fn name(&self) -> &'static str {
         "mse"
     }

@@ -2,7 +2,7 @@
 //! with numpy's `matmul` semantics: 1-D operands are promoted, batch axes broadcast.
 //! gemm takes arbitrary row/column strides, so transposed views multiply without a copy.
 
-use crate::backprop::{record, BackwardOp};
+use crate::backprop::{record, BackwardOp, replay};
 use crate::error::{shape_err, Error, Result};
 use crate::layout::broadcast_shapes;
 use crate::storage::Elem;
@@ -72,6 +72,7 @@ fn bmm_kernel<T: Elem>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 struct Bmm;
 impl BackwardOp for Bmm {
+    replay!(|_, i, _| i[0].bmm(&i[1]));
     fn name(&self) -> &'static str {
         "matmul"
     }

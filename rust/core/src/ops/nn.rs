@@ -3,7 +3,7 @@
 //! one allocation and one pass instead of three ops. Its backward uses ordinary
 //! differentiable ops, so second derivatives still work.
 
-use crate::backprop::{record, should_record, BackwardOp};
+use crate::backprop::{record, should_record, BackwardOp, replay};
 use crate::error::{shape_err, Result};
 use crate::ops::binary::{check_same_dtype, map2};
 use crate::storage::Elem;
@@ -162,6 +162,7 @@ fn dense_backward_kernel<T: Elem>(x: &Tensor, w: &Tensor, gp: &Tensor, has_bias:
 struct Dense(Act);
 
 impl BackwardOp for Dense {
+    replay!(|op, i, _| Tensor::dense(&i[0], &i[1], i.get(2), op.0));
     fn name(&self) -> &'static str {
         "dense"
     }

@@ -3,7 +3,7 @@
 
 use ndarray::{ArrayD, ArrayViewD, Axis};
 
-use crate::backprop::{no_grad, record, BackwardOp};
+use crate::backprop::{no_grad, record, BackwardOp, replay};
 use crate::error::{Error, Result};
 use crate::layout::normalize_axes;
 use crate::storage::Elem;
@@ -59,11 +59,16 @@ fn reduce_forward(x: &Tensor, axes: &[usize], keepdim: bool, kind: Kind, op: &'s
     out.reshape_raw(&reduced_shape(x.shape(), axes, keepdim))
 }
 
+fn isize_axes(axes: &[usize]) -> Vec<isize> {
+    axes.iter().map(|&a| a as isize).collect()
+}
+
 struct Sum {
     axes: Vec<usize>,
 }
 
 impl BackwardOp for Sum {
+    replay!(|op, i, out| i[0].sum_axes(Some(&isize_axes(&op.axes)), out.ndim() == i[0].ndim()));
     fn name(&self) -> &'static str {
         "sum"
     }
@@ -98,6 +103,7 @@ struct LogSumExp {
 }
 
 impl BackwardOp for LogSumExp {
+    replay!(|op, i, out| i[0].logsumexp(Some(&isize_axes(&op.axes)), out.ndim() == i[0].ndim()));
     fn name(&self) -> &'static str {
         "logsumexp"
     }

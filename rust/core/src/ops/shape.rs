@@ -2,7 +2,7 @@
 //! are views: they share the buffer and only change the layout. index_select, concat and
 //! the scatter ops used by backward rules copy.
 
-use crate::backprop::{record, BackwardOp};
+use crate::backprop::{record, BackwardOp, replay};
 use crate::dtype::DType;
 use crate::error::{shape_err, value_err, Error, Result};
 use crate::layout::{normalize_axis, Layout};
@@ -14,6 +14,7 @@ use crate::with_dtype;
 
 struct Reshape;
 impl BackwardOp for Reshape {
+    replay!(|_, i, out| i[0].reshape(out.shape()));
     fn name(&self) -> &'static str {
         "reshape"
     }
@@ -26,6 +27,7 @@ impl BackwardOp for Reshape {
 
 struct Permute(Vec<usize>);
 impl BackwardOp for Permute {
+    replay!(|op, i, _| i[0].permute(&op.0.iter().map(|&a| a as isize).collect::<Vec<_>>()));
     fn name(&self) -> &'static str {
         "permute"
     }
@@ -42,6 +44,7 @@ impl BackwardOp for Permute {
 
 struct BroadcastTo;
 impl BackwardOp for BroadcastTo {
+    replay!(|_, i, out| i[0].broadcast_to(out.shape()));
     fn name(&self) -> &'static str {
         "broadcast_to"
     }
@@ -61,6 +64,11 @@ struct SliceSpec {
 
 struct Slice(SliceSpec);
 impl BackwardOp for Slice {
+    replay!(|op, i, out| {
+            let (s, count) = (op.0, out.shape()[op.0.axis]);
+            let stop = if count == 0 { s.start } else { s.start + (count - 1) * s.step + 1 };
+            i[0].slice(s.axis as isize, s.start, stop, s.step)
+        });
     fn name(&self) -> &'static str {
         "slice"
     }
@@ -144,6 +152,7 @@ impl BackwardOp for Concat {
 
 struct Identity;
 impl BackwardOp for Identity {
+    replay!(|_, i, _| i[0].contiguous());
     fn name(&self) -> &'static str {
         "contiguous"
     }
@@ -154,6 +163,7 @@ impl BackwardOp for Identity {
 
 struct Cast(DType);
 impl BackwardOp for Cast {
+    replay!(|_, i, out| i[0].cast(out.dtype()));
     fn name(&self) -> &'static str {
         "cast"
     }

@@ -1,6 +1,6 @@
 //! softmax and logsoftmax along one axis, max-shifted so they never overflow.
 
-use crate::backprop::{no_grad, record, should_record, BackwardOp};
+use crate::backprop::{no_grad, record, should_record, BackwardOp, replay};
 use crate::error::Result;
 use crate::layout::normalize_axis;
 use crate::storage::Elem;
@@ -100,6 +100,7 @@ struct Softmax {
 }
 
 impl BackwardOp for Softmax {
+    replay!(|op, i, _| if op.log { i[0].logsoftmax(op.axis as isize) } else { i[0].softmax(op.axis as isize) });
     fn name(&self) -> &'static str {
         if self.log { "logsoftmax" } else { "softmax" }
     }

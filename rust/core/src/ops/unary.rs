@@ -1,6 +1,6 @@
 //! Elementwise unary math and activations.
 
-use crate::backprop::{record, BackwardOp};
+use crate::backprop::{record, BackwardOp, replay};
 use crate::dtype::Float;
 use crate::error::Result;
 use crate::ops::PAR_THRESHOLD;
@@ -117,6 +117,7 @@ fn forward(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
 struct Unary(UnaryOp);
 
 impl BackwardOp for Unary {
+    replay!(|op, i, _| i[0].unary(op.0));
     fn name(&self) -> &'static str {
         self.0.name()
     }

@@ -1,0 +1,248 @@
+//! A recorded training step, run again without the code that recorded it.
+//!
+//! `train_(..., compile=True)` runs the loss in Python once, as usual, and keeps the graph
+//! that call recorded: which op fed which, from the parameters, the data inputs and
+//! constants. Later steps with data of the same shapes and dtypes replay those ops in order
+//! (`BackwardOp::replay`), which records the same graph again, then take the gradient and
+//! update as the eager step does: the same kernels in the same order, so the same numbers,
+//! from one call instead of one per op and layer, with nothing held across it.
+//!
+//! As with `jax.jit`, this is right for a loss that is a fixed composition of tensor ops.
+//! A tensor the loss builds some other way on each call (a dropout mask drawn in Python, a
+//! target computed in numpy) would be frozen at its first value, so `build` refuses every
+//! tensor of more than one element that appeared during the recorded call without coming
+//! from an op. Scalars made then (a Python number in `x * 0.5`) are kept as constants.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::backprop::{grad, pop_watch, push_watch, topo_order, BackwardOp};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::optim::{self, ParamState, Rule};
+use crate::tensor::{Tensor, TensorId};
+
+/// Where an op's input comes from.
+enum Src {
+    Param(usize),
+    Input(usize),
+    Const(Tensor),
+    Op(usize),
+}
+
+struct Step {
+    op: Arc<dyn BackwardOp>,
+    srcs: Vec<Src>,
+    /// The recorded output's shape and dtype, as a one-element broadcast view (what
+    /// `replay` reads from it), so the trace does not keep the recorded graph alive.
+    out: Tensor,
+}
+
+pub struct Trace {
+    steps: Vec<Step>,
+    inputs: Vec<(Vec<usize>, DType)>,
+    nparams: usize,
+}
+
+/// What a compiled step did.
+pub enum Outcome {
+    /// The parameters were updated; the loss.
+    Updated(f64),
+    /// The loss was not finite: nothing was updated.
+    NotFinite(f64),
+    /// Some parameter got no gradient: nothing was updated; the gradients for the caller.
+    Ungraded(f64, Vec<Option<Tensor>>),
+}
+
+fn compile_err<T>(msg: String) -> Result<T> {
+    Err(Error::Value { op: "compile", msg })
+}
+
+impl Trace {
+    /// The trace of the graph behind `root`, recorded from `params` (watched) and `inputs`
+    /// (the step's data); tensors made at or after `mark` count as made during the call.
+    pub fn build(root: &Tensor, params: &[Tensor], inputs: &[Tensor], mark: TensorId) -> Result<Trace> {
+        let (order, _) = topo_order(root, &Default::default());
+        if order.last().map(|t| t.id()) != Some(root.id()) {
+            return compile_err("the loss is not computed by recorded ops from the parameters".into());
+        }
+        let find = |ts: &[Tensor], id: TensorId| ts.iter().position(|t| t.id() == id);
+        let mut index: HashMap<TensorId, usize> = HashMap::with_capacity(order.len());
+        let mut steps = Vec::with_capacity(order.len());
+        for t in &order {
+            let node = t.node().expect("ordered tensors have nodes");
+            if !node.op.replays() {
+                return compile_err(format!("the loss uses {}, which a compiled step cannot run", node.op.name()));
+            }
+            let mut srcs = Vec::with_capacity(node.inputs.len());
+            for i in &node.inputs {
+                let id = i.id();
+                srcs.push(if let Some(k) = find(params, id) {
+                    Src::Param(k)
+                } else if let Some(k) = find(inputs, id) {
+                    Src::Input(k)
+                } else if let Some(&j) = index.get(&id) {
+                    Src::Op(j)
+                } else if id >= mark && i.numel() > 1 {
+                    return compile_err(format!(
+                        "the loss makes a tensor of shape {:?} on each call other than from the data and the parameters \
+                         (a random mask, or values computed in numpy?); a compiled step would freeze it at its first value",
+                        i.shape()
+                    ));
+                } else {
+                    Src::Const(i.detach())
+                });
+            }
+            let out = crate::backprop::no_grad(|| Tensor::full(&[], 0.0, t.dtype()).broadcast_to(t.shape()))?;
+            index.insert(t.id(), steps.len());
+            steps.push(Step { op: node.op.clone(), srcs, out });
+        }
+        Ok(Trace { steps, inputs: inputs.iter().map(|t| (t.shape().to_vec(), t.dtype())).collect(), nparams: params.len() })
+    }
+
+    /// Whether `inputs` have the shapes and dtypes the trace was recorded with.
+    pub fn matches(&self, inputs: &[Tensor]) -> bool {
+        inputs.len() == self.inputs.len() && inputs.iter().zip(&self.inputs).all(|(t, (s, d))| t.shape() == s.as_slice() && t.dtype() == *d)
+    }
+
+    /// The recorded forward pass on new `inputs`, recording its graph from `params`.
+    pub fn forward(&self, params: &[Tensor], inputs: &[Tensor]) -> Result<Tensor> {
+        if params.len() != self.nparams || !self.matches(inputs) {
+            let got: Vec<_> = inputs.iter().map(|t| (t.shape().to_vec(), t.dtype())).collect();
+            return compile_err(format!("recorded for {} parameters and inputs {:?}, called with {} and {:?}", self.nparams, self.inputs, params.len(), got));
+        }
+        push_watch(params);
+        let run = || -> Result<Tensor> {
+            let mut outs: Vec<Tensor> = Vec::with_capacity(self.steps.len());
+            for s in &self.steps {
+                let args: Vec<Tensor> = s
+                    .srcs
+                    .iter()
+                    .map(|src| match src {
+                        Src::Param(k) => params[*k].clone(),
+                        Src::Input(k) => inputs[*k].clone(),
+                        Src::Const(t) => t.clone(),
+                        Src::Op(j) => outs[*j].clone(),
+                    })
+                    .collect();
+                let o = s.op.replay(&args, &s.out)?;
+                if o.shape() != s.out.shape() {
+                    return compile_err(format!("internal: {} replayed to shape {:?}, recorded {:?}", s.op.name(), o.shape(), s.out.shape()));
+                }
+                outs.push(o);
+            }
+            Ok(outs.pop().expect("a trace has at least one step"))
+        };
+        let root = run();
+        pop_watch();
+        root
+    }
+
+    /// One training step: the forward pass, and when its loss is finite the gradients and
+    /// `params[i] -= chain(grad_i)`, as `train_`'s eager step does it.
+    pub fn step(&self, params: &[Tensor], inputs: &[Tensor], chain: &[Rule], states: &mut [&mut ParamState]) -> Result<Outcome> {
+        let root = self.forward(params, inputs)?;
+        let loss = root.item()?;
+        if !loss.is_finite() {
+            return Ok(Outcome::NotFinite(loss));
+        }
+        let gs = grad(&root, params, None)?;
+        if gs.iter().any(Option::is_none) {
+            return Ok(Outcome::Ungraded(loss, gs));
+        }
+        let dxs: Vec<Tensor> = gs.into_iter().flatten().collect();
+        optim::update(chain, params, &dxs, states)?;
+        Ok(Outcome::Updated(loss))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::nn::Act;
+
+    fn t(n: usize, shape: &[usize], seed: u64) -> Tensor {
+        let v: Vec<f32> = (0..n).map(|i| ((i as u64 * 2654435761 + seed * 40503) % 1000) as f32 / 500.0 - 1.0).collect();
+        Tensor::from_vec(v, shape).unwrap()
+    }
+
+    /// The seed model's loss, mse(softmax(dense(dense(x, σ))), y), recorded eagerly.
+    fn loss(ps: &[Tensor], x: &Tensor, y: &Tensor) -> Tensor {
+        let h = Tensor::dense(x, &ps[0], Some(&ps[1]), Act::Sigmoid).unwrap();
+        let o = Tensor::dense(&h, &ps[2], Some(&ps[3]), Act::Identity).unwrap().softmax(-1).unwrap();
+        // a Python-number constant and a reduction, as composed losses have them
+        o.sub(y).unwrap().mul(&Tensor::full(&[], 0.5, o.dtype())).unwrap().sum_axes(Some(&[1]), true).unwrap().mean_axes(None, false).unwrap()
+    }
+
+    fn params() -> Vec<Tensor> {
+        vec![t(6 * 4, &[4, 6], 1), t(4, &[4], 2), t(3 * 4, &[3, 4], 3), t(3, &[3], 4)]
+    }
+
+    #[test]
+    fn replayed_steps_equal_eager_steps_bit_for_bit() {
+        let chain = [Rule::Adam { eta: 0.01, beta: (0.9, 0.999), eps: 1e-8 }];
+        let (pe, pc) = (params(), params());
+        let mut se: Vec<ParamState> = pe.iter().map(|p| ParamState::init(&chain, p)).collect();
+        let mut sc: Vec<ParamState> = pc.iter().map(|p| ParamState::init(&chain, p)).collect();
+        let data: Vec<(Tensor, Tensor)> = (0..4).map(|k| (t(5 * 6, &[5, 6], 10 + k), t(5 * 3, &[5, 3], 20 + k))).collect();
+        let mut trace: Option<Trace> = None;
+        for (x, y) in &data {
+            // eager: record, differentiate, update
+            push_watch(&pe);
+            let l = loss(&pe, x, y);
+            pop_watch();
+            let gs: Vec<Tensor> = grad(&l, &pe, None).unwrap().into_iter().flatten().collect();
+            optim::update(&chain, &pe, &gs, &mut se.iter_mut().collect::<Vec<_>>()).unwrap();
+            // compiled: the first step is recorded (and updated eagerly), the rest replayed
+            let lc = match &trace {
+                None => {
+                    let mark = TensorId::mark();
+                    push_watch(&pc);
+                    let l = loss(&pc, x, y);
+                    pop_watch();
+                    trace = Some(Trace::build(&l, &pc, &[x.clone(), y.clone()], mark).unwrap());
+                    let gs: Vec<Tensor> = grad(&l, &pc, None).unwrap().into_iter().flatten().collect();
+                    optim::update(&chain, &pc, &gs, &mut sc.iter_mut().collect::<Vec<_>>()).unwrap();
+                    l.item().unwrap()
+                }
+                Some(tr) => match tr.step(&pc, &[x.clone(), y.clone()], &chain, &mut sc.iter_mut().collect::<Vec<_>>()).unwrap() {
+                    Outcome::Updated(v) => v,
+                    _ => panic!("expected an update"),
+                },
+            };
+            assert_eq!(lc.to_bits(), l.item().unwrap().to_bits());
+            for (a, b) in pe.iter().zip(&pc) {
+                assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+            }
+        }
+        let tr = trace.unwrap();
+        assert!(!tr.matches(&[t(4 * 6, &[4, 6], 1), data[0].1.clone()]), "another batch size is not this trace");
+        assert!(tr.forward(&pc, &[t(4 * 6, &[4, 6], 1), t(4 * 3, &[4, 3], 1)]).is_err());
+    }
+
+    #[test]
+    fn a_tensor_made_during_the_call_is_refused_and_a_nonfinite_loss_updates_nothing() {
+        let ps = params();
+        let (x, y) = (t(5 * 6, &[5, 6], 7), t(5 * 3, &[5, 3], 8));
+        let mark = TensorId::mark();
+        push_watch(&ps);
+        let mask = t(5 * 4, &[5, 4], 9); // a "dropout mask" drawn during the call
+        let h = Tensor::dense(&x, &ps[0], Some(&ps[1]), Act::Relu).unwrap().mul(&mask).unwrap();
+        let l = Tensor::dense(&h, &ps[2], Some(&ps[3]), Act::Identity).unwrap().sq_err(&y, true).unwrap();
+        pop_watch();
+        let err = Trace::build(&l, &ps, &[x.clone(), y.clone()], mark).err().unwrap();
+        assert!(err.to_string().contains("shape [5, 4]"), "{err}");
+
+        push_watch(&ps);
+        let l = loss(&ps, &x, &y);
+        pop_watch();
+        let tr = Trace::build(&l, &ps, &[x.clone(), y.clone()], mark).unwrap();
+        let chain = [Rule::Descent { eta: 0.1 }];
+        let mut st: Vec<ParamState> = ps.iter().map(|p| ParamState::init(&chain, p)).collect();
+        let before = ps[0].to_vec::<f32>().unwrap();
+        let bad = Tensor::from_vec(vec![f32::NAN; 15], &[5, 3]).unwrap();
+        let out = tr.step(&ps, &[x, bad], &chain, &mut st.iter_mut().collect::<Vec<_>>()).unwrap();
+        assert!(matches!(out, Outcome::NotFinite(v) if v.is_nan()));
+        assert_eq!(ps[0].to_vec::<f32>().unwrap(), before);
+    }
+}

@@ -1,0 +1,66 @@
+//! Compiled training steps (`fluxrs_core::trace`): `train_(..., compile=True)` records its
+//! first step and replays the rest from one call each, with the GIL released throughout.
+
+use fluxrs_core::trace::{self, Outcome};
+use fluxrs_core::{Tensor, TensorId};
+use pyo3::prelude::*;
+
+use crate::errors::{run, to_py};
+use crate::optim::{parse_chain, OptState};
+use crate::tensor::PyTensor;
+
+fn inner(ts: &[PyRef<'_, PyTensor>]) -> Vec<Tensor> {
+    ts.iter().map(|t| t.inner.clone()).collect()
+}
+
+/// The mark to pass to `Trace` for a loss about to be called: tensors made from now on
+/// count as made during the call.
+#[pyfunction]
+pub fn tensor_mark() -> u64 {
+    TensorId::mark().as_u64()
+}
+
+/// A recorded step: the graph behind `root` (the loss), from `params` and `inputs`.
+#[pyclass(module = "fluxrs._core", frozen)]
+pub struct Trace {
+    inner: trace::Trace,
+}
+
+#[pymethods]
+impl Trace {
+    #[new]
+    fn new(root: PyRef<'_, PyTensor>, params: Vec<PyRef<'_, PyTensor>>, inputs: Vec<PyRef<'_, PyTensor>>, mark: u64) -> PyResult<Trace> {
+        let inner = trace::Trace::build(&root.inner, &inner(&params), &inner(&inputs), TensorId::from_u64(mark)).map_err(to_py)?;
+        Ok(Trace { inner })
+    }
+
+    /// One step on new `inputs`: the forward pass, then, when the loss is finite, gradients
+    /// and update. None when the inputs' shapes or dtypes are not the recorded ones (record
+    /// again); else `(loss, grads)`, `grads` None unless some parameter got no gradient, in
+    /// which case nothing was updated and these are the gradients (None for that one).
+    fn step(
+        &self,
+        py: Python<'_>,
+        inputs: Vec<PyRef<'_, PyTensor>>,
+        chain: Vec<(String, Vec<f64>)>,
+        xs: Vec<PyRef<'_, PyTensor>>,
+        states: Vec<PyRef<'_, OptState>>,
+    ) -> PyResult<Option<(f64, Option<Vec<Option<PyTensor>>>)>> {
+        let inputs = inner(&inputs);
+        if !self.inner.matches(&inputs) {
+            return Ok(None);
+        }
+        let rules = parse_chain(&chain)?;
+        let xs = inner(&xs);
+        let states: Vec<&OptState> = states.iter().map(|s| &**s).collect();
+        let outcome = run(py, move || {
+            let mut guards: Vec<_> = states.iter().map(|s| s.inner.lock()).collect();
+            let mut refs: Vec<_> = guards.iter_mut().map(|g| &mut **g).collect();
+            self.inner.step(&xs, &inputs, &rules, &mut refs)
+        })?;
+        Ok(Some(match outcome {
+            Outcome::Updated(v) | Outcome::NotFinite(v) => (v, None),
+            Outcome::Ungraded(v, gs) => (v, Some(gs.into_iter().map(|g| g.map(PyTensor::wrap)).collect())),
+        }))
+    }
+}
