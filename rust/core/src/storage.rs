@@ -49,6 +49,19 @@ impl Storage {
 }
 
 /// An element type that can live in a `Storage`. Kernels are generic over this.
+/// A vector of `n` elements that `fill` writes before anything reads them, not zeroed
+/// first: a kernel that overwrites its whole output (a GEMM) would otherwise pay a memset
+/// of it for nothing.
+///
+/// SAFETY: `fill` must write all `n` elements behind the pointer it is given.
+pub(crate) unsafe fn filled_by<T: Copy>(n: usize, fill: impl FnOnce(*mut T)) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    fill(v.as_mut_ptr());
+    // SAFETY: the capacity is n and `fill` initialised every element (the caller's promise).
+    unsafe { v.set_len(n) };
+    v
+}
+
 pub trait Elem: Float + crate::vmath::FastMath {
     fn slice(s: &Storage) -> &[Self];
     fn slice_mut(s: &mut Storage) -> &mut [Self];

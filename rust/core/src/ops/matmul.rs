@@ -30,9 +30,8 @@ fn bmm_kernel<T: Elem>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let nb: usize = batch.iter().product();
     let mut out_shape = batch.clone();
     out_shape.extend([m, n]);
-    let mut out = vec![T::ZERO; nb * m * n];
     if k == 0 || m == 0 || n == 0 || nb == 0 {
-        return Tensor::from_vec(out, &out_shape);
+        return Tensor::from_vec(vec![T::ZERO; nb * m * n], &out_shape);
     }
     let (la, lb) = (a.layout().clone(), b.layout().clone());
     let par = gemm_par(m * n * k);
@@ -40,24 +39,24 @@ fn bmm_kernel<T: Elem>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let gb = b.0.storage.read_recursive();
     let (pa, pb) = (T::slice(&ga).as_ptr(), T::slice(&gb).as_ptr());
     let mut idx = vec![0usize; batch.len()];
-    for bi in 0..nb {
+    // SAFETY: gemm (with k > 0 and its destination not read) writes every element of each
+    // m*n block, the blocks tile the output, and the operands are valid views (below).
+    let out = unsafe { crate::storage::filled_by::<T>(nb * m * n, |out| for bi in 0..nb {
         let mut oa = la.offset as isize;
         let mut ob = lb.offset as isize;
         for (d, &i) in idx.iter().enumerate() {
             oa += i as isize * la.strides[d];
             ob += i as isize * lb.strides[d];
         }
-        // SAFETY: the offsets and strides come from valid layouts over the locked buffers
-        // (see Tensor::with_view); `out` is a fresh m*n block per batch element.
-        unsafe {
-            gemm::gemm(
-                m, n, k,
-                out.as_mut_ptr().add(bi * m * n), 1, n as isize, false,
-                pa.offset(oa), la.strides[nd - 1], la.strides[nd - 2],
-                pb.offset(ob), lb.strides[nd - 1], lb.strides[nd - 2],
-                T::ZERO, T::ONE, false, false, false, par,
-            );
-        }
+        // The offsets and strides come from valid layouts over the locked buffers (see
+        // Tensor::with_view); `out` is a fresh m*n block per batch element.
+        gemm::gemm(
+            m, n, k,
+            out.add(bi * m * n), 1, n as isize, false,
+            pa.offset(oa), la.strides[nd - 1], la.strides[nd - 2],
+            pb.offset(ob), lb.strides[nd - 1], lb.strides[nd - 2],
+            T::ZERO, T::ONE, false, false, false, par,
+        );
         for d in (0..idx.len()).rev() {
             idx[d] += 1;
             if idx[d] < batch[d] {
@@ -65,7 +64,7 @@ fn bmm_kernel<T: Elem>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             }
             idx[d] = 0;
         }
-    }
+    }) };
     drop((ga, gb));
     Tensor::from_vec(out, &out_shape)
 }

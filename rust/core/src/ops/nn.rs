@@ -72,45 +72,50 @@ pub(crate) fn act_backward(act: Act, out: &Tensor, g: &Tensor) -> Result<Tensor>
 fn dense_kernel<T: Elem>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -> Result<Tensor> {
     let (n, k) = (x.shape()[0], x.shape()[1]);
     let m = w.shape()[0];
-    let mut out = vec![T::ZERO; n * m];
-    if let Some(b) = b {
-        b.with_slice::<T, _>(|bs| out.chunks_exact_mut(m.max(1)).for_each(|row| row.copy_from_slice(bs)))?;
-    }
-    if n > 0 && m > 0 && k > 0 {
-        let (lx, lw) = (x.layout().clone(), w.layout().clone());
-        let gx = x.0.storage.read_recursive();
-        let gw = w.0.storage.read_recursive();
-        let par = crate::ops::matmul::gemm_par(n * m * k);
-        // SAFETY: layouts are valid views of the locked buffers (see Tensor::with_view);
-        // out is n*m, row-major. w^T is read through w's strides, without a copy.
-        unsafe {
-            gemm::gemm(
-                n, m, k,
-                out.as_mut_ptr(), 1, m as isize, b.is_some(),
-                T::slice(&gx).as_ptr().add(lx.offset), lx.strides[1], lx.strides[0],
-                T::slice(&gw).as_ptr().add(lw.offset), lw.strides[0], lw.strides[1],
-                T::ONE, T::ONE, false, false, false, par,
-            );
+    let (lx, lw) = (x.layout().clone(), w.layout().clone());
+    let gx = x.0.storage.read_recursive();
+    let gw = w.0.storage.read_recursive();
+    // SAFETY: layouts are valid views of the locked buffers (see Tensor::with_view).
+    // w^T is w read with its strides swapped, without a copy.
+    let (xa, wt) = unsafe {
+        ((T::slice(&gx).as_ptr().add(lx.offset), lx.strides[1], lx.strides[0]), (T::slice(&gw).as_ptr().add(lw.offset), lw.strides[0], lw.strides[1]))
+    };
+    let mut out = match b {
+        // SAFETY: as above
+        None => unsafe { gemm_new(n, m, k, xa, wt) },
+        Some(b) => {
+            // every row starts as the bias, and the product is added to it
+            let mut out = b.with_slice::<T, _>(|bs| bs.repeat(n))?;
+            if n > 0 && m > 0 && k > 0 {
+                // SAFETY: as above; out is n*m, row-major
+                unsafe {
+                    gemm::gemm(n, m, k, out.as_mut_ptr(), 1, m as isize, true, xa.0, xa.1, xa.2, wt.0, wt.1, wt.2,
+                               T::ONE, T::ONE, false, false, false, crate::ops::matmul::gemm_par(n * m * k));
+                }
+            }
+            out
         }
-    }
+    };
+    drop((gx, gw));
     apply_act(&mut out, act);
     Tensor::from_vec(out, &[n, m])
 }
 
-/// dst (m x n) = a (m x k) @ b (k x n), each operand given by (pointer, column stride, row
-/// stride) in elements, as `gemm` takes them.
+/// A new row-major (m x n) = a (m x k) @ b (k x n), each operand given by (pointer, column
+/// stride, row stride) in elements, as `gemm` takes them.
 ///
 /// SAFETY: the pointers must cover every element their shapes and strides reach.
-unsafe fn gemm_into<T: Elem>(m: usize, n: usize, k: usize, dst: &mut [T], a: (*const T, isize, isize), b: (*const T, isize, isize)) {
-    if m == 0 || n == 0 {
-        return;
+unsafe fn gemm_new<T: Elem>(m: usize, n: usize, k: usize, a: (*const T, isize, isize), b: (*const T, isize, isize)) -> Vec<T> {
+    if m == 0 || n == 0 || k == 0 {
+        return vec![T::ZERO; m * n];
     }
-    if k == 0 {
-        dst.iter_mut().for_each(|v| *v = T::ZERO);
-        return;
+    // SAFETY: gemm writes all m*n elements of dst (k > 0, dst not read); a and b as promised.
+    unsafe {
+        crate::storage::filled_by(m * n, |dst| {
+            gemm::gemm(m, n, k, dst, 1, n as isize, false, a.0, a.1, a.2, b.0, b.1, b.2,
+                       T::ZERO, T::ONE, false, false, false, crate::ops::matmul::gemm_par(m * n * k))
+        })
     }
-    gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, false, a.0, a.1, a.2, b.0, b.1, b.2,
-               T::ONE, T::ONE, false, false, false, crate::ops::matmul::gemm_par(m * n * k));
 }
 
 /// The first-order gradients of `x @ w^T + b` given the pre-activation gradient `gp` (n x m,
@@ -127,17 +132,15 @@ fn dense_backward_kernel<T: Elem>(x: &Tensor, w: &Tensor, gp: &Tensor, has_bias:
     };
     let mut grads = Vec::with_capacity(3);
     grads.push(if need[0] {
-        let mut gx = vec![T::ZERO; n * k];
         // SAFETY: as above; gp is contiguous (n x m).
-        unsafe { gemm_into(n, k, m, &mut gx, (pg, 1, m as isize), (pw, lw.strides[1], lw.strides[0])) };
+        let gx = unsafe { gemm_new(n, k, m, (pg, 1, m as isize), (pw, lw.strides[1], lw.strides[0])) };
         Some(Tensor::from_vec(gx, &[n, k])?)
     } else {
         None
     });
     grads.push(if need[1] {
-        let mut gw = vec![T::ZERO; m * k];
         // gp^T is gp read with its strides swapped.
-        unsafe { gemm_into(m, k, n, &mut gw, (pg, m as isize, 1), (px, lx.strides[1], lx.strides[0])) };
+        let gw = unsafe { gemm_new(m, k, n, (pg, m as isize, 1), (px, lx.strides[1], lx.strides[0])) };
         Some(Tensor::from_vec(gw, &[m, k])?)
     } else {
         None
