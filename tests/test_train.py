@@ -398,6 +398,22 @@ def test_compiled_train_equals_eager_train_bit_for_bit(rule):
         assert len(seen[True]) == 14 and seen[True] == seen[False]
 
 
+def test_compiled_conv_and_pooling_equal_eager():
+    # max pooling replays by pooling again: where the maxima are changes with the data
+    rng = np.random.default_rng(3)
+    make = lambda: fx.Chain(fx.Conv((3, 3), (1, 3), fx.relu), fx.MaxPool((2, 2)), fx.Conv((3, 3), (3, 4)),
+                            fx.MeanPool((2, 2)), fx.flatten, fx.Dense(4, 3))
+    data = [(fx.tensor(rng.normal(size=(5, 1, 10, 10)).astype(np.float32)),
+             fx.tensor(np.eye(3, dtype=np.float32)[rng.integers(0, 3, 5)])) for _ in range(4)]
+    loss = lambda m, x, y: fx.logitcrossentropy(m(x), y)
+    eager, comp = _twins(make)
+    fx.train_(loss, eager, data, fx.setup(fx.Adam(0.05), eager))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fx.train_(loss, comp, data, fx.setup(fx.Adam(0.05), comp), compile=True)
+    assert _same(eager, comp)
+
+
 def test_compiled_step_with_nan_loss_raises_before_its_update():
     x, y = fx.tensor(np.ones((4, 3), np.float32)), fx.tensor(np.ones((4, 1), np.float32))
     bad = fx.tensor(np.full((4, 1), np.nan, np.float32))

@@ -31,7 +31,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::backprop::{record, BackwardOp};
+use crate::backprop::{record, replay, BackwardOp};
 use crate::error::{shape_err, value_err, Result};
 use crate::ops::binary::check_same_dtype;
 use crate::ops::nn::{act_backward, apply_act, Act};
@@ -604,6 +604,7 @@ struct Conv {
 }
 
 impl BackwardOp for Conv {
+    replay!(|op, i, _| i[0].conv(&i[1], i.get(2), &op.spec, op.act));
     fn name(&self) -> &'static str {
         "conv"
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::backprop::{record, BackwardOp};
+use crate::backprop::{record, replay, BackwardOp};
 use crate::error::{shape_err, value_err, Result};
 use crate::ops::conv::{for_each_row, out_len, Geom as ConvGeom, MAX_SPATIAL};
 use crate::ops::PAR_THRESHOLD;
@@ -233,7 +233,7 @@ fn gather(src: &Tensor, idx: Arc<Vec<usize>>, shape: &[usize]) -> Result<Tensor>
         let v = src.with_slice::<T, _>(|s| idx.iter().map(|&i| s[i]).collect::<Vec<T>>())?;
         Tensor::from_vec(v, shape)?
     });
-    Ok(record(out, Gather { idx, src_shape: src.shape().to_vec() }, &[src]))
+    Ok(record(out, Gather { idx, src_shape: src.shape().to_vec(), pool: None }, &[src]))
 }
 
 /// Add `g` (flattened) at positions `idx` of zeros of `shape`: max pooling's backward.
@@ -254,9 +254,21 @@ fn scatter(g: &Tensor, idx: Arc<Vec<usize>>, shape: &[usize]) -> Result<Tensor> 
 struct Gather {
     idx: Arc<Vec<usize>>,
     src_shape: Vec<usize>,
+    /// The window, when this is max pooling's forward: a replay pools again (the positions
+    /// of the maxima change with the data; a gather at fixed positions cannot be replayed).
+    pool: Option<PoolSpec>,
 }
 
 impl BackwardOp for Gather {
+    fn replays(&self) -> bool {
+        self.pool.is_some()
+    }
+    fn replay(&self, i: &[Tensor], _out: &Tensor) -> Result<Tensor> {
+        match &self.pool {
+            Some(spec) => i[0].maxpool(spec),
+            None => value_err("compile", "a gather at recorded positions cannot be replayed"),
+        }
+    }
     fn name(&self) -> &'static str {
         "maxpool"
     }
@@ -284,6 +296,7 @@ struct MeanPool {
 }
 
 impl BackwardOp for MeanPool {
+    replay!(|op, i, _| i[0].meanpool(&op.spec));
     fn name(&self) -> &'static str {
         "meanpool"
     }
@@ -346,7 +359,7 @@ impl Tensor {
             let (v, idx) = self.with_slice::<T, _>(|x| maxpool_kernel(&g, x))?;
             (Tensor::from_vec(v, &shape)?, idx)
         });
-        Ok(record(out, Gather { idx: Arc::new(idx), src_shape: self.shape().to_vec() }, &[self]))
+        Ok(record(out, Gather { idx: Arc::new(idx), src_shape: self.shape().to_vec(), pool: Some(spec.clone()) }, &[self]))
     }
 
     /// Mean pooling of `(N, C, S...)`: window sums over the kernel size, padding as zeros.
