@@ -437,18 +437,23 @@ def test_compiled_step_skips_a_parameter_without_gradient():
     assert _same(eager, comp)
 
 
-@pytest.mark.parametrize("case", ["dropout", "numpy data", "batchnorm"])
+@pytest.mark.parametrize("case", ["dropout", "numpy data", "batchnorm", "frozen"])
 def test_what_cannot_be_compiled_warns_and_trains_as_usual(case):
     x, y = np.ones((8, 4), np.float32), np.ones((8, 2), np.float32)
     m = {"dropout": lambda: fx.Chain(fx.Dense(4, 6), fx.Dropout(0.5), fx.Dense(6, 2)),
          "numpy data": lambda: fx.Dense(4, 2),
-         "batchnorm": lambda: fx.Chain(fx.Dense(4, 6), fx.BatchNorm(6), fx.Dense(6, 2))}[case]()
+         "batchnorm": lambda: fx.Chain(fx.Dense(4, 6), fx.BatchNorm(6), fx.Dense(6, 2)),
+         "frozen": lambda: fx.Chain(fx.Dense(4, 6), fx.Dense(6, 2))}[case]()
     data = [(x, y)] * 3 if case == "numpy data" else [(fx.tensor(x), fx.tensor(y))] * 3
     fx.trainmode_(m)
     before = [np.array(p) for p in fx.params(m)]
-    match = {"dropout": r"shape \[8, 6\].*freeze", "numpy data": "not all fx tensors", "batchnorm": "running statistics"}[case]
+    opt = fx.setup(fx.Descent(0.1), m)
+    if case == "frozen":
+        fx.freeze_(opt.layers[0])
+    match = {"dropout": r"shape \[8, 6\].*freeze", "numpy data": "not all fx tensors", "batchnorm": "running statistics",
+             "frozen": "frozen parameter"}[case]
     with pytest.warns(UserWarning, match=match):
-        fx.train_(lambda m, x, y: fx.mse(m(x), y), m, data, fx.setup(fx.Descent(0.1), m), compile=True)
+        fx.train_(lambda m, x, y: fx.mse(m(x), y), m, data, opt, compile=True)
     assert not all(np.array_equal(a, np.array(p)) for a, p in zip(before, fx.params(m)))
 
 

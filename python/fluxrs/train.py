@@ -354,15 +354,22 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
     def step(i, d):
         nonlocal trace, compiling
         args = _splat(d)
-        if compiling and trace is not None:
+        if compiling:
+            # the rule chain is read on every step, so fx.adjust_ in a callback takes effect
             plan = fused_plan(xs, leaves) if _reducer.get() is None else None
-            out = trace.step(args, plan[0], xs, plan[1]) if plan is not None and _all_tensors(args) else None
-            if out is not None:
-                v, gs = out
-                v = _finite(v, i)  # a non-finite loss updated nothing
-                if gs is not None:
-                    update_leaves(xs, gs, leaves)
-                return v
+            if plan is None:
+                compiling = False
+                warnings.warn("train_(compile=True): the update is not one built-in rule over every parameter (a "
+                              "frozen parameter, a rule written in Python, or a gradient reducer); training without "
+                              "compiling", stacklevel=5)
+            elif trace is not None:
+                out = trace.step(args, plan[0], xs, plan[1]) if _all_tensors(args) else None
+                if out is not None:
+                    v, gs = out
+                    v = _finite(v, i)  # a non-finite loss updated nothing
+                    if gs is not None:
+                        update_leaves(xs, gs, leaves)
+                    return v
         saved = [t.numpy().copy() for t in buffers] if buffers else None
         try:
             mark = _core.tensor_mark()
