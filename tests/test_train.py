@@ -461,3 +461,14 @@ def test_compile_is_for_the_explicit_style():
     m = fx.Dense(2, 1)
     with pytest.raises(TypeError, match="explicit style"):
         fx.train_(lambda x: m(x).sum(), fx.params(m), [fx.ones(1, 2)], fx.Descent(0.1), compile=True)
+
+
+def test_a_loss_that_reads_values_while_recording_is_not_compiled():
+    # the scale below is a Python float read from the graph: a replay would freeze it
+    x, y = fx.tensor(np.ones((8, 4), np.float32)), fx.tensor(np.ones((8, 2), np.float32))
+    loss = lambda m, x, y: fx.mse(m(x), y) / float(m(x).abs().sum())
+    eager, comp = _twins(lambda: fx.Dense(4, 2))
+    fx.train_(loss, eager, [(x, y)] * 3, fx.setup(fx.Descent(0.1), eager))
+    with pytest.warns(UserWarning, match="reads tensor values"):
+        fx.train_(loss, comp, [(x, y)] * 3, fx.setup(fx.Descent(0.1), comp), compile=True)
+    assert _same(eager, comp)

@@ -150,6 +150,9 @@ def gru_sequence(gx: Tensor, wh: Tensor, h0: Tensor) -> Tensor: ...
 def sq_err(yhat: Tensor, y: Tensor, mean: bool) -> Tensor:
     """mean((yhat - y)²) (sum when `mean` is false) as one op; shapes must match."""
 
+def value_reads() -> int:
+    """How many tensor values this thread has read into Python (numpy(), item() and what
+    goes through them): a compiled step refuses a loss that reads any while it records."""
 def tensor_mark() -> int:
     """A mark below the id of every tensor made from now on (pass it to `Trace`)."""
 class Trace:

@@ -317,8 +317,9 @@ def label_smoothing(y: Any, alpha: Any, *, dims: Any = None, binary: bool = Fals
     a = _real("label_smoothing", "alpha", alpha)
     if not 0 < a < 1:
         raise ValueError(f"label_smoothing: alpha must be between 0 and 1 (exclusive), got {a}")
+    ndim = y.ndim if isinstance(y, Tensor) else np.ndim(y)  # np.ndim would read a tensor's values
     if isinstance(dims, numbers.Integral) and not isinstance(dims, bool) and dims == 0 and binary is False \
-            and np.ndim(y) == 0:
+            and ndim == 0:
         binary, dims = True, None  # a single number: Flux's dims=0 (binary) is the only reading
     if binary:
         if dims is not None:
@@ -327,7 +328,7 @@ def label_smoothing(y: Any, alpha: Any, *, dims: Any = None, binary: bool = Fals
             return y * (1 - a) + a / 2
         r = np.asarray(_numeric(y, "label_smoothing", "y"), dtype=np.float64) * (1 - a) + a / 2
         return float(r) if r.ndim == 0 else r
-    if np.ndim(y) == 0:
+    if ndim == 0:
         raise ValueError("label_smoothing: a single number is a binary label; pass binary=True")
     t = y if isinstance(y, Tensor) else np.asarray(_numeric(y, "label_smoothing", "y"), dtype=np.float64)
     ndim = t.ndim

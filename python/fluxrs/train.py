@@ -179,7 +179,9 @@ def train_(loss: Callable, *args: Any, cb: Any = None, progress: Any = False, de
     it) happen only when it records, which it does again when the data's shapes change.
     Where a step cannot be compiled (data that are not tensors, a layer with running
     statistics, an op without a replay, a tensor the loss makes from outside the ops, such
-    as a dropout mask) train_ warns once and trains as without `compile`.
+    as a dropout mask, a loss that reads tensor values with ``float()`` or numpy while it
+    computes) train_ warns once and trains as without `compile`. Data of a new shape (a
+    last, smaller batch) are recorded once and replayed from then on.
 
     >>> import fluxrs as fx
     >>> m = fx.Dense(2, 1)
@@ -346,9 +348,10 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
     trained = {id(x) for x in xs}
     buffers = [t for t in leaves_of(model, trainable_only=False) if id(t) not in trained]
 
-    # compile=True: the recorded step (a _core.Trace) once there is one; `compiling` turns
-    # False for the rest of the call when a step cannot be compiled.
-    trace = None
+    # compile=True: the recorded steps (_core.Trace) by the data's shapes and dtypes, the last
+    # one used in `trace`; `compiling` turns False for the rest of the call when a step
+    # cannot be compiled.
+    trace, traces = None, {}
     compiling = compile and _compilable(buffers, xs)
 
     def step(i, d):
@@ -362,8 +365,11 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
                 warnings.warn("train_(compile=True): the update is not one built-in rule over every parameter (a "
                               "frozen parameter, a rule written in Python, or a gradient reducer); training without "
                               "compiling", stacklevel=5)
-            elif trace is not None:
-                out = trace.step(args, plan[0], xs, plan[1]) if _all_tensors(args) else None
+            elif trace is not None and _all_tensors(args):
+                out = trace.step(args, plan[0], xs, plan[1])
+                if out is None:  # other shapes than the last batch's: one recorded for them, if any
+                    trace = traces.get(_signature(args))
+                    out = trace.step(args, plan[0], xs, plan[1]) if trace is not None else None
                 if out is not None:
                     v, gs = out
                     v = _finite(v, i)  # a non-finite loss updated nothing
@@ -372,7 +378,7 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
                     return v
         saved = [t.numpy().copy() for t in buffers] if buffers else None
         try:
-            mark = _core.tensor_mark()
+            mark, reads = _core.tensor_mark(), _core.value_reads()
             # Recording, the data are watched too, so what the loss computes from them alone
             # (a smoothed target) is recorded, and replayed, rather than frozen.
             _core.push_watch(xs + list(args) if compiling and _all_tensors(args) else xs)
@@ -382,7 +388,9 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
                 _core.pop_watch()
             _check_scalar(val, i)
             if compiling:
-                trace, compiling = _record(val, xs, args, mark)
+                trace, compiling = _record(val, xs, args, mark, _core.value_reads() != reads)
+                if trace is not None:
+                    traces[_signature(args)] = trace
             # The usual step (no buffers to restore, no gradient reducer, one built-in rule):
             # backward pass and update in one Rust call below, one GIL hand-over, and the
             # gradients never become Python objects.
@@ -422,11 +430,19 @@ def _compilable(buffers: list, xs: list) -> bool:
     return bool(xs)
 
 
-def _record(val: Any, xs: list, args: tuple, mark: int) -> tuple:
+def _signature(args: tuple) -> tuple:
+    return tuple((a.shape, a.dtype) for a in args)
+
+
+def _record(val: Any, xs: list, args: tuple, mark: int, read: bool) -> tuple:
     """(trace, still compiling) from a step just run eagerly: the trace of its graph, or
-    (None, False) with a warning when it cannot be replayed."""
+    (None, False) with a warning when it cannot be replayed. `read`: the loss read tensor
+    values into Python while it ran."""
     why = None
-    if not isinstance(val, Tensor):
+    if read:
+        why = ("the loss reads tensor values while it computes (float(), .item(), bool(), .numpy(), np.asarray); "
+               "a compiled step would freeze what it read")
+    elif not isinstance(val, Tensor):
         why = f"the loss returned a {type(val).__name__}, not a tensor"
     elif not _all_tensors(args):
         kinds = ", ".join(type(a).__name__ for a in args)

@@ -48,7 +48,6 @@ impl Storage {
     }
 }
 
-/// An element type that can live in a `Storage`. Kernels are generic over this.
 /// A vector of `n` elements that `fill` writes before anything reads them, not zeroed
 /// first: a kernel that overwrites its whole output (a GEMM) would otherwise pay a memset
 /// of it for nothing.
@@ -62,6 +61,7 @@ pub(crate) unsafe fn filled_by<T: Copy>(n: usize, fill: impl FnOnce(*mut T)) -> 
     v
 }
 
+/// An element type that can live in a `Storage`. Kernels are generic over this.
 pub trait Elem: Float + crate::vmath::FastMath {
     fn slice(s: &Storage) -> &[Self];
     fn slice_mut(s: &mut Storage) -> &mut [Self];

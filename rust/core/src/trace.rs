@@ -11,12 +11,16 @@
 //! A tensor the loss builds some other way on each call (a dropout mask drawn in Python, a
 //! target computed in numpy) would be frozen at its first value, so `build` refuses every
 //! tensor of more than one element that appeared during the recorded call without coming
-//! from an op. Scalars made then (a Python number in `x * 0.5`) are kept as constants.
+//! from an op, a detached copy of a value of the graph, and graph recorded before the call
+//! (a recurrent state carried over without detaching). Scalars made during the call (a
+//! Python number in `x * 0.5`) are kept as constants, and so would be a scalar detached from
+//! a computation outside the graph; the Python side also refuses a loss that reads tensor
+//! values while it records (`float(loss)`, `np.asarray(x)`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::backprop::{grad, pop_watch, push_watch, topo_order, BackwardOp};
+use crate::backprop::{pop_watch, push_watch, topo_order, BackwardOp};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::optim::{self, ParamState, Rule};
@@ -41,7 +45,28 @@ struct Step {
 pub struct Trace {
     steps: Vec<Step>,
     inputs: Vec<(Vec<usize>, DType)>,
-    nparams: usize,
+    params: Vec<(Vec<usize>, DType)>,
+}
+
+fn signature(ts: &[Tensor]) -> Vec<(Vec<usize>, DType)> {
+    ts.iter().map(|t| (t.shape().to_vec(), t.dtype())).collect()
+}
+
+/// `push_watch` until dropped, so an error or a panic in a replay cannot leave the
+/// parameters watched on this thread.
+struct Watching;
+
+impl Watching {
+    fn new(ts: &[Tensor]) -> Watching {
+        push_watch(ts);
+        Watching
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        pop_watch();
+    }
 }
 
 /// What a compiled step did.
@@ -58,6 +83,13 @@ fn compile_err<T>(msg: String) -> Result<T> {
     Err(Error::Value { op: "compile", msg })
 }
 
+/// Whether leaf `c` shares its storage with a value the graph computes or with an input
+/// (`y.detach()`), other than through a view of `c` itself (a broadcast constant).
+fn detached_from_graph(c: &Tensor, order: &[Tensor], inputs: &[Tensor]) -> bool {
+    let view_of_c = |g: &Tensor| g.node().is_some_and(|n| n.inputs.iter().any(|u| u.id() == c.id()));
+    order.iter().any(|g| g.same_storage(c) && !view_of_c(g)) || inputs.iter().any(|g| g.same_storage(c))
+}
+
 impl Trace {
     /// The trace of the graph behind `root`, recorded from `params` (watched) and `inputs`
     /// (the step's data); tensors made at or after `mark` count as made during the call.
@@ -67,10 +99,21 @@ impl Trace {
             return compile_err("the loss is not computed by recorded ops from the parameters".into());
         }
         let find = |ts: &[Tensor], id: TensorId| ts.iter().position(|t| t.id() == id);
+        let known: Vec<&Tensor> = params.iter().chain(inputs).collect();
+        if known.iter().enumerate().any(|(i, t)| known[..i].iter().any(|u| u.id() == t.id())) {
+            return compile_err("the same tensor is passed twice among the data and the parameters".into());
+        }
         let mut index: HashMap<TensorId, usize> = HashMap::with_capacity(order.len());
         let mut steps = Vec::with_capacity(order.len());
         for t in &order {
             let node = t.node().expect("ordered tensors have nodes");
+            if t.id() < mark {
+                return compile_err(format!(
+                    "the loss uses a tensor of shape {:?} recorded before this step (a state carried over from an \
+                     earlier step without detaching?); a compiled step would recompute it",
+                    t.shape()
+                ));
+            }
             if !node.op.replays() {
                 return compile_err(format!("the loss uses {}, which a compiled step cannot run", node.op.name()));
             }
@@ -89,6 +132,8 @@ impl Trace {
                          (a random mask, or values computed in numpy?); a compiled step would freeze it at its first value",
                         i.shape()
                     ));
+                } else if id >= mark && detached_from_graph(i, &order, inputs) {
+                    return compile_err("the loss uses a detached value of its own graph; a compiled step would freeze it".into());
                 } else {
                     Src::Const(i.detach())
                 });
@@ -97,21 +142,23 @@ impl Trace {
             index.insert(t.id(), steps.len());
             steps.push(Step { op: node.op.clone(), srcs, out });
         }
-        Ok(Trace { steps, inputs: inputs.iter().map(|t| (t.shape().to_vec(), t.dtype())).collect(), nparams: params.len() })
+        Ok(Trace { steps, inputs: signature(inputs), params: signature(params) })
     }
 
     /// Whether `inputs` have the shapes and dtypes the trace was recorded with.
     pub fn matches(&self, inputs: &[Tensor]) -> bool {
-        inputs.len() == self.inputs.len() && inputs.iter().zip(&self.inputs).all(|(t, (s, d))| t.shape() == s.as_slice() && t.dtype() == *d)
+        signature(inputs) == self.inputs
     }
 
     /// The recorded forward pass on new `inputs`, recording its graph from `params`.
     pub fn forward(&self, params: &[Tensor], inputs: &[Tensor]) -> Result<Tensor> {
-        if params.len() != self.nparams || !self.matches(inputs) {
-            let got: Vec<_> = inputs.iter().map(|t| (t.shape().to_vec(), t.dtype())).collect();
-            return compile_err(format!("recorded for {} parameters and inputs {:?}, called with {} and {:?}", self.nparams, self.inputs, params.len(), got));
+        if signature(params) != self.params || !self.matches(inputs) {
+            return compile_err(format!(
+                "recorded for parameters {:?} and inputs {:?}, called with {:?} and {:?}",
+                self.params, self.inputs, signature(params), signature(inputs)
+            ));
         }
-        push_watch(params);
+        let _watching = Watching::new(params);
         let run = || -> Result<Tensor> {
             let mut outs: Vec<Tensor> = Vec::with_capacity(self.steps.len());
             for s in &self.steps {
@@ -133,9 +180,7 @@ impl Trace {
             }
             Ok(outs.pop().expect("a trace has at least one step"))
         };
-        let root = run();
-        pop_watch();
-        root
+        run()
     }
 
     /// One training step: the forward pass, and when its loss is finite the gradients and
@@ -146,19 +191,17 @@ impl Trace {
         if !loss.is_finite() {
             return Ok(Outcome::NotFinite(loss));
         }
-        let gs = grad(&root, params, None)?;
-        if gs.iter().any(Option::is_none) {
-            return Ok(Outcome::Ungraded(loss, gs));
-        }
-        let dxs: Vec<Tensor> = gs.into_iter().flatten().collect();
-        optim::update(chain, params, &dxs, states)?;
-        Ok(Outcome::Updated(loss))
+        Ok(match optim::grad_update(&root, chain, params, states)? {
+            None => Outcome::Updated(loss),
+            Some(gs) => Outcome::Ungraded(loss, gs),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backprop::grad;
     use crate::ops::nn::Act;
 
     fn t(n: usize, shape: &[usize], seed: u64) -> Tensor {
@@ -232,6 +275,22 @@ mod tests {
         pop_watch();
         let err = Trace::build(&l, &ps, &[x.clone(), y.clone()], mark).err().unwrap();
         assert!(err.to_string().contains("shape [5, 4]"), "{err}");
+
+        // a detached value of the graph (frozen at its first value) and graph recorded
+        // before the step (recomputed by a replay) are refused too
+        push_watch(&ps);
+        let h = Tensor::dense(&x, &ps[0], Some(&ps[1]), Act::Relu).unwrap();
+        let s = h.sum_all().unwrap();
+        let l = s.div(&s.detach()).unwrap();
+        pop_watch();
+        let err = Trace::build(&l, &ps, &[x.clone(), y.clone()], mark).err().unwrap();
+        assert!(err.to_string().contains("detached"), "{err}");
+        let late = TensorId::mark();
+        push_watch(&ps);
+        let l = h.sum_all().unwrap();
+        pop_watch();
+        let err = Trace::build(&l, &ps, &[x.clone(), y.clone()], late).err().unwrap();
+        assert!(err.to_string().contains("recorded before this step"), "{err}");
 
         push_watch(&ps);
         let l = loss(&ps, &x, &y);

@@ -132,6 +132,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(optim::grad_update, m)?)?;
     m.add_class::<trace::Trace>()?;
     m.add_function(wrap_pyfunction!(trace::tensor_mark, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::value_reads, m)?)?;
     m.add_function(wrap_pyfunction!(sq_err, m)?)?;
     m.add_function(wrap_pyfunction!(grad, m)?)?;
     m.add_function(wrap_pyfunction!(push_watch, m)?)?;

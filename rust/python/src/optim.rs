@@ -1,7 +1,6 @@
 //! Fused optimiser updates: one call applies a rule chain to every parameter of a model.
 
 use fluxrs_core::optim::{self, ParamState, Rule};
-use fluxrs_core::Tensor;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
@@ -59,14 +58,14 @@ pub fn optim_update(
     let xs: Vec<_> = xs.iter().map(|t| t.inner.clone()).collect();
     let dxs: Vec<_> = dxs.iter().map(|t| t.inner.clone()).collect();
     let states: Vec<&OptState> = states.iter().map(|s| &**s).collect();
-    run(py, move || update_locked(&rules, &xs, &dxs, &states))
+    run(py, move || with_locked(&states, |refs| optim::update(&rules, &xs, &dxs, refs)))
 }
 
-/// `optim::update` with each parameter's state locked for the call.
-fn update_locked(rules: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &[&OptState]) -> fluxrs_core::Result<()> {
+/// `f` with each parameter's state locked for the call.
+pub(crate) fn with_locked<R>(states: &[&OptState], f: impl FnOnce(&mut [&mut ParamState]) -> R) -> R {
     let mut guards: Vec<_> = states.iter().map(|s| s.inner.lock()).collect();
     let mut refs: Vec<&mut ParamState> = guards.iter_mut().map(|g| &mut **g).collect();
-    optim::update(rules, xs, dxs, &mut refs)
+    f(&mut refs)
 }
 
 /// `train_`'s step after the forward pass: the gradients of `root` w.r.t. `xs`, then
@@ -86,14 +85,6 @@ pub fn grad_update(
     let root = root.inner.clone();
     let xs: Vec<_> = xs.iter().map(|t| t.inner.clone()).collect();
     let states: Vec<&OptState> = states.iter().map(|s| &**s).collect();
-    let left = run(py, move || {
-        let gs = fluxrs_core::grad(&root, &xs, None)?;
-        if gs.iter().any(Option::is_none) {
-            return Ok(Some(gs));
-        }
-        let dxs: Vec<_> = gs.into_iter().flatten().collect();
-        update_locked(&rules, &xs, &dxs, &states)?;
-        Ok(None)
-    })?;
+    let left = run(py, move || with_locked(&states, |refs| optim::grad_update(&root, &rules, &xs, refs)))?;
     Ok(left.map(|gs| gs.into_iter().map(|g| g.map(PyTensor::wrap)).collect()))
 }

@@ -13,6 +13,23 @@ use pyo3::types::{PyTuple, PyType};
 use pyo3::IntoPyObjectExt;
 
 use crate::convert::{dims, from_array_like, operand, parse_dtype, sizes, to_numpy};
+
+thread_local! {
+    static VALUE_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts the reads of tensor values into Python (`numpy()`, `item()` and what goes through
+/// them: `float()`, `bool()`, `tolist()`, np.asarray) on this thread. A compiled step refuses
+/// a loss that reads values while it records: what it read would be frozen into the replay.
+fn note_value_read() {
+    VALUE_READS.with(|c| c.set(c.get() + 1));
+}
+
+/// How many tensor values this thread has read into Python so far (see `note_value_read`).
+#[pyfunction]
+pub fn value_reads() -> u64 {
+    VALUE_READS.with(|c| c.get())
+}
 use crate::errors::{run, run_sized};
 
 #[pyclass(name = "Tensor", module = "fluxrs", frozen, weakref)]
@@ -239,6 +256,7 @@ impl PyTensor {
 
     /// A numpy array sharing this tensor's memory (no copy).
     fn numpy<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        note_value_read();
         let t = &slf.get().inner;
         if t.device() != Device::Cpu {
             // A read-back into a CPU tensor that the array then views (as Flux's Array(cu)).
@@ -264,6 +282,7 @@ impl PyTensor {
         Self::numpy(slf)?.call_method0("tolist")
     }
     fn item(&self) -> PyResult<f64> {
+        note_value_read();
         self.inner.item().map_err(crate::errors::to_py)
     }
     fn __float__(&self) -> PyResult<f64> {

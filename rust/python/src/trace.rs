@@ -5,8 +5,8 @@ use fluxrs_core::trace::{self, Outcome};
 use fluxrs_core::{Tensor, TensorId};
 use pyo3::prelude::*;
 
-use crate::errors::{run, to_py};
-use crate::optim::{parse_chain, OptState};
+use crate::errors::run;
+use crate::optim::{parse_chain, with_locked, OptState};
 use crate::tensor::PyTensor;
 
 fn inner(ts: &[PyRef<'_, PyTensor>]) -> Vec<Tensor> {
@@ -29,8 +29,9 @@ pub struct Trace {
 #[pymethods]
 impl Trace {
     #[new]
-    fn new(root: PyRef<'_, PyTensor>, params: Vec<PyRef<'_, PyTensor>>, inputs: Vec<PyRef<'_, PyTensor>>, mark: u64) -> PyResult<Trace> {
-        let inner = trace::Trace::build(&root.inner, &inner(&params), &inner(&inputs), TensorId::from_u64(mark)).map_err(to_py)?;
+    fn new(py: Python<'_>, root: PyRef<'_, PyTensor>, params: Vec<PyRef<'_, PyTensor>>, inputs: Vec<PyRef<'_, PyTensor>>, mark: u64) -> PyResult<Trace> {
+        let (root, params, inputs) = (root.inner.clone(), inner(&params), inner(&inputs));
+        let inner = run(py, move || trace::Trace::build(&root, &params, &inputs, TensorId::from_u64(mark)))?;
         Ok(Trace { inner })
     }
 
@@ -53,11 +54,7 @@ impl Trace {
         let rules = parse_chain(&chain)?;
         let xs = inner(&xs);
         let states: Vec<&OptState> = states.iter().map(|s| &**s).collect();
-        let outcome = run(py, move || {
-            let mut guards: Vec<_> = states.iter().map(|s| s.inner.lock()).collect();
-            let mut refs: Vec<_> = guards.iter_mut().map(|g| &mut **g).collect();
-            self.inner.step(&xs, &inputs, &rules, &mut refs)
-        })?;
+        let outcome = run(py, move || with_locked(&states, |refs| self.inner.step(&xs, &inputs, &rules, refs)))?;
         Ok(Some(match outcome {
             Outcome::Updated(v) | Outcome::NotFinite(v) => (v, None),
             Outcome::Ungraded(v, gs) => (v, Some(gs.into_iter().map(|g| g.map(PyTensor::wrap)).collect())),

@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayD, Zip};
 
-use crate::backprop::{record, BackwardOp, replay};
+use crate::backprop::{record, replay, BackwardOp};
 use crate::error::{Error, Result};
 use crate::layout::broadcast_shapes;
 use crate::ops::PAR_THRESHOLD;

@@ -4,7 +4,7 @@
 //! pass each way. Its backward is built from differentiable ops when a second derivative is
 //! being recorded, and GPU tensors take the composed form.
 
-use crate::backprop::{record, should_record, BackwardOp, replay};
+use crate::backprop::{record, should_record, replay, BackwardOp};
 use crate::error::{shape_err, Result};
 use crate::ops::binary::check_same_dtype;
 use crate::storage::Elem;

@@ -2,7 +2,7 @@
 //! with numpy's `matmul` semantics: 1-D operands are promoted, batch axes broadcast.
 //! gemm takes arbitrary row/column strides, so transposed views multiply without a copy.
 
-use crate::backprop::{record, BackwardOp, replay};
+use crate::backprop::{record, replay, BackwardOp};
 use crate::error::{shape_err, Error, Result};
 use crate::layout::broadcast_shapes;
 use crate::storage::Elem;

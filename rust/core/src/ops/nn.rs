@@ -3,7 +3,7 @@
 //! one allocation and one pass instead of three ops. Its backward uses ordinary
 //! differentiable ops, so second derivatives still work.
 
-use crate::backprop::{record, should_record, BackwardOp, replay};
+use crate::backprop::{record, should_record, replay, BackwardOp};
 use crate::error::{shape_err, Result};
 use crate::ops::binary::{check_same_dtype, map2};
 use crate::storage::Elem;

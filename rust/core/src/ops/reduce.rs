@@ -3,7 +3,7 @@
 
 use ndarray::{ArrayD, ArrayViewD, Axis};
 
-use crate::backprop::{no_grad, record, BackwardOp, replay};
+use crate::backprop::{no_grad, record, replay, BackwardOp};
 use crate::error::{Error, Result};
 use crate::layout::normalize_axes;
 use crate::storage::Elem;

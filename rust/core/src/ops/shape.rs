@@ -2,7 +2,7 @@
 //! are views: they share the buffer and only change the layout. index_select, concat and
 //! the scatter ops used by backward rules copy.
 
-use crate::backprop::{record, BackwardOp, replay};
+use crate::backprop::{record, replay, BackwardOp};
 use crate::dtype::DType;
 use crate::error::{shape_err, value_err, Error, Result};
 use crate::layout::{normalize_axis, Layout};

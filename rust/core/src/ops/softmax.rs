@@ -1,6 +1,6 @@
 //! softmax and logsoftmax along one axis, max-shifted so they never overflow.
 
-use crate::backprop::{no_grad, record, should_record, BackwardOp, replay};
+use crate::backprop::{no_grad, record, should_record, replay, BackwardOp};
 use crate::error::Result;
 use crate::layout::normalize_axis;
 use crate::storage::Elem;

@@ -1,6 +1,6 @@
 //! Elementwise unary math and activations.
 
-use crate::backprop::{record, BackwardOp, replay};
+use crate::backprop::{record, replay, BackwardOp};
 use crate::dtype::Float;
 use crate::error::Result;
 use crate::ops::PAR_THRESHOLD;

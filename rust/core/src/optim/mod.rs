@@ -35,6 +35,20 @@ impl ParamState {
     }
 }
 
+/// The step after a forward pass: the gradients of `root` w.r.t. `xs`, then
+/// `xs[i] -= chain(grad_i)`. Returns None when it updated; when some parameter got no
+/// gradient it updates nothing and returns the gradients (None for that one), for a caller
+/// that skips such parameters as Optimisers.jl does.
+pub fn grad_update(root: &Tensor, chain: &[Rule], xs: &[Tensor], states: &mut [&mut ParamState]) -> Result<Option<Vec<Option<Tensor>>>> {
+    let gs = crate::backprop::grad(root, xs, None)?;
+    if gs.iter().any(Option::is_none) {
+        return Ok(Some(gs));
+    }
+    let dxs: Vec<Tensor> = gs.into_iter().flatten().collect();
+    update(chain, xs, &dxs, states)?;
+    Ok(None)
+}
+
 /// Parameters above this many elements in total are updated in parallel.
 const PAR_ELEMS: usize = 1 << 16;
 
@@ -135,14 +149,14 @@ fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamSt
             return dx.with_slice::<T, _>(|d| simd(#[inline(always)] || xs.iter_mut().zip(d).for_each(|(x, &d)| *x -= d * e)));
         }
     }
-    // A gradient that is not a plain slice of its own (a strided view, or x's own storage) is
-    // copied first: x is locked for writing below.
-    let owned: Option<Vec<T>> = if dx.is_contiguous() && !dx.same_storage(x) { None } else { Some(dx.to_vec::<T>()?) };
+    // A gradient that is not a plain slice of its own (a strided view, or the storage of x or
+    // of its state) is copied first: those are locked for writing below.
+    let aliased = dx.same_storage(x) || st.arrays.iter().flatten().any(|a| dx.same_storage(a));
+    let owned: Option<Vec<T>> = if dx.is_contiguous() && !aliased { None } else { Some(dx.to_vec::<T>()?) };
     let dguard = owned.is_none().then(|| dx.0.storage.read_recursive());
-    let d: &[T] = match (&owned, &dguard) {
-        (Some(v), _) => v,
-        (None, Some(g)) => &T::slice(g)[dx.layout().offset..dx.layout().offset + dx.numel()],
-        (None, None) => unreachable!(),
+    let d: &[T] = match &dguard {
+        Some(g) => &T::slice(g)[dx.layout().offset..dx.layout().offset + dx.numel()],
+        None => owned.as_deref().expect("copied when not read in place"),
     };
     // Lock the state arrays for writing; they are private to this parameter.
     let offsets: Vec<Vec<usize>> = st.arrays.iter().map(|arrs| arrs.iter().map(|a| a.layout().offset).collect()).collect();
