@@ -155,7 +155,7 @@ def make_variants(model, data):
 
     def train_pre():
         loop, hooks = T._loop, T._hooks
-        T._loop = lambda data, step, cb, progress, desc, s=None: _pre_plugin_loop(data, step, cb, progress, desc)
+        T._loop = lambda data, step, cb, progress, desc, s=None, steps=None: _pre_plugin_loop(data, step, cb, progress, desc)
         T._hooks = lambda *args: None
         try:
             fx.train_(loss, model, data, opt)

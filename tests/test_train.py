@@ -1,6 +1,7 @@
 """train_ in all three styles, its callbacks and misuse errors, and the helpers
 throttle / epochs / ncycle."""
 
+import importlib
 import itertools
 import logging
 import math
@@ -13,6 +14,8 @@ import pytest
 
 import fluxrs as fx
 from fluxrs.optimise import StateMismatchError
+
+_train_module = importlib.import_module("fluxrs.train")
 
 
 def signal_data(n=512, seed=0):
@@ -370,7 +373,7 @@ def _same(a, b):
 
 @pytest.mark.parametrize("rule", [fx.Descent(0.1), fx.Adam(0.01), fx.OptimiserChain(fx.ClipGrad(0.01), fx.Momentum(0.1))],
                          ids=["Descent", "Adam", "ClipGrad+Momentum"])
-def test_compiled_train_equals_eager_train_bit_for_bit(rule):
+def test_compiled_train_equals_eager_train_bit_for_bit(rule, monkeypatch):
     X, Y, _ = signal_data(200)
     # 200 = 6 batches of 32 and one of 8: the last one's new shape records again
     data = fx.DataLoader((fx.tensor(X), fx.tensor(Y)), batchsize=32)
@@ -378,7 +381,10 @@ def test_compiled_train_equals_eager_train_bit_for_bit(rule):
                        (lambda: fx.Chain(fx.Dense(784, 24, fx.relu), fx.Dense(24, 10)),
                         lambda m, x, y: fx.logitcrossentropy(m(x), y, label_smoothing=0.1))]:
         eager, comp = _twins(make)
-        oe, oc = fx.setup(rule, eager), fx.setup(rule, comp)
+        grouped = make()
+        for p, q in zip(fx.params(eager), fx.params(grouped)):
+            q.assign_(np.array(p))
+        oe, oc, og = fx.setup(rule, eager), fx.setup(rule, comp), fx.setup(rule, grouped)
         seen = {False: [], True: []}
 
         class Losses:
@@ -389,13 +395,51 @@ def test_compiled_train_equals_eager_train_bit_for_bit(rule):
             def on_batch_end(self, step, loss):
                 seen[self.compiled].append(loss)
 
-        for _ in range(2):
+        for group in (32, 3):  # the second epoch's groups end in the middle of the data
+            monkeypatch.setattr(_train_module, "_GROUP_STEPS", group)
             fx.train_(loss, eager, data, oe, callbacks=[Losses(False)])
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # nothing falls back to eager here
+                # a hook sees every batch: one step per call
                 fx.train_(loss, comp, data, oc, compile=True, callbacks=[Losses(True)])
-        assert _same(eager, comp)
+                # nothing does: the steps run in groups
+                fx.train_(loss, grouped, data, og, compile=True)
+        assert _same(eager, comp) and _same(eager, grouped)
         assert len(seen[True]) == 14 and seen[True] == seen[False]
+
+
+def test_compiled_groups_of_an_iterator_are_bounded_and_every_batch_shows_on_the_bar(monkeypatch):
+    rng = np.random.default_rng(5)
+    batches = [(fx.tensor(rng.normal(size=(8, 6)).astype(np.float32)), fx.tensor(rng.normal(size=(8, 2)).astype(np.float32)))
+               for _ in range(9)]
+    taken = []
+
+    def stream():  # batches made as they are taken: a group holds at most _GROUP_BYTES of them
+        for b in batches:
+            taken.append(len(taken))
+            yield b
+
+    class Bar:
+        def __init__(self):
+            self.n, self.losses = 0, []
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix(self, loss, refresh):
+            self.losses.append(float(loss))
+
+    monkeypatch.setattr(_train_module, "_GROUP_BYTES", 3 * 8 * 8 * 4)  # a group of three batches (x and y: 256 bytes)
+    seen_at_first_step = []
+    loss = lambda m, x, y: (seen_at_first_step.append(len(taken)), fx.mse(m(x), y))[1]
+    eager, comp = _twins(lambda: fx.Dense(6, 2))
+    fx.train_(loss, eager, batches, fx.setup(fx.Adam(0.1), eager))
+    seen_at_first_step.clear()
+    bar = Bar()
+    fx.train_(loss, comp, stream(), fx.setup(fx.Adam(0.1), comp), compile=True, progress=bar)
+    assert _same(eager, comp)
+    assert seen_at_first_step == [3], "the first group takes three batches, then the first step records"
+    assert bar.n == 9 and len(bar.losses) == 9
 
 
 def test_compiled_conv_and_pooling_equal_eager():
@@ -420,9 +464,10 @@ def test_compiled_step_with_nan_loss_raises_before_its_update():
     loss = lambda m, x, y: fx.mse(m(x), y)
     eager, comp = _twins(lambda: fx.Dense(3, 1))
     fx.train_(loss, eager, [(x, y), (x, y)], fx.setup(fx.Descent(0.1), eager))
-    with pytest.raises(fx.NonFiniteLossError):
-        # two steps recorded and replayed, then the NaN one: it raises before its update
-        fx.train_(loss, comp, [(x, y), (x, y), (x, bad)], fx.setup(fx.Descent(0.1), comp), compile=True)
+    with pytest.raises(fx.NonFiniteLossError) as e:
+        # one step recorded, one replayed, then the NaN one: it raises before its update
+        fx.train_(loss, comp, [(x, y), (x, y), (x, bad), (x, y)], fx.setup(fx.Descent(0.1), comp), compile=True)
+    assert e.value.index == 2
     assert _same(eager, comp)
 
 

@@ -160,8 +160,10 @@ class Trace:
     loss, from `params` and the data `inputs`; tensors of more than one element made since
     `mark` outside the ops are refused (ValueError), as are ops without a replay."""
     def __init__(self, root: Tensor, params: Sequence[Tensor], inputs: Sequence[Tensor], mark: int) -> None: ...
-    def step(self, inputs: Sequence[Tensor], chain: Sequence[tuple[str, Sequence[float]]], xs: Sequence[Tensor],
-             states: Sequence[OptState]) -> tuple[float, list[Tensor | None] | None] | None:
-        """Forward, gradients and update on new inputs, the GIL released: None when the inputs'
-        shapes or dtypes are not the recorded ones; else (loss, None), or, when some parameter
-        got no gradient, (loss, gradients) with nothing updated. A non-finite loss updates nothing."""
+    def steps(self, batches: Sequence[Sequence[Tensor]], chain: Sequence[tuple[str, Sequence[float]]],
+              xs: Sequence[Tensor], states: Sequence[OptState]
+              ) -> tuple[list[float], tuple[float, list[Tensor | None] | None] | None]:
+        """Forward, gradients and update on each batch in turn, the GIL released throughout, for as
+        long as the batches have the recorded shapes and dtypes and the steps update: (losses, stop).
+        `losses`: of the steps that updated; `stop`: None, or the next step when it updated nothing,
+        (loss, None) for a non-finite loss, (loss, gradients) when some parameter got no gradient."""

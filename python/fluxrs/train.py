@@ -221,43 +221,74 @@ def _hooks(callbacks: Any, epoch: int | None, model: Any, params: Any, opt: Any,
     return session(callbacks, epoch, model, params, opt, data)
 
 
+# Compiled steps run in groups of at most this many batches, or of this many bytes of data
+# taken ahead from an iterator, per call into Rust.
+_GROUP_STEPS = 32
+_GROUP_BYTES = 8 << 20
+
+
 def _loop(data: Any, step: Callable[[int, Any], float | None], cb: Any, progress: Any, desc: str | None,
-          s: Any = None) -> None:
+          s: Any = None, steps: Callable[[int, list], list[float]] | None = None) -> None:
     """The loop shared by every style: step, plugin hooks (session `s`), callbacks, stop/skip,
-    progress bar."""
+    progress bar. `steps(i, ds)`, where given, makes the steps for the leading batches of `ds`
+    (numbered from `i`) it can make in one go and returns their losses; the loop uses it when
+    no hook or callback watches single batches."""
     cbs = _callbacks(cb)
     bar = _progress(data, progress, desc)
     running = None
+
+    def shown(val: float | None) -> None:
+        nonlocal running
+        if bar is not None:
+            if val is not None:
+                running = val if running is None else 0.9 * running + 0.1 * val
+                bar.set_postfix(loss=f"{running:.4g}", refresh=False)
+            bar.update(1)
+
+    def one(i: int, d: Any) -> None:
+        try:
+            shown(step(i, d))
+        except SkipStep:
+            shown(None)
+
     try:
-        for i, d in enumerate(data if s is None or s.begin() else ()):
-            if s is not None and s.batch_begin(i, d):  # a hook skipped this batch
-                if bar is not None:
-                    bar.update(1)
-                continue
-            try:
-                val = step(i, d)
-            except SkipStep:
-                if bar is not None:
-                    bar.update(1)
-                continue
-            except NonFiniteLossError as e:
-                if s is None or not s.nonfinite(i, d, e):  # raises StopTraining if a hook stopped training
-                    raise
-                if bar is not None:
-                    bar.update(1)
-                continue  # a hook skipped this batch
-            if s is not None:
-                s.batch_end(i, d, val)
-            try:
-                for c in cbs:
-                    c()
-            except SkipStep:
-                pass  # the update has happened; skipping now only skips the rest of the callbacks
-            if bar is not None:
-                if val is not None:
-                    running = val if running is None else 0.9 * running + 0.1 * val
-                    bar.set_postfix(loss=f"{running:.4g}", refresh=False)
-                bar.update(1)
+        if steps is not None and s is None and not cbs:
+            # Nothing watches single batches: the steps a group's batches allow run in one
+            # call, with the GIL released, the rest (the first of a new shape) one by one.
+            i, it = 0, iter(data)
+            while group := _group(it):
+                k = 0
+                while k < len(group):
+                    for v in steps(i + k, group[k:]):
+                        shown(v)
+                        k += 1
+                    if k < len(group):
+                        one(i + k, group[k])
+                        k += 1
+                i += len(group)
+        else:
+            for i, d in enumerate(data if s is None or s.begin() else ()):
+                if s is not None and s.batch_begin(i, d):  # a hook skipped this batch
+                    shown(None)
+                    continue
+                try:
+                    val = step(i, d)
+                except SkipStep:
+                    shown(None)
+                    continue
+                except NonFiniteLossError as e:
+                    if s is None or not s.nonfinite(i, d, e):  # raises StopTraining if a hook stopped training
+                        raise
+                    shown(None)
+                    continue  # a hook skipped this batch
+                if s is not None:
+                    s.batch_end(i, d, val)
+                try:
+                    for c in cbs:
+                        c()
+                except SkipStep:
+                    pass  # the update has happened; skipping now only skips the rest of the callbacks
+                shown(val)
     except StopTraining:
         log.debug("train_: stopped by fx.stop()")
     except BaseException as e:
@@ -269,6 +300,18 @@ def _loop(data: Any, step: Callable[[int, Any], float | None], cb: Any, progress
             bar.close()
     if s is not None:
         s.end(None)
+
+
+def _group(it: Iterator) -> list:
+    """The next batches of `it`: up to _GROUP_STEPS of them, fewer once they hold
+    _GROUP_BYTES of tensors (an iterator's batches are made as they are taken)."""
+    out, size = [], 0
+    for d in it:
+        out.append(d)
+        size += sum(a.size * a.dtype.itemsize for a in _splat(d) if type(a) is Tensor)
+        if len(out) >= _GROUP_STEPS or size >= _GROUP_BYTES:
+            break
+    return out
 
 
 def _call_loss(loss: Callable, args: tuple, lead: int, i: int, d: Any):
@@ -354,28 +397,49 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
     trace, traces = None, {}
     compiling = compile and _compilable(buffers, xs)
 
+    def replay(i, ds):
+        """Compiled steps for the leading batches of `ds` a recorded trace fits: their losses."""
+        nonlocal trace, compiling
+        if not compiling:
+            return []
+        # the rule chain is read on every call, so fx.adjust_ in a callback takes effect
+        plan = fused_plan(xs, leaves) if _reducer.get() is None else None
+        if plan is None:
+            compiling = False
+            warnings.warn("train_(compile=True): the update is not one built-in rule over every parameter (a "
+                          "frozen parameter, a rule written in Python, or a gradient reducer); training without "
+                          "compiling", stacklevel=6)
+            return []
+        if trace is None:  # the first step records
+            return []
+        batches = []
+        for d in ds:
+            args = _splat(d)
+            if not _all_tensors(args):
+                break
+            batches.append(args)
+        if not batches:
+            return []
+        losses, stop = trace.steps(batches, plan[0], xs, plan[1])
+        if not losses and stop is None:  # other shapes than the last batch's: one recorded for them, if any
+            other = traces.get(_signature(batches[0]))
+            if other is None:
+                return []
+            trace = other
+            losses, stop = trace.steps(batches, plan[0], xs, plan[1])
+        if stop is not None:
+            v, gs = stop
+            v = _finite(v, i + len(losses))  # a non-finite loss updated nothing
+            update_leaves(xs, gs, leaves)
+            losses.append(v)
+        return losses
+
     def step(i, d):
         nonlocal trace, compiling
+        vs = replay(i, [d])
+        if vs:
+            return vs[0]
         args = _splat(d)
-        if compiling:
-            # the rule chain is read on every step, so fx.adjust_ in a callback takes effect
-            plan = fused_plan(xs, leaves) if _reducer.get() is None else None
-            if plan is None:
-                compiling = False
-                warnings.warn("train_(compile=True): the update is not one built-in rule over every parameter (a "
-                              "frozen parameter, a rule written in Python, or a gradient reducer); training without "
-                              "compiling", stacklevel=5)
-            elif trace is not None and _all_tensors(args):
-                out = trace.step(args, plan[0], xs, plan[1])
-                if out is None:  # other shapes than the last batch's: one recorded for them, if any
-                    trace = traces.get(_signature(args))
-                    out = trace.step(args, plan[0], xs, plan[1]) if trace is not None else None
-                if out is not None:
-                    v, gs = out
-                    v = _finite(v, i)  # a non-finite loss updated nothing
-                    if gs is not None:
-                        update_leaves(xs, gs, leaves)
-                    return v
         saved = [t.numpy().copy() for t in buffers] if buffers else None
         try:
             mark, reads = _core.tensor_mark(), _core.value_reads()
@@ -413,7 +477,7 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
             update_leaves(xs, gs, leaves)
         return v
 
-    _loop(data, step, cb, progress, desc, _hooks(callbacks, epoch, model, xs, opt, data))
+    _loop(data, step, cb, progress, desc, _hooks(callbacks, epoch, model, xs, opt, data), replay if compiling else None)
 
 
 def _all_tensors(args: tuple) -> bool:

@@ -52,6 +52,11 @@ fn signature(ts: &[Tensor]) -> Vec<(Vec<usize>, DType)> {
     ts.iter().map(|t| (t.shape().to_vec(), t.dtype())).collect()
 }
 
+/// `signature(ts) == sig` without building the signature (checked on every replayed step).
+fn fits(ts: &[Tensor], sig: &[(Vec<usize>, DType)]) -> bool {
+    ts.len() == sig.len() && ts.iter().zip(sig).all(|(t, (shape, dtype))| t.shape() == &shape[..] && t.dtype() == *dtype)
+}
+
 /// `push_watch` until dropped, so an error or a panic in a replay cannot leave the
 /// parameters watched on this thread.
 struct Watching;
@@ -147,54 +152,86 @@ impl Trace {
 
     /// Whether `inputs` have the shapes and dtypes the trace was recorded with.
     pub fn matches(&self, inputs: &[Tensor]) -> bool {
-        signature(inputs) == self.inputs
+        fits(inputs, &self.inputs)
     }
 
     /// The recorded forward pass on new `inputs`, recording its graph from `params`.
     pub fn forward(&self, params: &[Tensor], inputs: &[Tensor]) -> Result<Tensor> {
-        if signature(params) != self.params || !self.matches(inputs) {
-            return compile_err(format!(
-                "recorded for parameters {:?} and inputs {:?}, called with {:?} and {:?}",
-                self.params, self.inputs, signature(params), signature(inputs)
-            ));
+        self.check_params(params)?;
+        if !self.matches(inputs) {
+            return compile_err(format!("recorded for inputs {:?}, called with {:?}", self.inputs, signature(inputs)));
         }
+        self.replay(params, inputs)
+    }
+
+    fn check_params(&self, params: &[Tensor]) -> Result<()> {
+        if !fits(params, &self.params) {
+            return compile_err(format!("recorded for parameters {:?}, called with {:?}", self.params, signature(params)));
+        }
+        Ok(())
+    }
+
+    /// `forward` once the parameters and inputs are known to fit.
+    fn replay(&self, params: &[Tensor], inputs: &[Tensor]) -> Result<Tensor> {
         let _watching = Watching::new(params);
-        let run = || -> Result<Tensor> {
-            let mut outs: Vec<Tensor> = Vec::with_capacity(self.steps.len());
-            for s in &self.steps {
-                let args: Vec<Tensor> = s
-                    .srcs
-                    .iter()
-                    .map(|src| match src {
-                        Src::Param(k) => params[*k].clone(),
-                        Src::Input(k) => inputs[*k].clone(),
-                        Src::Const(t) => t.clone(),
-                        Src::Op(j) => outs[*j].clone(),
-                    })
-                    .collect();
-                let o = s.op.replay(&args, &s.out)?;
-                if o.shape() != s.out.shape() {
-                    return compile_err(format!("internal: {} replayed to shape {:?}, recorded {:?}", s.op.name(), o.shape(), s.out.shape()));
-                }
-                outs.push(o);
+        let mut outs: Vec<Tensor> = Vec::with_capacity(self.steps.len());
+        for s in &self.steps {
+            let args: Vec<Tensor> = s
+                .srcs
+                .iter()
+                .map(|src| match src {
+                    Src::Param(k) => params[*k].clone(),
+                    Src::Input(k) => inputs[*k].clone(),
+                    Src::Const(t) => t.clone(),
+                    Src::Op(j) => outs[*j].clone(),
+                })
+                .collect();
+            let o = s.op.replay(&args, &s.out)?;
+            if o.shape() != s.out.shape() {
+                return compile_err(format!("internal: {} replayed to shape {:?}, recorded {:?}", s.op.name(), o.shape(), s.out.shape()));
             }
-            Ok(outs.pop().expect("a trace has at least one step"))
-        };
-        run()
+            outs.push(o);
+        }
+        Ok(outs.pop().expect("a trace has at least one step"))
     }
 
     /// One training step: the forward pass, and when its loss is finite the gradients and
     /// `params[i] -= chain(grad_i)`, as `train_`'s eager step does it.
     pub fn step(&self, params: &[Tensor], inputs: &[Tensor], chain: &[Rule], states: &mut [&mut ParamState]) -> Result<Outcome> {
         let root = self.forward(params, inputs)?;
+        self.finish(&root, params, chain, states)
+    }
+
+    fn finish(&self, root: &Tensor, params: &[Tensor], chain: &[Rule], states: &mut [&mut ParamState]) -> Result<Outcome> {
         let loss = root.item()?;
         if !loss.is_finite() {
             return Ok(Outcome::NotFinite(loss));
         }
-        Ok(match optim::grad_update(&root, chain, params, states)? {
+        Ok(match optim::grad_update(root, chain, params, states)? {
             None => Outcome::Updated(loss),
             Some(gs) => Outcome::Ungraded(loss, gs),
         })
+    }
+
+    /// `step` on each batch in turn, for as long as they match the trace and update: the
+    /// losses of the steps that updated, and the outcome of the step that stopped the run if
+    /// it did not update (a non-finite loss, a parameter without gradient). A batch of other
+    /// shapes stops the run before it, with no outcome. One call for many steps is what lets
+    /// threads training side by side run without waiting on each other between steps.
+    pub fn steps(&self, params: &[Tensor], batches: &[Vec<Tensor>], chain: &[Rule], states: &mut [&mut ParamState]) -> Result<(Vec<f64>, Option<Outcome>)> {
+        self.check_params(params)?;
+        let mut losses = Vec::with_capacity(batches.len());
+        for inputs in batches {
+            if !self.matches(inputs) {
+                break;
+            }
+            let root = self.replay(params, inputs)?;
+            match self.finish(&root, params, chain, states)? {
+                Outcome::Updated(v) => losses.push(v),
+                stopped => return Ok((losses, Some(stopped))),
+            }
+        }
+        Ok((losses, None))
     }
 }
 
@@ -303,5 +340,47 @@ mod tests {
         let out = tr.step(&ps, &[x, bad], &chain, &mut st.iter_mut().collect::<Vec<_>>()).unwrap();
         assert!(matches!(out, Outcome::NotFinite(v) if v.is_nan()));
         assert_eq!(ps[0].to_vec::<f32>().unwrap(), before);
+    }
+
+    #[test]
+    fn steps_run_like_single_steps_until_other_shapes_or_a_step_that_does_not_update() {
+        let chain = [Rule::Adam { eta: 0.01, beta: (0.9, 0.999), eps: 1e-8 }];
+        let batch = |k: u64, rows: usize| vec![t(rows * 6, &[rows, 6], 10 + k), t(rows * 3, &[rows, 3], 20 + k)];
+        let pr = params();
+        let mark = TensorId::mark();
+        let first = batch(0, 5);
+        push_watch(&pr);
+        let l = loss(&pr, &first[0], &first[1]);
+        pop_watch();
+        let tr = Trace::build(&l, &pr, &first, mark).unwrap();
+
+        // four batches, then one of another size: four steps, as `step` makes them one by one
+        let data: Vec<Vec<Tensor>> = (0..4).map(|k| batch(k, 5)).chain([batch(9, 4), batch(5, 5)]).collect();
+        let (pa, pb) = (params(), params());
+        let mut sa: Vec<ParamState> = pa.iter().map(|p| ParamState::init(&chain, p)).collect();
+        let mut sb: Vec<ParamState> = pb.iter().map(|p| ParamState::init(&chain, p)).collect();
+        let (losses, stop) = tr.steps(&pa, &data, &chain, &mut sa.iter_mut().collect::<Vec<_>>()).unwrap();
+        assert!(stop.is_none());
+        assert_eq!(losses.len(), 4);
+        for (x, v) in data.iter().zip(&losses) {
+            match tr.step(&pb, x, &chain, &mut sb.iter_mut().collect::<Vec<_>>()).unwrap() {
+                Outcome::Updated(u) => assert_eq!(u.to_bits(), v.to_bits()),
+                _ => panic!("expected an update"),
+            }
+        }
+        for (a, b) in pa.iter().zip(&pb) {
+            assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+        }
+
+        // a non-finite loss in the second batch: one update, then the run stops before the second's
+        let nan = vec![batch(1, 5)[0].clone(), Tensor::from_vec(vec![f32::NAN; 15], &[5, 3]).unwrap()];
+        let (losses, stop) = tr.steps(&pa, &[batch(0, 5), nan, batch(2, 5)], &chain, &mut sa.iter_mut().collect::<Vec<_>>()).unwrap();
+        tr.step(&pb, &batch(0, 5), &chain, &mut sb.iter_mut().collect::<Vec<_>>()).unwrap();
+        assert_eq!(losses.len(), 1);
+        assert!(matches!(stop, Some(Outcome::NotFinite(v)) if v.is_nan()));
+        for (a, b) in pa.iter().zip(&pb) {
+            assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+        }
+        assert!(tr.steps(&pa[..3], &data, &chain, &mut sa.iter_mut().collect::<Vec<_>>()).is_err(), "other parameters");
     }
 }

@@ -35,29 +35,30 @@ impl Trace {
         Ok(Trace { inner })
     }
 
-    /// One step on new `inputs`: the forward pass, then, when the loss is finite, gradients
-    /// and update. None when the inputs' shapes or dtypes are not the recorded ones (record
-    /// again); else `(loss, grads)`, `grads` None unless some parameter got no gradient, in
-    /// which case nothing was updated and these are the gradients (None for that one).
-    fn step(
+    /// Steps on the batches in turn, each a list of input tensors, with the GIL released
+    /// throughout, for as long as they have the recorded shapes and dtypes and update:
+    /// `(losses, stop)`. `losses` are those of the steps that updated. `stop` is None, or
+    /// the step after them when it updated nothing: `(loss, None)` for a non-finite loss,
+    /// `(loss, grads)` when some parameter got no gradient (None for that one).
+    fn steps(
         &self,
         py: Python<'_>,
-        inputs: Vec<PyRef<'_, PyTensor>>,
+        batches: Vec<Vec<PyRef<'_, PyTensor>>>,
         chain: Vec<(String, Vec<f64>)>,
         xs: Vec<PyRef<'_, PyTensor>>,
         states: Vec<PyRef<'_, OptState>>,
-    ) -> PyResult<Option<(f64, Option<Vec<Option<PyTensor>>>)>> {
-        let inputs = inner(&inputs);
-        if !self.inner.matches(&inputs) {
-            return Ok(None);
-        }
+    ) -> PyResult<(Vec<f64>, Option<(f64, Option<Vec<Option<PyTensor>>>)>)> {
+        let batches: Vec<Vec<Tensor>> = batches.iter().map(|b| inner(b)).collect();
         let rules = parse_chain(&chain)?;
         let xs = inner(&xs);
         let states: Vec<&OptState> = states.iter().map(|s| &**s).collect();
-        let outcome = run(py, move || with_locked(&states, |refs| self.inner.step(&xs, &inputs, &rules, refs)))?;
-        Ok(Some(match outcome {
-            Outcome::Updated(v) | Outcome::NotFinite(v) => (v, None),
-            Outcome::Ungraded(v, gs) => (v, Some(gs.into_iter().map(|g| g.map(PyTensor::wrap)).collect())),
-        }))
+        let (losses, stop) = run(py, move || with_locked(&states, |refs| self.inner.steps(&xs, &batches, &rules, refs)))?;
+        Ok((
+            losses,
+            stop.map(|outcome| match outcome {
+                Outcome::Updated(v) | Outcome::NotFinite(v) => (v, None),
+                Outcome::Ungraded(v, gs) => (v, Some(gs.into_iter().map(|g| g.map(PyTensor::wrap)).collect())),
+            }),
+        ))
     }
 }
