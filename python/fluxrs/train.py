@@ -181,7 +181,10 @@ def train_(loss: Callable, *args: Any, cb: Any = None, progress: Any = False, de
     statistics, an op without a replay, a tensor the loss makes from outside the ops, such
     as a dropout mask, a loss that reads tensor values with ``float()`` or numpy while it
     computes) train_ warns once and trains as without `compile`. Data of a new shape (a
-    last, smaller batch) are recorded once and replayed from then on.
+    last, smaller batch) are recorded once and replayed from then on. When no callback or
+    hook watches single batches, up to 32 steps run per call (an iterator's batches are taken
+    up to 8 MB ahead), so threads training side by side rarely wait for each other's Python;
+    a progress bar still counts every batch.
 
     >>> import fluxrs as fx
     >>> m = fx.Dense(2, 1)
