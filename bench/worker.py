@@ -2,7 +2,7 @@
 
 The driver (run.py) talks to it over stdin/stdout, one JSON object per line:
   {"cmd": "check", "steps": 5, "params_out": path}  -> {"losses": [...]} (+ params saved as .npz)
-  {"cmd": "warmup", "seconds": s, "min_steps": k}    -> {"step_time": t, "steps": k}
+  {"cmd": "warmup", "seconds": s, "min_steps": k}    -> {"step_time": t, "steps": n}
   {"cmd": "chunk", "steps": n}                       -> {"elapsed": s, "steps": n, "rss_mb": current}
   {"cmd": "info"}                                    -> {"peak_rss_mb": ..., "import_rss_mb": ..., ...}
   {"cmd": "quit"}
@@ -118,11 +118,19 @@ def main() -> None:
                 min_steps, seconds = int(msg.get("min_steps", 3)), float(msg["seconds"])
                 # the first step alone: compilation (jit) and first-touch allocation stay out of the estimate
                 runner.run(1)
-                steps, t0 = 0, time.perf_counter()
-                while steps < min_steps or time.perf_counter() - t0 < seconds:
-                    runner.run(1)
-                    steps += 1
-                reply({"ok": True, "steps": steps, "step_time": (time.perf_counter() - t0) / steps})
+                # Then calls of doubling length, as a timed chunk makes them: a call's fixed costs
+                # (a compiled train_ records its first step; (f) starts and joins its threads)
+                # weigh on one step as much as they do in a chunk, not once per step, which
+                # sized those rows' chunks at 0.1-0.35 s instead of ~1 s.
+                n, t0 = max(1, min_steps), time.perf_counter()
+                while True:
+                    t = time.perf_counter()
+                    runner.run(n)
+                    took = time.perf_counter() - t
+                    if took >= seconds / 4 or time.perf_counter() - t0 >= seconds:
+                        break
+                    n *= 2
+                reply({"ok": True, "steps": n, "step_time": took / n})
             elif cmd == "chunk":
                 n = int(msg["steps"])
                 t0, c0 = time.perf_counter(), time.process_time()
