@@ -28,6 +28,8 @@ import contextlib
 import inspect
 import logging
 import math
+import os
+import sys
 import threading
 import time
 import warnings
@@ -182,9 +184,9 @@ def train_(loss: Callable, *args: Any, cb: Any = None, progress: Any = False, de
     as a dropout mask, a loss that reads tensor values with ``float()`` or numpy while it
     computes) train_ warns once and trains as without `compile`. Data of a new shape (a
     last, smaller batch) are recorded once and replayed from then on. When no callback or
-    hook watches single batches, up to 32 steps run per call (an iterator's batches are taken
-    up to 8 MB ahead), so threads training side by side rarely wait for each other's Python;
-    a progress bar still counts every batch.
+    hook watches single batches and the data are a list, a tuple or a DataLoader, up to 32
+    steps (or ~50 ms of them) run per call, with the GIL released, so threads training side by
+    side seldom wait on each other's Python; a progress bar still counts every batch.
 
     >>> import fluxrs as fx
     >>> m = fx.Dense(2, 1)
@@ -224,18 +226,21 @@ def _hooks(callbacks: Any, epoch: int | None, model: Any, params: Any, opt: Any,
     return session(callbacks, epoch, model, params, opt, data)
 
 
-# Compiled steps run in groups of at most this many batches, or of this many bytes of data
-# taken ahead from an iterator, per call into Rust.
+# Compiled steps run in groups per call into Rust: at most this many batches, fewer when the
+# steps are slow, so that a group takes about _GROUP_SECONDS (Ctrl-C waits for a group to end),
+# and fewer once the group holds _GROUP_BYTES of tensors.
 _GROUP_STEPS = 32
+_GROUP_SECONDS = 0.05
 _GROUP_BYTES = 8 << 20
 
 
 def _loop(data: Any, step: Callable[[int, Any], float | None], cb: Any, progress: Any, desc: str | None,
-          s: Any = None, steps: Callable[[int, list], list[float]] | None = None) -> None:
+          s: Any = None, steps: Callable[[int, list], list[float] | None] | None = None) -> None:
     """The loop shared by every style: step, plugin hooks (session `s`), callbacks, stop/skip,
     progress bar. `steps(i, ds)`, where given, makes the steps for the leading batches of `ds`
-    (numbered from `i`) it can make in one go and returns their losses; the loop uses it when
-    no hook or callback watches single batches."""
+    (numbered from `i`) it can make in one go and returns their losses, or None when it will
+    make no more; the loop uses it when no hook or callback watches single batches and the data
+    are already made (`_groupable`)."""
     cbs = _callbacks(cb)
     bar = _progress(data, progress, desc)
     running = None
@@ -255,20 +260,33 @@ def _loop(data: Any, step: Callable[[int, Any], float | None], cb: Any, progress
             shown(None)
 
     try:
-        if steps is not None and s is None and not cbs:
+        if steps is not None and s is None and not cbs and _groupable(data):
             # Nothing watches single batches: the steps a group's batches allow run in one
             # call, with the GIL released, the rest (the first of a new shape) one by one.
-            i, it = 0, iter(data)
-            while group := _group(it):
+            i, it, most = 0, iter(data), _GROUP_STEPS
+            while group := _group(it, most):
                 k = 0
                 while k < len(group):
-                    for v in steps(i + k, group[k:]):
+                    t = time.perf_counter()
+                    vals = steps(i + k, group[k:])
+                    if vals is None:  # not compiling any more: one by one from here on
+                        break
+                    for v in vals:
                         shown(v)
-                        k += 1
+                    if vals:
+                        per = (time.perf_counter() - t) / len(vals)
+                        most = max(1, min(_GROUP_STEPS, int(_GROUP_SECONDS / max(per, 1e-9))))
+                    k += len(vals)
                     if k < len(group):
                         one(i + k, group[k])
                         k += 1
+                for j in range(k, len(group)):
+                    one(i + j, group[j])
                 i += len(group)
+                if vals is None:
+                    for i, d in enumerate(it, i):
+                        one(i, d)
+                    break
         else:
             for i, d in enumerate(data if s is None or s.begin() else ()):
                 if s is not None and s.batch_begin(i, d):  # a hook skipped this batch
@@ -305,14 +323,22 @@ def _loop(data: Any, step: Callable[[int, Any], float | None], cb: Any, progress
         s.end(None)
 
 
-def _group(it: Iterator) -> list:
-    """The next batches of `it`: up to _GROUP_STEPS of them, fewer once they hold
-    _GROUP_BYTES of tensors (an iterator's batches are made as they are taken)."""
+def _groupable(data: Any) -> bool:
+    """Whether batches may be taken from `data` ahead of their steps: a list or tuple, or a
+    DataLoader without a collate function of the caller's. An arbitrary iterator may refill
+    one tensor in place for each batch, or wait on the training, so it is stepped one by one."""
+    from fluxrs.data import DataLoader
+    return isinstance(data, (list, tuple)) or (isinstance(data, DataLoader) and not callable(data.collate))
+
+
+def _group(it: Iterator, most: int) -> list:
+    """The next batches of `it`: up to `most` of them, fewer once their tensors hold
+    _GROUP_BYTES."""
     out, size = [], 0
     for d in it:
         out.append(d)
         size += sum(a.size * a.dtype.itemsize for a in _splat(d) if type(a) is Tensor)
-        if len(out) >= _GROUP_STEPS or size >= _GROUP_BYTES:
+        if len(out) >= most or size >= _GROUP_BYTES:
             break
     return out
 
@@ -332,6 +358,18 @@ def _finite(val: Any, i: int) -> float:
     if not math.isfinite(v):
         raise NonFiniteLossError(i, v)
     return v
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _warn_caller(msg: str) -> None:
+    """Warn at the first frame outside fluxrs (the user's train_ call, however deep the
+    loop that noticed)."""
+    f, level = sys._getframe(0), 1
+    while f is not None and f.f_code.co_filename.startswith(_PACKAGE):
+        f, level = f.f_back, level + 1
+    warnings.warn(msg, stacklevel=level)
 
 
 # ---------------------------------------------------------------- gradient reduction (the fx.distributed hook)
@@ -401,18 +439,19 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
     compiling = compile and _compilable(buffers, xs)
 
     def replay(i, ds):
-        """Compiled steps for the leading batches of `ds` a recorded trace fits: their losses."""
+        """Compiled steps for the leading batches of `ds` a recorded trace fits: their losses
+        (None once the call has stopped compiling)."""
         nonlocal trace, compiling
         if not compiling:
-            return []
+            return None
         # the rule chain is read on every call, so fx.adjust_ in a callback takes effect
         plan = fused_plan(xs, leaves) if _reducer.get() is None else None
         if plan is None:
             compiling = False
-            warnings.warn("train_(compile=True): the update is not one built-in rule over every parameter (a "
-                          "frozen parameter, a rule written in Python, or a gradient reducer); training without "
-                          "compiling", stacklevel=6)
-            return []
+            _warn_caller("train_(compile=True): the update is not one built-in rule over every parameter (a "
+                         "frozen parameter, a rule written in Python, or a gradient reducer); training without "
+                         "compiling")
+            return None
         if trace is None:  # the first step records
             return []
         batches = []
@@ -440,7 +479,7 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
     def step(i, d):
         nonlocal trace, compiling
         vs = replay(i, [d])
-        if vs:
+        if vs:  # None or [] when the step was not replayed
             return vs[0]
         args = _splat(d)
         saved = [t.numpy().copy() for t in buffers] if buffers else None
@@ -490,9 +529,8 @@ def _all_tensors(args: tuple) -> bool:
 def _compilable(buffers: list, xs: list) -> bool:
     """Whether train_(compile=True) can compile this model's steps (warns when not)."""
     if buffers:
-        warnings.warn("train_(compile=True): the model has tensors its forward pass changes (running statistics, "
-                      "e.g. BatchNorm), which a replayed step would not update; training without compiling",
-                      stacklevel=4)
+        _warn_caller("train_(compile=True): the model has tensors its forward pass changes (running statistics, "
+                     "e.g. BatchNorm), which a replayed step would not update; training without compiling")
         return False
     return bool(xs)
 
@@ -519,7 +557,7 @@ def _record(val: Any, xs: list, args: tuple, mark: int, read: bool) -> tuple:
             return _core.Trace(val, xs, list(args), mark), True
         except ValueError as e:
             why = str(e).removeprefix("compile: ")
-    warnings.warn(f"train_(compile=True): {why}; training without compiling", stacklevel=6)
+    _warn_caller(f"train_(compile=True): {why}; training without compiling")
     return None, False
 
 

@@ -17,23 +17,10 @@ use crate::tensor::PyTensor;
 
 // Tensor buffers are large and short-lived (a step allocates and frees the same sizes again
 // and again): mimalloc reuses them, where glibc's malloc unmapped them and page-faulted them
-// back in on every step. Only Rust allocations go through it; Python keeps its own.
+// back in on every step. Only Rust allocations go through it; Python keeps its own. mimalloc 3
+// keeps freed pages 1 s before returning them (mimalloc 2: 10 ms, shorter than a wide model's step).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in mimalloc's `mi_option_t` (v2's mimalloc.h): milliseconds a freed
-/// page waits before it is returned to the OS.
-const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
-
-/// mimalloc returns freed pages to the OS after 10 ms by default, shorter than a step of a
-/// wide model (the MLP's ~30 ms), so every step page-faulted its buffers back in and the kernel
-/// zeroed them: 890 faults and ~15% of the process's CPU time per MLP step here. A second
-/// covers any step that pays for faults; memory left unused longer still goes back.
-/// `MIMALLOC_PURGE_DELAY` in the environment overrides it.
-fn tune_allocator() {
-    // SAFETY: sets an option's default; mimalloc reads options atomically, at any time.
-    unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, 1000) };
-}
 
 fn unwrap_all(ts: &[PyRef<'_, PyTensor>]) -> Vec<Tensor> {
     ts.iter().map(|t| t.inner.clone()).collect()
@@ -137,7 +124,6 @@ fn gpu_info(py: Python<'_>) -> PyResult<String> {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    tune_allocator();
     m.add_class::<PyTensor>()?;
     m.add("GPU_COMPILED", fluxrs_core::device::GPU_COMPILED)?;
     m.add_function(wrap_pyfunction!(gpu_info, m)?)?;
