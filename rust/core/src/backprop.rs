@@ -157,6 +157,23 @@ pub fn pop_watch() {
     })
 }
 
+/// A differentiation context (`push_watch`) until the guard drops, so an error or a panic
+/// cannot leave the tensors watched on this thread.
+pub struct WatchGuard(());
+
+impl WatchGuard {
+    pub fn new(tensors: &[Tensor]) -> WatchGuard {
+        push_watch(tensors);
+        WatchGuard(())
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        pop_watch();
+    }
+}
+
 /// How many differentiation contexts are open on this thread.
 pub fn watch_depth() -> usize {
     STATE.with(|s| s.borrow().frames.len())

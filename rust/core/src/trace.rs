@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::backprop::{pop_watch, push_watch, topo_order, BackwardOp};
+use crate::backprop::{topo_order, BackwardOp, WatchGuard};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::optim::{self, ParamState, Rule};
@@ -55,23 +55,6 @@ fn signature(ts: &[Tensor]) -> Vec<(Vec<usize>, DType)> {
 /// `signature(ts) == sig` without building the signature (checked on every replayed step).
 fn fits(ts: &[Tensor], sig: &[(Vec<usize>, DType)]) -> bool {
     ts.len() == sig.len() && ts.iter().zip(sig).all(|(t, (shape, dtype))| t.shape() == &shape[..] && t.dtype() == *dtype)
-}
-
-/// `push_watch` until dropped, so an error or a panic in a replay cannot leave the
-/// parameters watched on this thread.
-struct Watching;
-
-impl Watching {
-    fn new(ts: &[Tensor]) -> Watching {
-        push_watch(ts);
-        Watching
-    }
-}
-
-impl Drop for Watching {
-    fn drop(&mut self) {
-        pop_watch();
-    }
 }
 
 /// What a compiled step did.
@@ -173,7 +156,7 @@ impl Trace {
 
     /// `forward` once the parameters and inputs are known to fit.
     fn replay(&self, params: &[Tensor], inputs: &[Tensor]) -> Result<Tensor> {
-        let _watching = Watching::new(params);
+        let _watching = WatchGuard::new(params);
         let mut outs: Vec<Tensor> = Vec::with_capacity(self.steps.len());
         for s in &self.steps {
             let args: Vec<Tensor> = s
@@ -238,7 +221,7 @@ impl Trace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backprop::grad;
+    use crate::backprop::{grad, pop_watch, push_watch};
     use crate::ops::nn::Act;
 
     fn t(n: usize, shape: &[usize], seed: u64) -> Tensor {

@@ -13,6 +13,7 @@ use pyo3::types::{PyTuple, PyType};
 use pyo3::IntoPyObjectExt;
 
 use crate::convert::{dims, from_array_like, operand, parse_dtype, sizes, to_numpy};
+use crate::errors::{run, run_sized};
 
 thread_local! {
     static VALUE_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -30,7 +31,6 @@ fn note_value_read() {
 pub fn value_reads() -> u64 {
     VALUE_READS.with(|c| c.get())
 }
-use crate::errors::{run, run_sized};
 
 #[pyclass(name = "Tensor", module = "fluxrs", frozen, weakref)]
 pub struct PyTensor {
