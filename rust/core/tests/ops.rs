@@ -286,6 +286,42 @@ fn matmul_values() {
     assert_eq!(vals(&c32), vec![7.0, 10.0, 15.0, 22.0]);
 }
 
+/// Row-major reference product of `a` (m x k) and `b` (k x n), from their values.
+fn naive_matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    (0..m * n).map(|ij| (0..k).map(|p| a[ij / n * k + p] * b[p * n + ij % n]).sum()).collect()
+}
+
+#[test]
+fn products_with_a_transposed_right_operand_at_cache_aliasing_strides() {
+    // A right operand read as w^T (a Dense weight, k^T in attention) with rows a multiple of
+    // 512 bytes apart is copied to a padded stride before gemm packs it (ops::matmul::gemm_rm);
+    // the products must not change, for either dtype, for views with an offset and for batches.
+    let mut rng = Rng::new(7);
+    for (dtype, k) in [(DType::F32, 128usize), (DType::F32, 256), (DType::F64, 64), (DType::F64, 130)] {
+        let (m, n) = (40usize, 70usize);
+        let x = rand(&mut rng, &[m, k]).cast(dtype).unwrap();
+        // w (n x k) as columns 3..3+k of a wider matrix: row stride 2k (an aliasing one), offset 3
+        let wide = rand(&mut rng, &[n, 2 * k]).cast(dtype).unwrap();
+        let w = wide.slice(1, 3, 3 + k, 1).unwrap();
+        let wt = w.transpose(0, 1).unwrap();
+        let want = naive_matmul(&vals(&x), &vals(&wt), m, k, n);
+        let tol = if dtype == DType::F32 { 1e-4 } else { 1e-12 };
+        assert_close_tol(&vals(&x.matmul(&wt).unwrap()), &want, tol, tol);
+        let dense = Tensor::dense(&x, &w, None, fluxrs_core::ops::nn::Act::Identity).unwrap();
+        assert_close_tol(&vals(&dense), &want, tol, tol);
+        let b = rand(&mut rng, &[n]).cast(dtype).unwrap();
+        let bv = vals(&b);
+        let with_bias: Vec<f64> = want.iter().enumerate().map(|(i, v)| v + bv[i % n]).collect();
+        assert_close_tol(&vals(&Tensor::dense(&x, &w, Some(&b), fluxrs_core::ops::nn::Act::Identity).unwrap()), &with_bias, tol, tol);
+        // batched: (2, m, k) @ (2, k, n) with the second operand a transposed view
+        let xs = Tensor::stack(&[x.clone(), x.clone()], 0).unwrap();
+        let ws = Tensor::stack(&[wt.clone(), wt.clone()], 0).unwrap().contiguous().unwrap().transpose(1, 2).unwrap().contiguous().unwrap().transpose(1, 2).unwrap();
+        let got = vals(&xs.matmul(&ws).unwrap());
+        assert_close_tol(&got[..m * n], &want, tol, tol);
+        assert_close_tol(&got[m * n..], &want, tol, tol);
+    }
+}
+
 #[test]
 fn shape_op_values() {
     let x = arange(10, &[10]);

@@ -6,6 +6,7 @@
 use crate::backprop::{record, should_record, replay, BackwardOp};
 use crate::error::{shape_err, Result};
 use crate::ops::binary::{check_same_dtype, map2};
+use crate::ops::matmul::{gemm_par, gemm_rm, Operand};
 use crate::storage::Elem;
 use crate::tensor::Tensor;
 use crate::vmath::simd;
@@ -86,12 +87,9 @@ fn dense_kernel<T: Elem>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -
         Some(b) => {
             // every row starts as the bias, and the product is added to it
             let mut out = b.with_slice::<T, _>(|bs| bs.repeat(n))?;
-            if n > 0 && m > 0 && k > 0 {
+            {
                 // SAFETY: as above; out is n*m, row-major
-                unsafe {
-                    gemm::gemm(n, m, k, out.as_mut_ptr(), 1, m as isize, true, xa.0, xa.1, xa.2, wt.0, wt.1, wt.2,
-                               T::ONE, T::ONE, false, false, false, crate::ops::matmul::gemm_par(n * m * k));
-                }
+                unsafe { gemm_rm(n, m, k, out.as_mut_ptr(), m, true, xa, wt, gemm_par(n * m * k)) };
             }
             out
         }
@@ -105,17 +103,9 @@ fn dense_kernel<T: Elem>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -
 /// stride, row stride) in elements, as `gemm` takes them.
 ///
 /// SAFETY: the pointers must cover every element their shapes and strides reach.
-unsafe fn gemm_new<T: Elem>(m: usize, n: usize, k: usize, a: (*const T, isize, isize), b: (*const T, isize, isize)) -> Vec<T> {
-    if m == 0 || n == 0 || k == 0 {
-        return vec![T::ZERO; m * n];
-    }
-    // SAFETY: gemm writes all m*n elements of dst (k > 0, dst not read); a and b as promised.
-    unsafe {
-        crate::storage::filled_by(m * n, |dst| {
-            gemm::gemm(m, n, k, dst, 1, n as isize, false, a.0, a.1, a.2, b.0, b.1, b.2,
-                       T::ZERO, T::ONE, false, false, false, crate::ops::matmul::gemm_par(m * n * k))
-        })
-    }
+unsafe fn gemm_new<T: Elem>(m: usize, n: usize, k: usize, a: Operand<T>, b: Operand<T>) -> Vec<T> {
+    // SAFETY: gemm_rm writes all m*n elements of dst (dst not read); a and b as promised.
+    unsafe { crate::storage::filled_by(m * n, |dst| gemm_rm(m, n, k, dst, n, false, a, b, gemm_par(m * n * k))) }
 }
 
 /// The first-order gradients of `x @ w^T + b` given the pre-activation gradient `gp` (n x m,

@@ -21,21 +21,10 @@ use crate::with_dtype;
 /// dst (m x n) = [dst +] a (m x k) @ b (k x n), strides in elements (row, column).
 #[allow(clippy::too_many_arguments)]
 fn mm<T: Elem>(m: usize, n: usize, k: usize, dst: &mut [T], d_rs: usize, acc: bool, a: &[T], a_rs: usize, a_cs: usize, b: &[T], b_rs: usize, b_cs: usize) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !acc {
-            for i in 0..m {
-                dst[i * d_rs..i * d_rs + n].iter_mut().for_each(|v| *v = T::ZERO);
-            }
-        }
-        return;
-    }
     // SAFETY: callers pass slices that cover every (row, col) reached by these strides.
     unsafe {
-        gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, d_rs as isize, acc, a.as_ptr(), a_cs as isize, a_rs as isize,
-                   b.as_ptr(), b_cs as isize, b_rs as isize, T::ONE, T::ONE, false, false, false, gemm::Parallelism::None);
+        crate::ops::matmul::gemm_rm(m, n, k, dst.as_mut_ptr(), d_rs, acc, (a.as_ptr(), a_cs as isize, a_rs as isize),
+                                    (b.as_ptr(), b_cs as isize, b_rs as isize), gemm::Parallelism::None);
     }
 }
 
