@@ -303,6 +303,7 @@ fn im2col<T: Elem>(g: &Geom, xg: &[T], col: &mut [T], ld: usize, off: usize) {
 /// (LeNet-5's second layer, 1200 rows of 8 floats a sample: 3.9 -> 1.9 us a sample).
 #[inline(always)]
 fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
+    debug_assert_eq!(dst.len(), src.len());
     let mut d = dst.chunks_exact_mut(8);
     let mut s = src.chunks_exact(8);
     for (d, s) in (&mut d).zip(&mut s) {
@@ -599,7 +600,8 @@ fn conv_filter<T: Elem>(g: &Geom, x: &[T], gy: &[T]) -> Vec<T> {
                 // transposed im2col matrix (bn*op, ck) is read through its (ck, bn*op) layout.
                 unsafe {
                     let dst = dw.as_mut_ptr().add(gi * cog * ck);
-                    if matches!(p.par, gemm::Parallelism::None) {
+                    // gemm has dot-product kernels on x86-64 only; elsewhere a block is a packed product
+                    if cfg!(target_arch = "x86_64") && matches!(p.par, gemm::Parallelism::None) {
                         dot_blocks(cog, ck, bn * op, dst, ck, lhs.as_ptr(), rhs.as_ptr());
                     } else {
                         // one large sample: gemm's own threads do better than one thread of dots

@@ -63,9 +63,10 @@ pub(crate) unsafe fn gemm_rm<T: Elem>(
     // Only written and read through raw pointers (its padding never), so it keeps length 0.
     let mut padded: Vec<T> = Vec::new();
     let mut rhs = rhs;
-    if rhs.2 == 1 && rhs.1 > 0 && row_bytes.is_multiple_of(ALIASING_STRIDE_BYTES) && m >= 32 && n >= 64 {
-        let ld = k + 64 / std::mem::size_of::<T>();
-        padded.reserve_exact(n * ld);
+    let ld = k + 64 / std::mem::size_of::<T>();
+    let aliasing = rhs.2 == 1 && rhs.1 > 0 && row_bytes % ALIASING_STRIDE_BYTES == 0 && m >= 32 && n >= 64;
+    if let (true, Some(len)) = (aliasing, n.checked_mul(ld)) {
+        padded.reserve_exact(len);
         let out = padded.as_mut_ptr();
         for j in 0..n {
             std::ptr::copy_nonoverlapping(rhs.0.offset(j as isize * rhs.1), out.add(j * ld), k);

@@ -311,13 +311,7 @@ impl Tensor {
         let dim = self.shape()[ax];
         let stop = stop.min(dim);
         let start = start.min(stop);
-        let len = (stop - start).div_ceil(step);
-        let l = self.layout();
-        let mut layout = l.clone();
-        layout.shape[ax] = len;
-        layout.strides[ax] = l.strides[ax] * step as isize;
-        layout.offset = if len == 0 { l.offset } else { (l.offset as isize + start as isize * l.strides[ax]) as usize };
-        Ok(record(self.view_with(layout), Slice(SliceSpec { axis: ax, start, step }), &[self]))
+        Ok(record(self.slice_raw(ax, start, stop, step), Slice(SliceSpec { axis: ax, start, step }), &[self]))
     }
 
     /// The sub-tensor at `index` along `axis`, with that axis removed (a view).
@@ -343,13 +337,17 @@ impl Tensor {
         Ok(record(out, SliceScatter(s), &[self]))
     }
 
+    /// The view of `start..stop` by `step` along `ax`, unrecorded; the bounds already clamped.
     fn slice_raw(&self, ax: usize, start: usize, stop: usize, step: usize) -> Tensor {
         let l = self.layout();
         let len = (stop - start).div_ceil(step);
         let mut layout = l.clone();
         layout.shape[ax] = len;
         layout.strides[ax] = l.strides[ax] * step as isize;
-        layout.offset = (l.offset as isize + start as isize * l.strides[ax]) as usize;
+        // an empty view keeps the offset, which may otherwise point past the storage
+        if len > 0 {
+            layout.offset = (l.offset as isize + start as isize * l.strides[ax]) as usize;
+        }
         self.view_with(layout)
     }
 
