@@ -59,12 +59,12 @@ pub(crate) unsafe fn gemm_rm<T: Elem>(
         }
         return;
     }
-    let row_bytes = rhs.1.unsigned_abs() * std::mem::size_of::<T>();
+    let elem = std::mem::size_of::<T>();
+    let aliasing = rhs.2 == 1 && rhs.1 > 0 && (rhs.1 as usize * elem) % ALIASING_STRIDE_BYTES == 0 && m >= 32 && n >= 64;
     // Only written and read through raw pointers (its padding never), so it keeps length 0.
     let mut padded: Vec<T> = Vec::new();
     let mut rhs = rhs;
-    let ld = k + 64 / std::mem::size_of::<T>();
-    let aliasing = rhs.2 == 1 && rhs.1 > 0 && row_bytes % ALIASING_STRIDE_BYTES == 0 && m >= 32 && n >= 64;
+    let ld = k + 64 / elem;
     if let (true, Some(len)) = (aliasing, n.checked_mul(ld)) {
         padded.reserve_exact(len);
         let out = padded.as_mut_ptr();

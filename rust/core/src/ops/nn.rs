@@ -87,10 +87,8 @@ fn dense_kernel<T: Elem>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -
         Some(b) => {
             // every row starts as the bias, and the product is added to it
             let mut out = b.with_slice::<T, _>(|bs| bs.repeat(n))?;
-            {
-                // SAFETY: as above; out is n*m, row-major
-                unsafe { gemm_rm(n, m, k, out.as_mut_ptr(), m, true, xa, wt, gemm_par(n * m * k)) };
-            }
+            // SAFETY: as above; out is n*m, row-major
+            unsafe { gemm_rm(n, m, k, out.as_mut_ptr(), m, true, xa, wt, gemm_par(n * m * k)) };
             out
         }
     };
