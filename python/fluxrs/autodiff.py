@@ -23,7 +23,7 @@ import numpy as np
 
 from fluxrs import _core
 from fluxrs._core import Tensor
-from fluxrs.functor import _ATOMS, children, is_node, leaves, mirror
+from fluxrs.functor import _ATOMS, Plan, children, is_node, leaves, mirror, plan
 
 
 class Params:
@@ -214,7 +214,7 @@ def _prepare(a: Any) -> Any:
 def _all_leaves(args: tuple) -> list[Tensor]:
     out, seen = [], set()
     for a in args:
-        for t in leaves(a, trainable_only=False):
+        for t in plan(a).leaves:
             if id(t) not in seen:
                 seen.add(id(t))
                 out.append(t)
@@ -229,7 +229,20 @@ def _run(f: Callable, args: tuple, watched: list[Tensor]):
         _core.pop_watch()
 
 
-def _explicit_result(orig: tuple, prepared: tuple, gmap: dict[int, Tensor | None]) -> tuple:
+def _watch_list(prepared: tuple) -> tuple[list[Tensor], Plan | None]:
+    """The tensors to differentiate with respect to, and for one argument (a model: the usual
+    call) its plan, whose `build` makes the gradient's tree from them in one pass."""
+    if len(prepared) == 1:
+        p = plan(prepared[0])
+        return list(p.leaves), p
+    return _all_leaves(prepared), None
+
+
+def _explicit_result(orig: tuple, prepared: tuple, watched: list[Tensor], gs: list[Tensor | None],
+                     one: Plan | None) -> tuple:
+    if one is not None and not isinstance(orig[0], numbers.Real):
+        return (one.build(gs),)
+    gmap = {id(t): g for t, g in zip(watched, gs)}
     nested = _core.watch_depth() > 0
     out = []
     for o, p in zip(orig, prepared):
@@ -257,12 +270,11 @@ def withgradient(f: Callable, *args: Any):
         gs = _core.grad(root, list(ps)) if root is not None else [None] * len(ps)
         return ValGrad(_value(y), Grads(ps, gs))
     prepared = tuple(_prepare(a) for a in args)
-    watched = _all_leaves(prepared)
+    watched, one = _watch_list(prepared)
     y = _run(f, prepared, watched)
     root = _as_root(y, "withgradient")
     gs = _core.grad(root, watched) if root is not None and watched else [None] * len(watched)
-    gmap = {id(t): g for t, g in zip(watched, gs)}
-    return ValGrad(_value(y), _explicit_result(args, prepared, gmap))
+    return ValGrad(_value(y), _explicit_result(args, prepared, watched, gs, one))
 
 
 class ValGrad(tuple):
@@ -312,7 +324,7 @@ def pullback(f: Callable, *args: Any):
     _check_f(f, "pullback")
     implicit = len(args) == 1 and isinstance(args[0], Params)
     prepared = args if implicit else tuple(_prepare(a) for a in args)
-    watched = list(args[0]) if implicit else _all_leaves(prepared)
+    watched, one = (list(args[0]), None) if implicit else _watch_list(prepared)
     y = _run(f, () if implicit else prepared, watched)
 
     def back(dy=1.0):
@@ -322,7 +334,7 @@ def pullback(f: Callable, *args: Any):
             gs = _core.grad(y, watched, _seed(dy, y)) if watched else []
         if implicit:
             return Grads(args[0], gs)
-        return _explicit_result(args, prepared, {id(t): g for t, g in zip(watched, gs)})
+        return _explicit_result(args, prepared, watched, gs, one)
 
     # a scalar value as a number (as gradient's), any other output as the tensor it is
     return (_value(y) if not isinstance(y, Tensor) or y.size == 1 else y), back

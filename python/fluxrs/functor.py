@@ -14,7 +14,10 @@ gradients in place of tensors (`mirror`), as Functors.jl does for Flux.
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 import types
+import weakref
 from typing import Any, Callable, Iterator
 
 from fluxrs._core import Tensor
@@ -47,6 +50,16 @@ class Layer:
     def trainable(self) -> tuple[str, ...] | None:
         """Names of trainable children; None means all of them."""
         return None
+
+    # Any change of a layer's attributes may change the tree, so it outdates the cached walks
+    # (`plan`); setting attributes is rare next to reading the tree, which happens every step.
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        _edited()
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        _edited()
 
 
 def layer(cls):
@@ -99,32 +112,20 @@ def children(x: Any, trainable_only: bool = False) -> dict[Any, Any]:
 
 def leaves(x: Any, trainable_only: bool = True) -> list[Tensor]:
     """Tensors in the tree, in order, each once (shared weights appear once)."""
-    out: list[Tensor] = []
-    seen: set[int] = set()
-    visiting: set[int] = set()
-
-    def walk(node):
-        if isinstance(node, Tensor):
-            if id(node) not in seen:
-                seen.add(id(node))
-                out.append(node)
-            return
-        if isinstance(node, _ATOMS):
-            return
-        if id(node) in visiting:  # a cycle: walk each node once
-            return
-        visiting.add(id(node))
-        for v in children(node, trainable_only).values():
-            walk(v)
-        visiting.discard(id(node))
-
-    walk(x)
-    return out
+    return list(plan(x, trainable_only).leaves)
 
 
 class Struct(types.SimpleNamespace):
     """The gradient of an object node: one field per child, ``None`` where nothing is
     differentiable (Zygote's NamedTuple). Fields are read as attributes or by name."""
+
+    def __setattr__(self, name: str, value: Any) -> None:  # an optimiser state tree is cached as a Layer is
+        object.__setattr__(self, name, value)
+        _edited()
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        _edited()
 
     def __getitem__(self, key):
         return getattr(self, key) if isinstance(key, str) else list(vars(self).values())[key]
@@ -138,29 +139,135 @@ class Struct(types.SimpleNamespace):
 
 def mirror(x: Any, at_leaf: Callable[[Tensor], Any], trainable_only: bool = False) -> Any:
     """Rebuild the shape of `x` with `at_leaf(t)` for each tensor and None elsewhere;
-    a subtree that is all None collapses to None."""
+    a subtree that is all None collapses to None. `at_leaf` is called once per tensor (a
+    shared tensor's result appears wherever the tensor does)."""
+    p = plan(x, trainable_only)
+    return p.build([at_leaf(t) for t in p.leaves])
 
-    def walk(node):
-        if isinstance(node, Tensor):
-            return at_leaf(node)
-        if isinstance(node, _ATOMS):
-            return None
-        ch = children(node, trainable_only)
-        if not ch and not isinstance(node, (list, tuple, dict)):
-            return None
-        got = {k: walk(v) for k, v in ch.items()}
-        if all(v is None for v in got.values()):
-            return None
-        if isinstance(node, list):
-            return [got[i] for i in range(len(node))]
-        if isinstance(node, tuple):
-            vals = [got[i] for i in range(len(node))]
-            return type(node)(*vals) if hasattr(node, "_fields") else tuple(vals)
-        if isinstance(node, dict):
-            return got
-        return Struct(**{str(k): v for k, v in got.items()})
 
-    return walk(x)
+# ---------------------------------------------------------------- cached walks
+
+# Walking a model (children() per node, isinstance per child) costs more Python than a small
+# model's whole step in Rust, and gradient/update_ walk on every step. So a walk is done once
+# and kept (`plan`), for as long as the tree cannot have changed: every attribute change of a
+# Layer or a Struct counts as an edit (`_edited`); containers and objects that are not Layers
+# are compared with a snapshot of their children instead.
+_edit_counter = itertools.count(1)
+_generation = 0
+
+
+def _edited() -> None:
+    global _generation
+    _generation = next(_edit_counter)  # next() on a count is atomic: no edit is lost between threads
+
+
+def _own_tree_methods(node: Any) -> bool:
+    """A fluxrs Layer whose children and trainable set follow from its attributes alone, so
+    `_edited` sees every change of them; a user's override might read anything."""
+    cls = type(node)
+    return isinstance(node, Layer) and cls.__setattr__ is Layer.__setattr__ and \
+        cls.children.__module__.startswith("fluxrs") and cls.trainable.__module__.startswith("fluxrs")
+
+
+class Plan:
+    """One walk of a tree, kept: its tensors (`leaves`, each once, in order) and its shape,
+    from which `build` makes the tree's mirror. `checks` are the snapshots that `valid`
+    compares for the nodes whose edits `_edited` does not see."""
+
+    __slots__ = ("leaves", "shape", "checks", "generation")
+
+    def __init__(self, x: Any, trainable_only: bool):
+        self.generation = _generation  # read first: an edit during the walk outdates the plan
+        self.leaves: list[Tensor] = []
+        self.checks: list[tuple[Any, Any]] = []
+        index: dict[int, int] = {}
+        visiting: set[int] = set()
+
+        def walk(node):
+            if isinstance(node, Tensor):
+                i = index.get(id(node))
+                if i is None:
+                    i = index[id(node)] = len(self.leaves)
+                    self.leaves.append(node)
+                return i
+            if isinstance(node, _ATOMS) or id(node) in visiting:  # an atom, or a cycle: walk each node once
+                return None
+            ch = children(node, trainable_only)
+            if not isinstance(node, tuple) and not _own_tree_methods(node):
+                self.checks.append((node, trainable_only, ch))
+            if not ch and not isinstance(node, (list, tuple, dict)):
+                return None
+            visiting.add(id(node))
+            subs = [walk(v) for v in ch.values()]
+            visiting.discard(id(node))
+            if all(v is None for v in subs):
+                return None
+            if isinstance(node, list):
+                return (list, None, subs)
+            if isinstance(node, tuple):
+                return (type(node) if hasattr(node, "_fields") else tuple, None, subs)
+            if isinstance(node, dict):
+                return (dict, list(ch), subs)
+            return (Struct, [str(k) for k in ch], subs)
+
+        self.shape = walk(x)
+
+    def valid(self) -> bool:
+        if self.generation != _generation:
+            return False
+        for node, trainable_only, ch in self.checks:
+            now = children(node, trainable_only)
+            if len(now) != len(ch) or any(k not in now or now[k] is not v for k, v in ch.items()):
+                return False
+        return True
+
+    def build(self, values: list[Any]) -> Any:
+        """The tree's mirror with ``values[i]`` for ``leaves[i]``, None elsewhere; a subtree
+        that is all None collapses to None."""
+
+        def make(shape):
+            if shape is None:
+                return None
+            if type(shape) is int:
+                return values[shape]
+            kind, keys, subs = shape
+            got = [make(s) for s in subs]
+            if all(v is None for v in got):
+                return None
+            if kind is Struct:
+                return Struct(**dict(zip(keys, got)))
+            if kind is dict:
+                return dict(zip(keys, got))
+            if kind is list:
+                return got
+            return kind(*got) if kind is not tuple else tuple(got)
+
+        return make(self.shape)
+
+
+_plans: dict[tuple[int, bool], tuple[Any, Plan]] = {}
+
+
+def plan(x: Any, trainable_only: bool = False) -> Plan:
+    """The walk of `x` (see `Plan`), reused while the tree is unchanged when `x` can be
+    weakly referenced (layers and other objects; not tuples or lists)."""
+    key = (id(x), trainable_only)
+    hit = _plans.get(key)
+    if hit is not None and hit[0]() is x and hit[1].valid():
+        return hit[1]
+    p = Plan(x, trainable_only)
+    try:
+        ref = weakref.ref(x, functools.partial(_forget, _plans, key))
+    except TypeError:
+        return p
+    _plans[key] = (ref, p)
+    return p
+
+
+def _forget(plans: dict, key: tuple, ref: weakref.ref) -> None:
+    # `plans` is bound early: this may run while the interpreter clears the module at exit
+    if plans.get(key, (None,))[0] is ref:
+        plans.pop(key, None)
 
 
 def fmap(f: Callable[..., Any], x: Any, *ys: Any) -> Any:

@@ -59,6 +59,8 @@ def as_input(x: Any, like: Tensor, who: Any) -> Tensor:
     """`x` as a tensor of `like`'s dtype (numpy arrays, lists and other tensors converted;
     host data is placed on `like`'s device); `who` (a layer or a name) is named in warnings
     and errors."""
+    if isinstance(x, np.ndarray) and x.dtype == like.dtype:  # the usual numpy batch: nothing to check
+        return host_like(x, like)
     if isinstance(x, Tensor):
         if x.dtype == like.dtype:
             return x

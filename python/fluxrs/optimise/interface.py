@@ -30,6 +30,7 @@ parameters, for built-in rules a single call into the fused Rust kernel.
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any, Iterable
 
 import numpy as np
@@ -38,6 +39,7 @@ from fluxrs import _core
 from fluxrs._core import Tensor
 from fluxrs._signals import deferred_interrupts
 from fluxrs.autodiff import Grads, Params, no_grad
+from fluxrs import functor
 from fluxrs.functor import _ATOMS, Struct, children, mirror
 from fluxrs.optimise.rules import Rule
 
@@ -428,6 +430,13 @@ def update_(opt: Any, model: Any, grad: Any = None) -> Any:
         raise TypeError(f"update_(opt_state, model, grad): opt_state must come from fx.setup(rule, model) (or be a "
                         f"rule), got {type(opt).__name__}")
     _check_grad_arg(model, grad)
+    if grad is None:
+        raise TypeError("update_(opt_state, model, grad): the gradient is missing; pass grads[0] from "
+                        "fx.gradient(loss, model)")
+    found = _matched(opt, model, grad)
+    if found is not None:
+        update_leaves(*found)
+        return opt, model
     triples = _gather(opt, model, grad)
 
     def set_state(leaf, s):
@@ -435,6 +444,112 @@ def update_(opt: Any, model: Any, grad: Any = None) -> Any:
 
     _run_groups(triples, lambda leaf: leaf.rule, set_state)
     return opt, model
+
+
+class _Matching:
+    """The parameters of a model matched to their Leafs in its optimiser state, each with
+    the keys that lead to it from the root (the same keys lead to its gradient): `_gather`'s
+    walk done once and kept while neither tree changes (see `functor.plan`)."""
+
+    __slots__ = ("opt", "model", "generation", "checks", "items")
+
+    def __init__(self, opt: Any, model: Any):
+        self.opt, self.model = weakref.ref(opt), weakref.ref(model)
+        self.generation = functor._generation
+        self.checks: list[tuple[Any, Any]] = []  # (container, its children then) for lists and dicts of the state
+        self.items: list[tuple[Tensor, Leaf, tuple]] = []
+        model_plan = functor.plan(model, True)  # its validity covers the model's side
+        self.checks.append((model_plan, None))
+        visiting: set[int] = set()
+
+        def walk(st, m, keys):
+            if st is None:
+                return
+            if isinstance(st, Leaf):
+                if not isinstance(m, Tensor) or tuple(m.shape) != st.shape:
+                    raise StateMismatchError  # _gather says where
+                self.items.append((m, st, keys))
+                return
+            if isinstance(st, (list, dict)):
+                self.checks.append((st, list(st.items()) if isinstance(st, dict) else list(st)))
+            if isinstance(m, Tensor) or isinstance(m, _ATOMS) or id(m) in visiting:
+                if id(m) in visiting:
+                    return
+                raise StateMismatchError
+            visiting.add(id(m))
+            ch = children(m, trainable_only=True)
+            n = _size(st)
+            if n is not None and n != len(ch):
+                raise StateMismatchError
+            for k, child in ch.items():
+                walk(_sub(st, k, "", "optimiser state"), child, keys + (k,))
+            visiting.discard(id(m))
+
+        walk(opt, model, ())
+
+    def valid(self, opt: Any, model: Any) -> bool:
+        if self.generation != functor._generation or self.opt() is not opt or self.model() is not model:
+            return False
+        for node, then in self.checks:
+            if node.__class__ is functor.Plan:
+                if not node.valid():
+                    return False
+            elif isinstance(node, dict):
+                now = list(node.items())
+                if len(now) != len(then) or any(a[0] != b[0] or a[1] is not b[1] for a, b in zip(now, then)):
+                    return False
+            elif len(node) != len(then) or any(a is not b for a, b in zip(node, then)):
+                return False
+        return True
+
+
+_matchings: dict[int, _Matching] = {}
+
+
+def _matched(opt: Any, model: Any, grad: Any) -> tuple[list, list, list] | None:
+    """``(xs, dxs, leaves)`` to update, from the kept matching of `opt` to `model`, or None
+    where the slow walk must decide (trees that cannot be kept or do not fit, a gradient
+    that is not plain tensors where the model has parameters: `_gather` then names the problem)."""
+    old = m = _matchings.get(id(opt))
+    if m is None or not m.valid(opt, model):
+        try:
+            m = _Matching(opt, model)
+        except (TypeError, StateMismatchError):  # not weakly referable, or a mismatch to report
+            return None
+        _matchings[id(opt)] = m
+        if old is None or old.opt() is not opt:  # one finalizer per state tree
+            weakref.finalize(opt, _matchings.pop, id(opt), None)
+    xs, dxs, leaves, seen = [], [], [], set()
+    for x, leaf, keys in m.items:
+        if leaf.frozen or id(x) in seen:
+            continue
+        g = grad
+        for k in keys:
+            if g is None:
+                break
+            t = type(g)
+            if t is Struct:
+                g = g.__dict__.get(str(k), _MISSING)
+            elif t is tuple or t is list:
+                g = g[k] if type(k) is int and k < len(g) else _MISSING
+            elif t is dict:
+                g = g.get(k, _MISSING)
+            else:
+                return None
+            if g is _MISSING:
+                return None
+        if g is None:
+            continue
+        if type(g) is not Tensor or g.dtype != x.dtype:
+            return None
+        seen.add(id(x))
+        xs.append(x)
+        dxs.append(g)
+        leaves.append(leaf)
+    return xs, dxs, leaves
+
+
+_MISSING = object()
 
 
 def _check_grad_arg(model: Any, grad: Any) -> None:

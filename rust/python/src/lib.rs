@@ -115,6 +115,25 @@ fn full(py: Python<'_>, shape: Vec<isize>, value: f64, dtype: &str) -> PyResult<
     .map(PyTensor::wrap)
 }
 
+/// Host data (a numpy array, a list, a number, a tensor) as a tensor of `like`'s dtype on
+/// `like`'s device: the input conversion of every layer and loss, in one call.
+#[pyfunction]
+fn host_like(py: Python<'_>, data: &Bound<'_, PyAny>, like: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
+    let (dtype, device) = (like.inner.dtype(), like.inner.device());
+    let t = match data.cast::<PyTensor>() {
+        Ok(t) if t.get().inner.dtype() == dtype => t.get().inner.clone(),
+        Ok(t) => {
+            let t = t.get().inner.clone();
+            run(py, move || t.cast(dtype))?
+        }
+        Err(_) => convert::from_array_like(py, data, dtype)?,
+    };
+    if t.device() == device {
+        return Ok(PyTensor::wrap(t));
+    }
+    run(py, move || t.to_device(device)).map(PyTensor::wrap)
+}
+
 /// The GPU adapter in use ("name (backend, type)"), opening it on first call. Raises
 /// RuntimeError when this build has no GPU backend or no adapter is found.
 #[pyfunction]
@@ -144,6 +163,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stack, m)?)?;
     m.add_function(wrap_pyfunction!(where_, m)?)?;
     m.add_function(wrap_pyfunction!(full, m)?)?;
+    m.add_function(wrap_pyfunction!(host_like, m)?)?;
     m.add_function(wrap_pyfunction!(dense, m)?)?;
     m.add_function(wrap_pyfunction!(gru_sequence, m)?)?;
     m.add_function(wrap_pyfunction!(nn::conv, m)?)?;

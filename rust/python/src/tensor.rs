@@ -48,6 +48,9 @@ static WARNED_F64: AtomicBool = AtomicBool::new(false);
 /// float64 data becomes float32 unless asked for; say so once per process, since a
 /// silent float64 slowdown is a classic complaint of Flux users.
 fn default_dtype(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<DType> {
+    if data.cast::<numpy::PyArrayDyn<f32>>().is_ok() {
+        return Ok(DType::F32); // the usual batch, without asking for its dtype's name
+    }
     let is_f64 = data
         .getattr("dtype")
         .ok()
