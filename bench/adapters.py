@@ -25,14 +25,28 @@ def _flip_kernel(p):
 # ----------------------------------------------------------------------------------------- fluxrs
 
 
+# The ways a fluxrs user feeds data and writes the loop (rows of the seed workloads and of (f)).
+FEEDS = ("tensors", "numpy", "loader")
+LOOPS = ("train", "custom", "jit")
+
+
 class FluxrsTrain:
     """``fx.train_(lambda m, x, y: loss(m(x), y), model, data, opt_state)``, as the seeds write it;
-    with ``compile=True`` ("fluxrs-compiled": the step recorded once and replayed from Rust)."""
+    with ``compile=True`` ("fluxrs-compiled": the step recorded once and replayed from Rust).
 
-    def __init__(self, spec, data, init, compile=False):
+    `feed`: the batches as fx tensors converted once ("tensors"), as the numpy arrays they are
+    ("numpy"), or from an ``fx.DataLoader`` over numpy arrays ("loader"). `loop`: ``train_``
+    ("train"), or seed page 003's custom loop, ``g = fx.gradient(lambda m: loss(m(x), y),
+    model)[0]; fx.update_(opt, model, g)`` ("custom"), the same with the loss wrapped in
+    ``fx.jit`` ("jit")."""
+
+    def __init__(self, spec, data, init, compile=False, feed="tensors", loop="train"):
         import fluxrs as fx
+        if feed not in FEEDS or loop not in LOOPS:
+            raise ValueError(f"feed must be one of {FEEDS} and loop one of {LOOPS}, got {feed!r}, {loop!r}")
         self.fx = fx
         self.compile = compile
+        self.feed, self.loop = feed, loop
         if spec.get("arch") == "gru":
             gru, dense = fx.GRU(spec["n_in"], spec["hidden"]), fx.Dense(spec["hidden"], spec["n_out"])
             self.model = fx.Chain(gru, lambda y: y[:, -1], dense)  # the class from the last step's output
@@ -53,7 +67,11 @@ class FluxrsTrain:
         self.objective = lambda m, x, y: lossf(m(x), y)
         kind, lr = spec["opt"]
         self.rule = fx.Descent(lr) if kind == "descent" else fx.Adam(lr)
-        self.batches = [(fx.tensor(x), fx.tensor(y)) for x, y, _ in data]
+        if feed == "tensors":
+            self.batches = [(fx.tensor(x), fx.tensor(y)) for x, y, _ in data]
+        else:
+            self.batches = [(x, y) for x, y, _ in data]
+        self.jitted = fx.jit(self.objective)
         self.init = init
         self.reset()
 
@@ -67,10 +85,21 @@ class FluxrsTrain:
         nb = len(self.batches)
         out = [self.batches[(self.cursor + i) % nb] for i in range(n)]
         self.cursor = (self.cursor + n) % nb
+        if self.feed == "loader":  # the same batches, in order, sliced by a DataLoader
+            xs, ys = (np.concatenate(a) for a in zip(*out))
+            return self.fx.DataLoader((xs, ys), batchsize=len(out[0][0]))
         return out
 
     def run(self, n):
-        self.fx.train_(self.objective, self.model, self._take(n), self.opt, compile=self.compile)
+        data = self._take(n)
+        if self.loop == "train":
+            self.fx.train_(self.objective, self.model, data, self.opt, compile=self.compile)
+            return
+        fx, model, opt = self.fx, self.model, self.opt
+        loss = self.jitted if self.loop == "jit" else self.objective
+        for x, y in data:
+            g = fx.gradient(lambda m: loss(m, x, y), model)[0]
+            fx.update_(opt, model, g)
 
     def trajectory(self, k):
         self.reset()
@@ -92,7 +121,13 @@ class FluxrsTrain:
             seen.append(val)
             return val
 
-        self.fx.train_(recorded, self.model, self._take(k), self.opt)
+        if self.loop == "train":
+            self.fx.train_(recorded, self.model, self._take(k), self.opt)
+        else:
+            fx, model, opt = self.fx, self.model, self.opt
+            for x, y in self._take(k):
+                val, grads = fx.withgradient(lambda m: recorded(m, x, y), model)
+                fx.update_(opt, model, grads[0])
         return [float(np.asarray(v)) for v in seen]
 
     def params(self):
@@ -102,8 +137,8 @@ class FluxrsTrain:
 class FluxrsThreads:
     """(f): `nthreads` Python threads, each training its own seed model with ``fx.train_``."""
 
-    def __init__(self, spec, data, init, nthreads, compile=False):
-        self.trainers = [FluxrsTrain(spec, data, init, compile) for _ in range(nthreads)]
+    def __init__(self, spec, data, init, nthreads, compile=False, feed="tensors", loop="train"):
+        self.trainers = [FluxrsTrain(spec, data, init, compile, feed, loop) for _ in range(nthreads)]
         self.streams = nthreads
 
     def reset(self):
@@ -594,19 +629,32 @@ class NumpySgemm:
         return self.run(1)
 
 
-TRAIN = {"fluxrs": FluxrsTrain, "fluxrs-compiled": lambda spec, data, init: FluxrsTrain(spec, data, init, compile=True),
-         "torch": TorchTrain, "jax": JaxTrain, "numpy": NumpyTrain}
+TRAIN = {"torch": TorchTrain, "jax": JaxTrain, "numpy": NumpyTrain}
+
+
+def fluxrs_options(lib):
+    """(compile, feed, loop) from a fluxrs row's name: "fluxrs[-compiled][-FEED][-LOOP][-Nthread(s)]"."""
+    parts = lib.split("-")[1:]
+    parts = [p for p in parts if p not in ("1thread", "2threads")]
+    compile = "compiled" in parts
+    feed = next((p for p in parts if p in FEEDS), "tensors")
+    loop = next((p for p in parts if p in LOOPS), "train")
+    if len(parts) != compile + (feed != "tensors") + (loop != "train"):
+        raise ValueError(f"unknown fluxrs row {lib!r}")
+    return compile, feed, loop
 SGEMM = {"fluxrs": FluxrsSgemm, "torch": TorchSgemm, "numpy": NumpySgemm}
 
 
 def make(lib, spec, data=None, init=None, mats=None):
     kind = spec["kind"]
     if kind == "train":
+        if lib.startswith("fluxrs"):
+            return FluxrsTrain(spec, data, init, *fluxrs_options(lib))
         return TRAIN[lib](spec, data, init)
     if kind == "sgemm":
         return SGEMM[lib](spec, *mats)
     if kind == "threads":
-        return FluxrsThreads(spec, data, init, 2 if lib.endswith("2threads") else 1, compile="compiled" in lib)
+        return FluxrsThreads(spec, data, init, 2 if lib.endswith("2threads") else 1, *fluxrs_options(lib))
     raise ValueError(f"no adapter for workload kind {kind!r}")
 
 

@@ -398,7 +398,7 @@ def main(argv=None):
             print(f"[bench] {name}: {workloads.title(spec)}: not yet available ({spec['why']}) -- TODO", flush=True)
             report["workloads"][name] = {"title": workloads.title(spec), "status": f"not yet available: {spec['why']}"}
             continue
-        libs = peers[spec["kind"]]
+        libs = peers["train"] if args.libs and spec["kind"] == "train" else workloads.libs(spec, args.smoke)
         print(f"[bench] {name}: {workloads.title(spec)} -- {', '.join(libs)}", flush=True)
         t0 = time.perf_counter()
         try:

@@ -11,6 +11,7 @@ units with each other or with neighbours). This script measures, in interleaved 
     1 process, 2 threads       samples/s of both together (what fluxrs's threading reaches)
 
     python bench/scaling_ceiling.py [--rounds 5] [--seconds 2] [--workload seed_adam] [--compile]
+                                    [--feed tensors|numpy|loader] [--loop train|custom|jit]
 
 Every trainer runs single-threaded kernels (RAYON_NUM_THREADS=1), as the threads workload
 does in effect: two trainers on two cores, nothing else.
@@ -29,13 +30,13 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _trainer(workload: str, compile: bool):
+def _trainer(workload: str, compile: bool, feed: str, loop: str):
     sys.path.insert(0, HERE)
     import adapters
     import workloads as W
 
     spec = W.FULL[workload]
-    return adapters.FluxrsTrain(spec, W.make_data(spec), W.make_init(spec), compile), spec["batch"]
+    return adapters.FluxrsTrain(spec, W.make_data(spec), W.make_init(spec), compile, feed, loop), spec["batch"]
 
 
 def _run_for(trainer, seconds: float) -> int:
@@ -47,9 +48,9 @@ def _run_for(trainer, seconds: float) -> int:
     return steps
 
 
-def worker(workload: str, nthreads: int, seconds: float, compile: bool) -> None:
+def worker(workload: str, nthreads: int, seconds: float, compile: bool, feed: str, loop: str) -> None:
     """One process: warm up, then print the samples/s of `nthreads` trainers run together."""
-    trainers = [_trainer(workload, compile) for _ in range(nthreads)]
+    trainers = [_trainer(workload, compile, feed, loop) for _ in range(nthreads)]
     for t, _ in trainers:
         t.run(200)
     counts = [0] * nthreads
@@ -66,10 +67,10 @@ def worker(workload: str, nthreads: int, seconds: float, compile: bool) -> None:
     print(sum(counts) * trainers[0][1] / (time.perf_counter() - t0), flush=True)
 
 
-def _spawn(workload: str, nthreads: int, seconds: float, compile: bool) -> subprocess.Popen:
+def _spawn(a: argparse.Namespace, nthreads: int) -> subprocess.Popen:
     env = dict(os.environ, RAYON_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, __file__, "--worker", workload, str(nthreads), str(seconds)]
-                            + (["--compile"] if compile else []),
+    return subprocess.Popen([sys.executable, __file__, "--worker", a.workload, str(nthreads), str(a.seconds),
+                             "--feed", a.feed, "--loop", a.loop] + (["--compile"] if a.compile else []),
                             stdout=subprocess.PIPE, text=True, env=env)
 
 
@@ -89,18 +90,22 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
     ap.add_argument("--workload", default="seed_adam", help="a train workload of bench/workloads.py")
     ap.add_argument("--compile", action="store_true", help="train with train_(..., compile=True)")
+    ap.add_argument("--feed", default="tensors", choices=["tensors", "numpy", "loader"],
+                    help="batches as fx tensors, numpy arrays, or a DataLoader over numpy arrays")
+    ap.add_argument("--loop", default="train", choices=["train", "custom", "jit"],
+                    help="train_, or seed page 003's gradient + update_ loop (jit: its loss in fx.jit)")
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        worker(a.worker[0], int(a.worker[1]), float(a.worker[2]), a.compile)
+        worker(a.worker[0], int(a.worker[1]), float(a.worker[2]), a.compile, a.feed, a.loop)
         return
     rows = {"1 process": [], "2 processes": [], "2 threads": []}
     for _ in range(a.rounds):  # interleaved, so drifting load hits every row alike
-        rows["1 process"].append(_rate([_spawn(a.workload, 1, a.seconds, a.compile)]))
-        rows["2 processes"].append(_rate([_spawn(a.workload, 1, a.seconds, a.compile) for _ in range(2)]))
-        rows["2 threads"].append(_rate([_spawn(a.workload, 2, a.seconds, a.compile)]))
+        rows["1 process"].append(_rate([_spawn(a, 1)]))
+        rows["2 processes"].append(_rate([_spawn(a, 1) for _ in range(2)]))
+        rows["2 threads"].append(_rate([_spawn(a, 2)]))
     med = {k: statistics.median(v) for k, v in rows.items()}
-    print(f"{a.workload}{', compiled' if a.compile else ''}, median of {a.rounds} interleaved rounds of {a.seconds:g} s, load average "
+    print(f"{a.workload}{', compiled' if a.compile else ''}, {a.loop} loop on {a.feed}, median of {a.rounds} interleaved rounds of {a.seconds:g} s, load average "
           f"{os.getloadavg()[0]:.2f} at the end")
     for k, v in med.items():
         print(f"  {k:<12} {v:>10.0f} samples/s   {v / med['1 process']:.2f}x one process")

@@ -16,10 +16,10 @@ INIT_SEED = 42
 # name -> spec. kind: "train" (a model trained step by step), "sgemm", "threads".
 # layers: (in, out, act) per Dense; head: what follows the last Dense ("softmax" or None).
 FULL = {
-    "seed_descent": dict(kind="train", label="(a) seed",
+    "seed_descent": dict(kind="train", label="(a)/(h) seed", rows="seed",
                          layers=[(784, 32, "sigmoid"), (32, 10, None)], head="softmax", loss="mse",
                          opt=("descent", 0.1), batch=32, nbatches=64, update_tol=1e-3),
-    "seed_adam": dict(kind="train", label="(a) seed",
+    "seed_adam": dict(kind="train", label="(a)/(h) seed", rows="seed",
                       layers=[(784, 32, "sigmoid"), (32, 10, None)], head="softmax", loss="mse",
                       opt=("adam", 1e-3), batch=32, nbatches=64, update_tol=1e-3),
     "mlp": dict(kind="train", label="(b) MLP",
@@ -55,14 +55,30 @@ SMOKE = {
 }
 
 # Which libraries each kind of workload is run with (the first is fluxrs; ratios are fluxrs / each other).
+# fluxrs rows are named "fluxrs[-compiled][-FEED][-LOOP]" (adapters.fluxrs_options): fed numpy
+# batches ("-numpy"), a DataLoader ("-loader") or fx tensors (neither); trained with train_ or
+# seed page 003's custom loop ("-custom": gradient + update_, "-jit": the same, its loss in fx.jit).
+_THREADS = ["fluxrs-1thread", "fluxrs-2threads", "fluxrs-compiled-1thread", "fluxrs-compiled-2threads",
+            "fluxrs-numpy-1thread", "fluxrs-numpy-2threads", "fluxrs-loader-1thread", "fluxrs-loader-2threads",
+            "fluxrs-numpy-custom-1thread", "fluxrs-numpy-custom-2threads"]
 PEERS = {"train": ["fluxrs", "fluxrs-compiled", "torch", "jax"], "sgemm": ["fluxrs", "numpy", "torch"],
-         "threads": ["fluxrs-1thread", "fluxrs-2threads", "fluxrs-compiled-1thread", "fluxrs-compiled-2threads"]}
-SMOKE_PEERS = {"train": ["fluxrs", "fluxrs-compiled", "numpy"], "sgemm": ["fluxrs", "numpy"],
-               "threads": ["fluxrs-1thread", "fluxrs-2threads", "fluxrs-compiled-1thread", "fluxrs-compiled-2threads"]}
+         "threads": _THREADS}
+SMOKE_PEERS = {"train": ["fluxrs", "fluxrs-compiled", "numpy"], "sgemm": ["fluxrs", "numpy"], "threads": _THREADS}
+# (a) and (h): the seed model fed and looped every way users write it, against the same peers
+SEED_ROWS = ["fluxrs", "fluxrs-compiled", "fluxrs-numpy", "fluxrs-loader", "fluxrs-numpy-custom",
+             "fluxrs-numpy-jit"]
 
 
 def specs(smoke: bool) -> dict:
     return SMOKE if smoke else FULL
+
+
+def libs(spec: dict, smoke: bool) -> list[str]:
+    """The libraries (rows) a workload runs with."""
+    peers = (SMOKE_PEERS if smoke else PEERS)[spec["kind"]]
+    if spec.get("rows") == "seed":
+        return SEED_ROWS + [p for p in peers if not p.startswith("fluxrs")]
+    return list(peers)
 
 
 def title(spec: dict) -> str:

@@ -35,7 +35,7 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
         w = report["workloads"][name]
         assert w["status"] == "ok", (name, w)
         assert w["title"] and w["check"]
-        assert len(w["libs"]) == {"sgemm": 2, "threads": 4}.get(name, 3)
+        assert len(w["libs"]) == {"sgemm": 2, "threads": 10, "seed_descent": 7, "seed_adam": 7}.get(name, 3)
         for lib, r in w["libs"].items():
             for key in ("steps_per_s", "samples_per_s", "peak_rss_mb", "import_rss_mb"):
                 assert _positive(r[key]), (name, lib, key, r[key])
@@ -43,14 +43,17 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
             assert r["rss_growth_mb"] is not None
         assert w["ratios"] and all(_positive(v) for v in w["ratios"].values()), w["ratios"]
 
+    seed_rows = ["fluxrs", "fluxrs-compiled", "fluxrs-numpy", "fluxrs-loader", "fluxrs-numpy-custom", "fluxrs-numpy-jit"]
     for name in ("seed_descent", "seed_adam", "mlp", "lenet5", "gru"):
         w = report["workloads"][name]
-        assert list(w["libs"]) == ["fluxrs", "fluxrs-compiled", "numpy"]
-        assert set(w["ratios"]) == {"fluxrs/numpy", "fluxrs-compiled/numpy"}
+        ours = seed_rows if name.startswith("seed") else ["fluxrs", "fluxrs-compiled"]
+        assert list(w["libs"]) == ours + ["numpy"]
+        assert set(w["ratios"]) == {f"{lib}/numpy" for lib in ours}
         losses = w["check"]["losses"]
-        assert len(losses["fluxrs"]) == len(losses["fluxrs-compiled"]) == len(losses["numpy"]) == 5
+        assert all(len(losses[lib]) == 5 for lib in ours + ["numpy"])
     assert "gflops" in report["workloads"]["sgemm"]["libs"]["fluxrs"]
-    assert set(report["workloads"]["threads"]["ratios"]) == {"fluxrs-2threads/1thread", "fluxrs-compiled-2threads/1thread"}
+    assert set(report["workloads"]["threads"]["ratios"]) == {
+        f"fluxrs{way}-2threads/1thread" for way in ("", "-compiled", "-numpy", "-loader", "-numpy-custom")}
     assert report["workloads"]["threads"]["libs"]["fluxrs-2threads"]["threads_training"] == 2
 
 

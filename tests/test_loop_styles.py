@@ -96,6 +96,18 @@ def _custom_pullback(make, data):
     return m
 
 
+def _custom_jit(make, data):
+    m = _model(make)
+    opt = fx.setup(fx.Adam(0.01), m)
+    loss = fx.jit(_loss)
+    with warnings.catch_warnings():  # families it refuses (running statistics) train eagerly, as compared
+        warnings.simplefilter("ignore")
+        for x, y in data:
+            g = fx.gradient(lambda m: loss(m, x, y), m)[0]
+            fx.update_(opt, m, g)
+    return m
+
+
 def _implicit_train(make, data):
     m = _model(make)
     fx.train_(lambda x, y: fx.mse(m(x), y), fx.params(m), data, fx.Adam(0.01))
@@ -112,7 +124,7 @@ def _implicit_custom(make, data):
 
 
 STYLES = [_train_loader, _train_tensors_compiled, _custom_gradient, _custom_withgradient, _custom_pullback,
-          _implicit_train, _implicit_custom]
+          _custom_jit, _implicit_train, _implicit_custom]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -31,6 +31,7 @@ from fluxrs.optimise import (ADADelta, ADAGrad, ADAMW, AMSGrad, NADAM, OADAM, RA
                              RAdam, RMSProp, Rprop, Scheduler, SignDecay)
 from fluxrs.optimise import Constant, CosAnneal, Exp, Inv, Poly, Sequence, Stateful, Step, Triangle, Warmup
 from fluxrs.train import NonFiniteLossError, epochs, ncycle, skip, stop, throttle, train_
+from fluxrs.compile import jit
 from fluxrs.data import DataLoader, onecold, onehot, onehotbatch
 from fluxrs.io import Checkpoint, CheckpointError, load, loadmodel_, save, state
 

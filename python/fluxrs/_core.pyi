@@ -162,6 +162,11 @@ class Trace:
     loss, from `params` and the data `inputs`; tensors of more than one element made since
     `mark` outside the ops are refused (ValueError), as are ops without a replay."""
     def __init__(self, root: Tensor, params: Sequence[Tensor], inputs: Sequence[Tensor], mark: int) -> None: ...
+    def forward(self, params: Sequence[Tensor], inputs: Sequence[Tensor]) -> Tensor:
+        """The recorded forward pass on new inputs (the GIL released): the loss, with its graph
+        recorded from `params`, for an enclosing gradient to differentiate."""
+    def matches(self, inputs: Sequence[Tensor]) -> bool:
+        """Whether `inputs` have the shapes and dtypes the trace was recorded with."""
     def steps(self, batches: Sequence[Sequence[Tensor]], chain: Sequence[tuple[str, Sequence[float]]],
               xs: Sequence[Tensor], states: Sequence[OptState]
               ) -> tuple[list[float], tuple[float, list[Tensor | None] | None] | None]:

@@ -17,11 +17,12 @@ arguments' tensors record how they were computed; the backward pass then runs in
 from __future__ import annotations
 
 import numbers
+import threading
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from fluxrs import _core
+from fluxrs import _core, functor
 from fluxrs._core import Tensor
 from fluxrs.functor import _ATOMS, Plan, children, is_node, leaves, mirror, plan
 
@@ -238,10 +239,28 @@ def _watch_list(prepared: tuple) -> tuple[list[Tensor], Plan | None]:
     return _all_leaves(prepared), None
 
 
+# The gradient tree this thread built last, with the flat list it was built from, so that
+# `update_` can take the gradients from the list instead of walking the tree.
+_last = threading.local()
+
+
+def flat_gradient(tree: Any) -> tuple[Plan, list[Tensor | None]] | None:
+    """``(plan, gradients)`` when `tree` is the gradient tree `gradient` built last on this
+    thread and nothing has been edited since (`tree` mirrors ``plan``, with ``gradients[i]``
+    for ``plan.leaves[i]``); None otherwise."""
+    got = getattr(_last, "built", None)
+    if got is None or got[0] is not tree or got[3] != functor._generation or got[1].checks:
+        return None  # a plan with checks has lists or dicts, which can change unseen
+    return got[1], got[2]
+
+
 def _explicit_result(orig: tuple, prepared: tuple, watched: list[Tensor], gs: list[Tensor | None],
                      one: Plan | None) -> tuple:
     if one is not None and not isinstance(orig[0], numbers.Real):
-        return (one.build(gs),)
+        generation = functor._generation
+        tree = one.build(gs)
+        _last.built = (tree, one, gs, generation)
+        return (tree,)
     gmap = {id(t): g for t, g in zip(watched, gs)}
     nested = _core.watch_depth() > 0
     out = []

@@ -28,8 +28,6 @@ import contextlib
 import inspect
 import logging
 import math
-import os
-import sys
 import threading
 import time
 import warnings
@@ -39,6 +37,8 @@ from typing import Any, Callable, Iterable, Iterator
 from fluxrs import _core
 from fluxrs._core import Tensor
 from fluxrs.autodiff import Params
+from fluxrs.compile import record
+from fluxrs.compile import warn_caller as _warn_caller
 from fluxrs.functor import Struct
 from fluxrs.functor import leaves as leaves_of
 from fluxrs.optimise.interface import Leaf, _gather, _implicit_update, fused_plan, setup, update_leaves
@@ -360,18 +360,6 @@ def _finite(val: Any, i: int) -> float:
     return v
 
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _warn_caller(msg: str) -> None:
-    """Warn at the first frame outside fluxrs (the user's train_ call, however deep the
-    loop that noticed)."""
-    f, level = sys._getframe(0), 1
-    while f is not None and f.f_code.co_filename.startswith(_PACKAGE):
-        f, level = f.f_back, level + 1
-    warnings.warn(msg, stacklevel=level)
-
-
 # ---------------------------------------------------------------- gradient reduction (the fx.distributed hook)
 
 _reducer: ContextVar[Callable | None] = ContextVar("fluxrs_grad_reducer", default=None)
@@ -543,22 +531,15 @@ def _record(val: Any, xs: list, args: tuple, mark: int, read: bool) -> tuple:
     """(trace, still compiling) from a step just run eagerly: the trace of its graph, or
     (None, False) with a warning when it cannot be replayed. `read`: the loss read tensor
     values into Python while it ran."""
-    why = None
-    if read:
-        why = ("the loss reads tensor values while it computes (float(), .item(), bool(), .numpy(), np.asarray); "
-               "a compiled step would freeze what it read")
-    elif not isinstance(val, Tensor):
-        why = f"the loss returned a {type(val).__name__}, not a tensor"
-    elif not _all_tensors(args):
+    if not read and isinstance(val, Tensor) and not _all_tensors(args):
         kinds = ", ".join(type(a).__name__ for a in args)
-        why = f"the data are not all fx tensors ({kinds}); convert them once, e.g. with fx.tensor"
+        trace, why = None, f"the data are not all fx tensors ({kinds}); convert them once, e.g. with fx.tensor"
     else:
-        try:
-            return _core.Trace(val, xs, list(args), mark), True
-        except ValueError as e:
-            why = str(e).removeprefix("compile: ")
-    _warn_caller(f"train_(compile=True): {why}; training without compiling")
-    return None, False
+        trace, why = record(val, xs, list(args), mark, read)
+    if trace is None:
+        _warn_caller(f"train_(compile=True): {why}; training without compiling")
+        return None, False
+    return trace, True
 
 
 def _train_implicit(loss, ps, data, opt, cb, progress, desc, callbacks=None, epoch=None) -> None:

@@ -38,7 +38,7 @@ import numpy as np
 from fluxrs import _core
 from fluxrs._core import Tensor
 from fluxrs._signals import deferred_interrupts
-from fluxrs.autodiff import Grads, Params, no_grad
+from fluxrs.autodiff import Grads, Params, flat_gradient, no_grad
 from fluxrs import functor
 from fluxrs.functor import _ATOMS, Struct, children, mirror
 from fluxrs.optimise.rules import Rule
@@ -451,7 +451,7 @@ class _Matching:
     the keys that lead to it from the root (the same keys lead to its gradient): `_gather`'s
     walk done once and kept while neither tree changes (see `functor.plan`)."""
 
-    __slots__ = ("opt", "model", "generation", "checks", "items")
+    __slots__ = ("opt", "model", "generation", "checks", "items", "full", "at")
 
     def __init__(self, opt: Any, model: Any):
         self.opt, self.model = weakref.ref(opt), weakref.ref(model)
@@ -486,6 +486,11 @@ class _Matching:
             visiting.discard(id(m))
 
         walk(opt, model, ())
+        # where each parameter is among the tensors `gradient` differentiates (`flat_gradient`)
+        self.full = functor.plan(model)
+        self.checks.append((self.full, None))
+        index = {id(t): i for i, t in enumerate(self.full.leaves)}
+        self.at = [index[id(x)] for x, _, _ in self.items]
 
     def valid(self, opt: Any, model: Any) -> bool:
         if self.generation != functor._generation or self.opt() is not opt or self.model() is not model:
@@ -520,6 +525,20 @@ def _matched(opt: Any, model: Any, grad: Any) -> tuple[list, list, list] | None:
         if old is None or old.opt() is not opt:  # one finalizer per state tree
             weakref.finalize(opt, _matchings.pop, id(opt), None)
     xs, dxs, leaves, seen = [], [], [], set()
+    flat = flat_gradient(grad)
+    if flat is not None and flat[0] is m.full:  # the tree gradient() just built for this model
+        gs = flat[1]
+        for (x, leaf, _), i in zip(m.items, m.at):
+            g = gs[i]
+            if g is None or leaf.frozen or id(x) in seen:
+                continue
+            if g.dtype != x.dtype:
+                return None
+            seen.add(id(x))
+            xs.append(x)
+            dxs.append(g)
+            leaves.append(leaf)
+        return xs, dxs, leaves
     for x, leaf, keys in m.items:
         if leaf.frozen or id(x) in seen:
             continue

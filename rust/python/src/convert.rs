@@ -46,7 +46,7 @@ where
     };
     // The readonly borrow keeps Rust from writing the array meanwhile; a Python thread that
     // writes to it during the copy races as it would with numpy's own GIL-free copies.
-    let data = if bytes >= DETACH_COPY_BYTES { py.detach(copy) } else { copy() };
+    let data = if bytes >= DETACH_COPY_BYTES { crate::gil::detach(py, copy) } else { copy() };
     Tensor::from_vec(data, &shape).map_err(to_py)
 }
 

@@ -27,7 +27,7 @@ pub const DETACH_MIN_WORK: usize = 1 << 14;
 /// Run core work with the GIL released, turning errors and panics into Python exceptions.
 /// A panic is a bug in the core, but it must surface as an exception, never an abort.
 pub fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> fluxrs_core::Result<T> + Send) -> PyResult<T> {
-    convert(py.detach(|| catch_unwind(AssertUnwindSafe(f))))
+    convert(crate::gil::detach(py, || catch_unwind(AssertUnwindSafe(f))))
 }
 
 /// `run` for work whose size is known: the GIL is released only when `work` is at least

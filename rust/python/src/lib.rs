@@ -3,6 +3,7 @@
 
 mod convert;
 mod errors;
+mod gil;
 mod nn;
 mod optim;
 mod tensor;

@@ -35,6 +35,18 @@ impl Trace {
         Ok(Trace { inner })
     }
 
+    /// The recorded forward pass on new `inputs`: the loss, its graph recorded from `params`
+    /// (watched for it), so an enclosing `gradient` differentiates it as if the loss had run.
+    fn forward(&self, py: Python<'_>, params: Vec<PyRef<'_, PyTensor>>, inputs: Vec<PyRef<'_, PyTensor>>) -> PyResult<PyTensor> {
+        let (params, inputs) = (inner(&params), inner(&inputs));
+        run(py, move || self.inner.forward(&params, &inputs)).map(PyTensor::wrap)
+    }
+
+    /// Whether `inputs` have the shapes and dtypes the trace was recorded with.
+    fn matches(&self, inputs: Vec<PyRef<'_, PyTensor>>) -> bool {
+        self.inner.matches(&inner(&inputs))
+    }
+
     /// Steps on the batches in turn, each a list of input tensors, with the GIL released
     /// throughout, for as long as they have the recorded shapes and dtypes and update:
     /// `(losses, stop)`. `losses` are those of the steps that updated. `stop` is None, or
