@@ -510,25 +510,51 @@ def test_compiled_step_skips_a_parameter_without_gradient():
     assert _same(eager, comp)
 
 
-@pytest.mark.parametrize("case", ["dropout", "numpy data", "batchnorm", "frozen"])
+@pytest.mark.parametrize("case", ["dropout", "integer labels", "batchnorm", "frozen"])
 def test_what_cannot_be_compiled_warns_and_trains_as_usual(case):
     x, y = np.ones((8, 4), np.float32), np.ones((8, 2), np.float32)
     m = {"dropout": lambda: fx.Chain(fx.Dense(4, 6), fx.Dropout(0.5), fx.Dense(6, 2)),
-         "numpy data": lambda: fx.Dense(4, 2),
+         "integer labels": lambda: fx.Dense(4, 2),
          "batchnorm": lambda: fx.Chain(fx.Dense(4, 6), fx.BatchNorm(6), fx.Dense(6, 2)),
          "frozen": lambda: fx.Chain(fx.Dense(4, 6), fx.Dense(6, 2))}[case]()
-    data = [(x, y)] * 3 if case == "numpy data" else [(fx.tensor(x), fx.tensor(y))] * 3
+    data = [(x, np.arange(8) % 2)] * 3 if case == "integer labels" else [(fx.tensor(x), fx.tensor(y))] * 3
+    loss = (lambda m, x, y: fx.logitcrossentropy(m(x), fx.onehotbatch(y, [0, 1]))) if case == "integer labels" \
+        else (lambda m, x, y: fx.mse(m(x), y))
     fx.trainmode_(m)
     before = [np.array(p) for p in fx.params(m)]
     opt = fx.setup(fx.Descent(0.1), m)
     if case == "frozen":
         fx.freeze_(opt.layers[0])
-    match = {"dropout": r"shape \[8, 6\].*freeze", "numpy data": "not all fx tensors", "batchnorm": "running statistics",
-             "frozen": "frozen parameter"}[case]
+    match = {"dropout": r"shape \[8, 6\].*freeze", "integer labels": "not all float arrays or fx tensors.*int64",
+             "batchnorm": "running statistics", "frozen": "frozen parameter"}[case]
     with pytest.warns(UserWarning, match=match) as seen:
-        fx.train_(lambda m, x, y: fx.mse(m(x), y), m, data, opt, compile=True)
+        fx.train_(loss, m, data, opt, compile=True)
     assert [w.filename for w in seen if "compile" in str(w.message)] == [__file__], "the warning points at the call"
     assert not all(np.array_equal(a, np.array(p)) for a, p in zip(before, fx.params(m)))
+
+
+@pytest.mark.parametrize("feed", ["list", "loader"])
+def test_numpy_batches_compile_and_train_as_eager(feed):
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((40, 4)).astype(np.float32), rng.standard_normal((40, 2)).astype(np.float32)
+    data = [(xs[i:i + 8], ys[i:i + 8]) for i in range(0, 40, 8)] if feed == "list" else \
+        fx.DataLoader((xs, ys), batchsize=8)
+    eager, comp = _twins(lambda: fx.Chain(fx.Dense(4, 6, fx.tanh), fx.Dense(6, 2)))
+    fx.train_(lambda m, x, y: fx.mse(m(x), y), eager, data, fx.setup(fx.Adam(0.1), eager))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "training without compiling"
+        fx.train_(lambda m, x, y: fx.mse(m(x), y), comp, data, fx.setup(fx.Adam(0.1), comp), compile=True)
+    assert _same(eager, comp)
+
+
+def test_a_loss_that_needs_numpy_data_trains_eagerly_with_a_warning():
+    x, y = np.ones((8, 4), np.float32), np.ones((8, 2), np.float32)
+    loss = lambda m, x, y: fx.mse(m(x), y) * float(np.mean(x.view(np.int32) != 0))  # numpy-only API
+    eager, comp = _twins(lambda: fx.Dense(4, 2))
+    fx.train_(loss, eager, [(x, y)] * 3, fx.setup(fx.Descent(0.1), eager))
+    with pytest.warns(UserWarning, match="fails when its numpy data are given as tensors"):
+        fx.train_(loss, comp, [(x, y)] * 3, fx.setup(fx.Descent(0.1), comp), compile=True)
+    assert _same(eager, comp)
 
 
 def test_compile_is_for_the_explicit_style():

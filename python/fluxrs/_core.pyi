@@ -148,7 +148,7 @@ def grad_update(root: Tensor, chain: Sequence[tuple[str, Sequence[float]]], xs: 
                 states: Sequence[OptState]) -> list[Tensor | None] | None:
     """Gradients of `root` w.r.t. `xs`, then the chain's update, in one call: None when it
     updated, else (some parameter got no gradient) the gradients, with nothing updated."""
-def gru_sequence(gx: Tensor, wh: Tensor, h0: Tensor) -> Tensor: ...
+def gru_sequence(gx: Tensor, wh: Tensor, h0: Optional[Tensor] = None) -> Tensor: ...
 def sq_err(yhat: Tensor, y: Tensor, mean: bool) -> Tensor:
     """mean((yhat - y)²) (sum when `mean` is false) as one op; shapes must match."""
 

@@ -34,6 +34,8 @@ import warnings
 from contextvars import ContextVar
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+
 from fluxrs import _core
 from fluxrs._core import Tensor
 from fluxrs.autodiff import Params
@@ -179,10 +181,12 @@ def train_(loss: Callable, *args: Any, cb: Any = None, progress: Any = False, de
     Like ``jax.jit`` it suits a loss that is a fixed composition of tensor ops of its
     arguments: the loss's Python side effects (prints, ``fx.skip()``/``fx.stop()`` inside
     it) happen only when it records, which it does again when the data's shapes change.
-    Where a step cannot be compiled (data that are not tensors, a layer with running
-    statistics, an op without a replay, a tensor the loss makes from outside the ops, such
-    as a dropout mask, a loss that reads tensor values with ``float()`` or numpy while it
-    computes) train_ warns once and trains as without `compile`. Data of a new shape (a
+    Float numpy data are given to the loss as tensors of the parameters' dtype (as the layers
+    would convert them). Where a step cannot be compiled (other data, such as integer labels;
+    a loss that needs its data as numpy arrays; a layer with running statistics; an op
+    without a replay; a tensor the loss makes from outside the ops, such as a dropout mask; a
+    loss that reads tensor values with ``float()`` or numpy while it computes) train_ warns
+    once and trains as without `compile`. Data of a new shape (a
     last, smaller batch) are recorded once and replayed from then on. When no callback or
     hook watches single batches and the data are a list, a tuple or a DataLoader, up to 32
     steps (or ~50 ms of them) run per call, with the GIL released, so threads training side by
@@ -337,7 +341,7 @@ def _group(it: Iterator, most: int) -> list:
     out, size = [], 0
     for d in it:
         out.append(d)
-        size += sum(a.size * a.dtype.itemsize for a in _splat(d) if type(a) is Tensor)
+        size += sum(a.size * a.dtype.itemsize for a in _splat(d) if type(a) is Tensor or type(a) is np.ndarray)
         if len(out) >= most or size >= _GROUP_BYTES:
             break
     return out
@@ -444,8 +448,8 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
             return []
         batches = []
         for d in ds:
-            args = _splat(d)
-            if not _all_tensors(args):
+            args = _data_tensors(_splat(d), xs[0])
+            if args is None:
                 break
             batches.append(args)
         if not batches:
@@ -469,7 +473,9 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
         vs = replay(i, [d])
         if vs:  # None or [] when the step was not replayed
             return vs[0]
-        args = _splat(d)
+        given = args = _splat(d)
+        if compiling:  # numpy data are recorded as the tensors the replays will be given
+            args = _data_tensors(args, xs[0]) or args
         saved = [t.numpy().copy() for t in buffers] if buffers else None
         try:
             mark, reads = _core.tensor_mark(), _core.value_reads()
@@ -477,6 +483,14 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
             # (a smoothed target) is recorded, and replayed, rather than frozen.
             _core.push_watch(xs + list(args) if compiling and _all_tensors(args) else xs)
             try:
+                val = _call_loss(loss, (model,) + args, 1, i, d)
+            except Exception as e:
+                if not compiling or all(a is b for a, b in zip(args, given)):
+                    raise
+                compiling = False  # the loss needs its numpy data as they are
+                _warn_caller(f"train_(compile=True): the loss fails when its numpy data are given as tensors "
+                             f"({type(e).__name__}: {e}); training without compiling")
+                args = given
                 val = _call_loss(loss, (model,) + args, 1, i, d)
             finally:
                 _core.pop_watch()
@@ -514,6 +528,21 @@ def _all_tensors(args: tuple) -> bool:
     return all(type(a) is Tensor for a in args)
 
 
+def _data_tensors(args: tuple, like: Tensor) -> tuple | None:
+    """A datapoint's values as tensors, float numpy arrays in `like`'s dtype (as the layers
+    would convert them), or None when one is something else (integer labels, a list)."""
+    if _all_tensors(args):
+        return args
+    out = []
+    for a in args:
+        if type(a) is np.ndarray and a.dtype.kind == "f":
+            a = _core.host_like(a, like)
+        elif type(a) is not Tensor:
+            return None
+        out.append(a)
+    return tuple(out)
+
+
 def _compilable(buffers: list, xs: list) -> bool:
     """Whether train_(compile=True) can compile this model's steps (warns when not)."""
     if buffers:
@@ -532,8 +561,9 @@ def _record(val: Any, xs: list, args: tuple, mark: int, read: bool) -> tuple:
     (None, False) with a warning when it cannot be replayed. `read`: the loss read tensor
     values into Python while it ran."""
     if not read and isinstance(val, Tensor) and not _all_tensors(args):
-        kinds = ", ".join(type(a).__name__ for a in args)
-        trace, why = None, f"the data are not all fx tensors ({kinds}); convert them once, e.g. with fx.tensor"
+        kinds = ", ".join(f"ndarray of {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__ for a in args)
+        trace, why = None, (f"the data are not all float arrays or fx tensors ({kinds}); a replay takes tensor "
+                            "inputs (one-hot encode labels in the data, e.g. with fx.onehotbatch)")
     else:
         trace, why = record(val, xs, list(args), mark, read)
     if trace is None:

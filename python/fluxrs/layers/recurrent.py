@@ -298,9 +298,9 @@ class Recurrence(Layer):
         if steps == 0:
             raise ValueError(f"{self._repr_inner()}: the sequence is empty (shape {tuple(x.shape)})")
         first = x.select(tax, 0)
-        state = cell.initialstates(first) if state is None else cell._check_state(state, first)
         if isinstance(cell, GRUCell) and _gru_sequence is not None and _core.watch_depth() <= 1 and x.device == "cpu":
-            return self._gru_fused(cell, x, state)
+            return self._gru_fused(cell, x, None if state is None else cell._check_state(state, first))
+        state = cell.initialstates(first) if state is None else cell._check_state(state, first)
         whT = cell.Wh.T
         outs = []
         for t in range(steps):
@@ -309,13 +309,14 @@ class Recurrence(Layer):
         return _core.stack(outs, tax), state
 
     @staticmethod
-    def _gru_fused(cell: "GRUCell", x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    def _gru_fused(cell: "GRUCell", x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
         """The whole GRU sequence in one Rust call (one dense call for the input projection
         of every step, then the recurrence with hand-written BPTT). Its backward cannot be
-        differentiated again, so nested gradients (watch depth > 1) take the step-by-step path."""
+        differentiated again, so nested gradients (watch depth > 1) take the step-by-step path.
+        The default zero state (`state` None) is made inside the op, so a compiled step replays it."""
         batched = x.ndim == 3
         xb = x if batched else x.reshape(1, *x.shape)
-        h0 = state if batched else state.reshape(1, -1)
+        h0 = state if state is None or batched else state.reshape(1, -1)
         hs = _gru_sequence(cell._project(xb), cell.Wh, h0)
         last = hs.select(1, -1)
         return (hs, last) if batched else (hs.select(0, 0), last.select(0, 0))

@@ -205,9 +205,10 @@ fn sq_err(py: Python<'_>, yhat: PyRef<'_, PyTensor>, y: PyRef<'_, PyTensor>, mea
 }
 
 /// All hidden states of a GRU over `gx = x @ Wi.T + b` `(N, T, 3H)`, recurrent weight
-/// `wh` `(3H, H)`, initial state `h0` `(N, H)`: the whole sequence in one call.
+/// `wh` `(3H, H)`, initial state `h0` `(N, H)` (zeros when None): the whole sequence in one call.
 #[pyfunction]
-fn gru_sequence(py: Python<'_>, gx: PyRef<'_, PyTensor>, wh: PyRef<'_, PyTensor>, h0: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
-    let (gx, wh, h0) = (gx.inner.clone(), wh.inner.clone(), h0.inner.clone());
-    run(py, move || Tensor::gru_sequence(&gx, &wh, &h0)).map(PyTensor::wrap)
+#[pyo3(signature = (gx, wh, h0 = None))]
+fn gru_sequence(py: Python<'_>, gx: PyRef<'_, PyTensor>, wh: PyRef<'_, PyTensor>, h0: Option<PyRef<'_, PyTensor>>) -> PyResult<PyTensor> {
+    let (gx, wh, h0) = (gx.inner.clone(), wh.inner.clone(), h0.map(|h| h.inner.clone()));
+    run(py, move || Tensor::gru_sequence(&gx, &wh, h0.as_ref())).map(PyTensor::wrap)
 }

@@ -10,7 +10,7 @@
 //! Its backward is not built from differentiable ops: a second derivative through it is
 //! refused with an error (the Python layer uses the step-by-step form in that case).
 
-use crate::backprop::{record, BackwardOp};
+use crate::backprop::{record, replay, BackwardOp};
 use crate::error::{shape_err, Error, Result};
 use crate::ops::binary::check_same_dtype;
 use crate::storage::Elem;
@@ -221,7 +221,11 @@ impl<T: Elem> GruSeq<T> {
         let (n, t_len, h) = self.dims;
         let g3 = 3 * h;
         let wh = inputs[1].to_vec::<T>()?;
-        let h0 = inputs[2].to_vec::<T>()?;
+        // without a third input the sequence started from zeros
+        let h0 = match inputs.get(2) {
+            Some(h0) => h0.to_vec::<T>()?,
+            None => vec![T::ZERO; n * h],
+        };
         let mut dgx = vec![T::ZERO; n * t_len * g3];
         let parts = out.with_slice::<T, _>(|hs| {
             g.with_slice::<T, _>(|dhs| {
@@ -247,31 +251,38 @@ impl<T: Elem> BackwardOp for GruSeq<T> {
     fn name(&self) -> &'static str {
         "gru_sequence"
     }
+    replay!(|_, i, _| Tensor::gru_sequence(&i[0], &i[1], i.get(2)));
     fn backward(&self, inputs: &[Tensor], out: &Tensor, g: &Tensor, need: &[bool]) -> Result<Vec<Option<Tensor>>> {
         if crate::backprop::is_recording() && crate::backprop::watch_depth() > 0 {
             return Err(Error::Autodiff("second derivatives through the fused gru_sequence are not supported; \
                                         run the GRU step by step to differentiate it twice".into()));
         }
         let (dgx, dwh, dh0) = self.backward_impl(inputs, out, g)?;
-        Ok(vec![
+        let mut grads = vec![
             if need[0] { Some(Tensor::from_vec(dgx, inputs[0].shape())?) } else { None },
             if need[1] { Some(Tensor::from_vec(dwh, inputs[1].shape())?) } else { None },
-            if need[2] { Some(Tensor::from_vec(dh0, inputs[2].shape())?) } else { None },
-        ])
+        ];
+        if let Some(h0) = inputs.get(2) {
+            grads.push(if need[2] { Some(Tensor::from_vec(dh0, h0.shape())?) } else { None });
+        }
+        Ok(grads)
     }
 }
 
 impl Tensor {
     /// All hidden states `(N, T, H)` of a GRU run over `gx = x Wi^T + b` `(N, T, 3H)` with
     /// recurrent weight `wh` `(3H, H)` from initial state `h0` `(N, H)`.
-    pub fn gru_sequence(gx: &Tensor, wh: &Tensor, h0: &Tensor) -> Result<Tensor> {
+    /// No `h0` starts from zeros (made inside the op, so a recorded step replays it).
+    pub fn gru_sequence(gx: &Tensor, wh: &Tensor, h0: Option<&Tensor>) -> Result<Tensor> {
         Self::gru_sequence_in_blocks(gx, wh, h0, None)
     }
 
     /// `gru_sequence` with the batch split into `blocks` (default: by the work's size).
-    fn gru_sequence_in_blocks(gx: &Tensor, wh: &Tensor, h0: &Tensor, blocks: Option<usize>) -> Result<Tensor> {
+    fn gru_sequence_in_blocks(gx: &Tensor, wh: &Tensor, h0: Option<&Tensor>, blocks: Option<usize>) -> Result<Tensor> {
         check_same_dtype("gru_sequence", gx, wh)?;
-        check_same_dtype("gru_sequence", gx, h0)?;
+        if let Some(h0) = h0 {
+            check_same_dtype("gru_sequence", gx, h0)?;
+        }
         if wh.ndim() != 2 || wh.shape()[0] != 3 * wh.shape()[1] {
             return shape_err("gru_sequence", format!("the recurrent weight must be (3H, H), got {:?}", wh.shape()));
         }
@@ -280,12 +291,16 @@ impl Tensor {
             return shape_err("gru_sequence", format!("gx must be (N, T, {}), got {:?}", 3 * h, gx.shape()));
         }
         let (n, t_len) = (gx.shape()[0], gx.shape()[1]);
-        if h0.shape() != [n, h] {
+        if let Some(h0) = h0.filter(|h0| h0.shape() != [n, h]) {
             return shape_err("gru_sequence", format!("the initial state must be ({n}, {h}), got {:?}", h0.shape()));
         }
         let bl = split(n, blocks.unwrap_or_else(|| nblocks(n, t_len, h)));
         with_dtype!(gx.dtype(), T => {
-            let (whv, h0v) = (wh.to_vec::<T>()?, h0.to_vec::<T>()?);
+            let whv = wh.to_vec::<T>()?;
+            let h0v = match h0 {
+                Some(h0) => h0.to_vec::<T>()?,
+                None => vec![T::ZERO; n * h],
+            };
             let g3 = 3 * h;
             let mut hs = vec![T::ZERO; n * t_len * h];
             let saved = gx.with_slice::<T, _>(|gxv| {
@@ -296,7 +311,11 @@ impl Tensor {
                 })
             })?;
             let out = Tensor::from_vec(hs, &[n, t_len, h])?;
-            Ok(record(out, GruSeq::<T> { saved, blocks: bl, dims: (n, t_len, h) }, &[gx, wh, h0]))
+            let op = GruSeq::<T> { saved, blocks: bl, dims: (n, t_len, h) };
+            Ok(match h0 {
+                Some(h0) => record(out, op, &[gx, wh, h0]),
+                None => record(out, op, &[gx, wh]),
+            })
         })
     }
 }
@@ -343,7 +362,7 @@ mod tests {
         let [gx, wh, h0, w] = inputs(3, 5, 4, 1);
         let leaves = [gx.clone(), wh.clone(), h0.clone()];
         crate::push_watch(&leaves);
-        let a = Tensor::gru_sequence(&gx, &wh, &h0).unwrap().mul(&w).unwrap().sum_all().unwrap();
+        let a = Tensor::gru_sequence(&gx, &wh, Some(&h0)).unwrap().mul(&w).unwrap().sum_all().unwrap();
         let b = reference(&gx, &wh, &h0).mul(&w).unwrap().sum_all().unwrap();
         crate::pop_watch();
         assert!((a.item().unwrap() - b.item().unwrap()).abs() < 1e-12);
@@ -366,7 +385,7 @@ mod tests {
         let leaves = [gx.clone(), wh.clone(), h0.clone()];
         let run = |k| {
             crate::push_watch(&leaves);
-            let y = Tensor::gru_sequence_in_blocks(&gx, &wh, &h0, Some(k)).unwrap();
+            let y = Tensor::gru_sequence_in_blocks(&gx, &wh, Some(&h0), Some(k)).unwrap();
             let l = y.mul(&w).unwrap().sum_all().unwrap();
             crate::pop_watch();
             let g = crate::grad(&l, &leaves, None).unwrap();
@@ -383,10 +402,26 @@ mod tests {
     }
 
     #[test]
+    fn no_initial_state_is_the_zero_state_in_value_and_gradient() {
+        let [gx, wh, _, w] = inputs(3, 4, 2, 2);
+        let zeros = Tensor::zeros(&[3, 2], gx.dtype());
+        let leaves = [gx.clone(), wh.clone()];
+        let run = |h0: Option<&Tensor>| {
+            crate::push_watch(&leaves);
+            let y = Tensor::gru_sequence(&gx, &wh, h0).unwrap();
+            let l = y.mul(&w).unwrap().sum_all().unwrap();
+            crate::pop_watch();
+            let g = crate::grad(&l, &leaves, None).unwrap();
+            (y.to_vec_f64(), g.into_iter().map(|g| g.unwrap().to_vec_f64()).collect::<Vec<_>>())
+        };
+        assert_eq!(run(None), run(Some(&zeros)));
+    }
+
+    #[test]
     fn bad_shapes_are_errors() {
         let gx = Tensor::zeros(&[2, 3, 12], crate::DType::F32);
         let wh = Tensor::zeros(&[12, 4], crate::DType::F32);
-        assert!(Tensor::gru_sequence(&gx, &wh, &Tensor::zeros(&[2, 5], crate::DType::F32)).is_err());
-        assert!(Tensor::gru_sequence(&gx, &Tensor::zeros(&[12, 3], crate::DType::F32), &Tensor::zeros(&[2, 4], crate::DType::F32)).is_err());
+        assert!(Tensor::gru_sequence(&gx, &wh, Some(&Tensor::zeros(&[2, 5], crate::DType::F32))).is_err());
+        assert!(Tensor::gru_sequence(&gx, &Tensor::zeros(&[12, 3], crate::DType::F32), Some(&Tensor::zeros(&[2, 4], crate::DType::F32))).is_err());
     }
 }
