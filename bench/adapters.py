@@ -16,10 +16,12 @@ import numpy as np
 
 
 def _flip_kernel(p):
-    """A conv weight (out, in, kh, kw) reversed along its spatial axes, anything else as it is. The shared
+    """A conv weight (out, in, kh, kw) or (out, in, k) reversed along its spatial axes, anything else as it is. The shared
     init is for fluxrs' `Conv`, a true convolution as Flux's; PyTorch and JAX cross-correlate, so they
     get the flipped kernel (the same model) and give it back flipped for the check."""
-    return np.ascontiguousarray(p[:, :, ::-1, ::-1]) if p.ndim == 4 else p
+    if p.ndim == 4:
+        return np.ascontiguousarray(p[:, :, ::-1, ::-1])
+    return np.ascontiguousarray(p[:, :, ::-1]) if p.ndim == 3 else p
 
 
 # ----------------------------------------------------------------------------------------- fluxrs
@@ -51,6 +53,11 @@ class FluxrsTrain:
             gru, dense = fx.GRU(spec["n_in"], spec["hidden"]), fx.Dense(spec["hidden"], spec["n_out"])
             self.model = fx.Chain(gru, lambda y: y[:, -1], dense)  # the class from the last step's output
             self.tensors = [gru.cell.Wi, gru.cell.Wh, gru.cell.bias, dense.weight, dense.bias]
+        elif spec.get("arch") == "cnn1d":
+            convs = [fx.Conv((k,), (i, o), fx.relu, stride=st, pad=pd) for i, o, k, st, pd in spec["convs1d"]]
+            dense = [fx.Dense(i, o) for i, o, _ in spec["layers"]]
+            self.model = fx.Chain(*convs, fx.flatten, *dense)
+            self.tensors = [t for layer in convs + dense for t in (layer.weight, layer.bias)]
         elif spec.get("arch") == "lenet5":
             # the model zoo's LeNet-5, as a Flux user writes it (fx.Conv flips its kernel, as Flux's does)
             convs = [fx.Conv((k, k), (i, o), fx.relu) for i, o, k in spec["convs"]]
@@ -71,6 +78,8 @@ class FluxrsTrain:
             self.batches = [(fx.tensor(x), fx.tensor(y)) for x, y, _ in data]
         else:
             self.batches = [(x, y) for x, y, _ in data]
+        if feed == "loader":  # one dataset, the batches in order: a DataLoader over a window of it slices them
+            self.xs, self.ys = (np.ascontiguousarray(np.concatenate(a)) for a in zip(*self.batches))
         self.jitted = fx.jit(self.objective)
         self.init = init
         self.reset()
@@ -85,13 +94,25 @@ class FluxrsTrain:
         nb = len(self.batches)
         out = [self.batches[(self.cursor + i) % nb] for i in range(n)]
         self.cursor = (self.cursor + n) % nb
-        if self.feed == "loader":  # the same batches, in order, sliced by a DataLoader
-            xs, ys = (np.concatenate(a) for a in zip(*out))
-            return self.fx.DataLoader((xs, ys), batchsize=len(out[0][0]))
         return out
 
+    def _loaders(self, n):
+        """DataLoaders giving the next `n` batches: one per run of batches that does not wrap
+        around the end of the dataset (numpy views of it, sliced as the loader iterates)."""
+        nb, bs = len(self.batches), len(self.batches[0][0])
+        while n > 0:
+            k = min(n, nb - self.cursor)
+            lo, hi = self.cursor * bs, (self.cursor + k) * bs
+            yield self.fx.DataLoader((self.xs[lo:hi], self.ys[lo:hi]), batchsize=bs)
+            self.cursor = (self.cursor + k) % nb
+            n -= k
+
     def run(self, n):
-        data = self._take(n)
+        if self.loop == "train" and self.feed == "loader":
+            for loader in self._loaders(n):
+                self.fx.train_(self.objective, self.model, loader, self.opt, compile=self.compile)
+            return
+        data = [b for loader in self._loaders(n) for b in loader] if self.feed == "loader" else self._take(n)
         if self.loop == "train":
             self.fx.train_(self.objective, self.model, data, self.opt, compile=self.compile)
             return
@@ -121,7 +142,10 @@ class FluxrsTrain:
             seen.append(val)
             return val
 
-        if self.loop == "train":
+        if self.loop == "train" and self.feed == "loader":
+            for loader in self._loaders(k):
+                self.fx.train_(recorded, self.model, loader, self.opt)
+        elif self.loop == "train":
             self.fx.train_(recorded, self.model, self._take(k), self.opt)
         else:
             fx, model, opt = self.fx, self.model, self.opt
@@ -210,7 +234,9 @@ class TorchTrain:
         mods = []
         for i, o, k in spec.get("convs", []):  # LeNet-5
             mods += [nn.Conv2d(i, o, k), nn.ReLU(), nn.MaxPool2d(2)]
-        if "convs" in spec:
+        for i, o, k, st, pd in spec.get("convs1d", []):  # the MNIST-1D CNN
+            mods += [nn.Conv1d(i, o, k, stride=st, padding=pd), nn.ReLU()]
+        if "convs" in spec or "convs1d" in spec:
             mods.append(nn.Flatten())
         for i, o, a in spec["layers"]:
             mods.append(nn.Linear(i, o))
@@ -221,7 +247,7 @@ class TorchTrain:
         if spec["head"] == "softmax":
             mods.append(nn.Softmax(dim=1))
         self.model = nn.Sequential(*mods)
-        self.tensors = [p for m in mods if isinstance(m, (nn.Conv2d, nn.Linear)) for p in (m.weight, m.bias)]
+        self.tensors = [p for m in mods if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) for p in (m.weight, m.bias)]
         if spec["loss"] == "mse":
             self.lossf = F.mse_loss
             self.batches = [(torch.from_numpy(x.copy()), torch.from_numpy(y.copy())) for x, y, _ in data]
@@ -337,7 +363,7 @@ class JaxTrain:
             h, _ = jax.lax.scan(cell, jnp.zeros((x.shape[0], n), x.dtype), gx)
             return h @ w.T + bo
 
-        convs = spec.get("convs", [])
+        convs, convs1d = spec.get("convs", []), spec.get("convs1d", [])
 
         def forward(params, x):
             h = x
@@ -346,9 +372,13 @@ class JaxTrain:
                                                  dimension_numbers=("NCHW", "OIHW", "NCHW"))
                 h = jax.nn.relu(h + params[2 * k + 1][None, :, None, None])
                 h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
-            if convs:
+            for k, (_, _, _, st, pd) in enumerate(convs1d):  # the MNIST-1D CNN: strided, padded, relu
+                h = jax.lax.conv_general_dilated(h, params[2 * k], (st,), [(pd, pd)],
+                                                 dimension_numbers=("NCH", "OIH", "NCH"))
+                h = jax.nn.relu(h + params[2 * k + 1][None, :, None])
+            if convs or convs1d:
                 h = h.reshape(h.shape[0], -1)
-            params = params[2 * len(convs):]
+            params = params[2 * (len(convs) + len(convs1d)):]
             for k, (_, _, a) in enumerate(layers):
                 h = h @ params[2 * k].T + params[2 * k + 1]
                 if a == "sigmoid":
@@ -446,6 +476,8 @@ class NumpyTrain:
             return self._gru_loss_and_grads(x, y)
         if self.spec.get("arch") == "lenet5":
             return self._lenet_loss_and_grads(x, y)
+        if self.spec.get("arch") == "cnn1d":
+            return self._cnn1d_loss_and_grads(x, y)
         spec, ps = self.spec, self.ps
         hs, zs = [x], []
         for k, (_, _, a) in enumerate(spec["layers"]):
@@ -573,6 +605,43 @@ class NumpyTrain:
                 for i in range(k):
                     for j in range(k):
                         d[:, :, i:i + ho, j:j + wo] += dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+        return float(loss), grads
+
+    def _cnn1d_loss_and_grads(self, x, y):
+        """The MNIST-1D CNN: strided, padded (true) 1-D convolutions by im2col, each with relu,
+        flatten, a Dense, logitcrossentropy."""
+        spec, ps = self.spec, self.ps
+        nc = len(spec["convs1d"])
+        h, cache = x, []
+        for c, (_, o, k, st, pd) in enumerate(spec["convs1d"]):
+            wf = ps[2 * c][:, :, ::-1]  # a convolution is a cross-correlation with the flipped kernel
+            n, ci, length = h.shape
+            hp = np.pad(h, ((0, 0), (0, 0), (pd, pd)))
+            cols = np.lib.stride_tricks.sliding_window_view(hp, k, axis=2)[:, :, ::st]  # (n, ci, lo, k)
+            lo = cols.shape[2]
+            cols = cols.transpose(0, 2, 1, 3).reshape(n * lo, ci * k)
+            z = (cols @ wf.reshape(o, -1).T + ps[2 * c + 1]).reshape(n, lo, o).transpose(0, 2, 1)
+            cache.append((hp.shape, cols, wf, z, st, pd))
+            h = np.maximum(z, 0)
+        flat = h.reshape(h.shape[0], -1)
+        w, b = ps[2 * nc], ps[2 * nc + 1]
+        loss, d = self._lce(flat @ w.T + b, y)
+        grads = [None] * len(ps)
+        grads[2 * nc], grads[2 * nc + 1] = d.T @ flat, d.sum(axis=0)
+        d = (d @ w).reshape(h.shape)
+        for c in reversed(range(nc)):
+            pshape, cols, wf, z, st, pd = cache[c]
+            n, o, lo = z.shape
+            k = wf.shape[-1]
+            dz = (d * (z > 0)).transpose(0, 2, 1).reshape(n * lo, o)
+            grads[2 * c] = (dz.T @ cols).reshape(wf.shape)[:, :, ::-1].copy()
+            grads[2 * c + 1] = dz.sum(axis=0)
+            if c > 0:  # col2im: each kernel offset adds its strided slice of the column gradient back
+                dcols = (dz @ wf.reshape(o, -1)).reshape(n, lo, wf.shape[1], k)
+                dp = np.zeros(pshape, np.float32)
+                for j in range(k):
+                    dp[:, :, j:j + st * (lo - 1) + 1:st] += dcols[:, :, :, j].transpose(0, 2, 1)
+                d = dp[:, :, pd:pshape[2] - pd]
         return float(loss), grads
 
     def _update(self, grads):

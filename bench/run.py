@@ -37,7 +37,7 @@ sys.path.insert(0, HERE)
 
 import workloads  # noqa: E402
 
-ORDER = ["seed_descent", "seed_adam", "mlp", "lenet5", "gru", "sgemm", "threads"]
+ORDER = ["seed_descent", "seed_adam", "mlp", "lenet5", "gru", "cnn1d", "sgemm", "threads"]
 
 
 class CheckFailed(SystemExit):

@@ -37,6 +37,11 @@ FULL = {
     # MNIST-1D shaped: sequences of 40 one-feature steps, 10 classes; the class comes from the last output
     "gru": dict(kind="train", arch="gru", label="(d) GRU, MNIST-1D shaped", seq_len=40, n_in=1, hidden=64, n_out=10,
                 loss="logitcrossentropy", opt=("adam", 1e-3), batch=128, nbatches=16, update_tol=1e-3),
+    # MNIST-1D's CNN: 1-D convolutions (in, out, k, stride, pad), each with relu, on sequences of 40
+    # one-channel points; flatten (25 channels x 5 = 125) into a Dense
+    "cnn1d": dict(kind="train", arch="cnn1d", label="(g) MNIST-1D CNN", length=40,
+                  convs1d=[(1, 25, 5, 2, 1), (25, 25, 3, 2, 1), (25, 25, 3, 2, 1)], layers=[(125, 10, None)],
+                  head=None, loss="logitcrossentropy", opt=("adam", 1e-2), batch=100, nbatches=16, update_tol=1e-3),
     "sgemm": dict(kind="sgemm", label="(e)", n=1024),
     "threads": dict(kind="threads", label="(f) 2 threads vs 1, each training its own",
                     layers=[(784, 32, "sigmoid"), (32, 10, None)], head="softmax", loss="mse",
@@ -50,6 +55,7 @@ SMOKE = {
     "mlp": dict(FULL["mlp"], layers=[(64, 48, "relu"), (48, 48, "relu"), (48, 10, None)], batch=16, nbatches=4),
     "lenet5": dict(FULL["lenet5"], batch=4, nbatches=4),  # the image stays 28x28: the Dense sizes follow from it
     "gru": dict(FULL["gru"], seq_len=5, hidden=8, batch=4, nbatches=4),
+    "cnn1d": dict(FULL["cnn1d"], batch=4, nbatches=4),
     "sgemm": dict(FULL["sgemm"], n=64),
     "threads": dict(FULL["threads"], layers=[(64, 16, "sigmoid"), (16, 10, None)], batch=8, nbatches=4),
 }
@@ -88,6 +94,12 @@ def title(spec: dict) -> str:
         return (f"{spec['label']}: Chain(GRU({spec['n_in']},{spec['hidden']}), last step, "
                 f"Dense({spec['hidden']},{spec['n_out']})), seq {spec['seq_len']}, {spec['loss']}, "
                 f"{'Descent' if kind == 'descent' else 'Adam'}({lr:g}), batch {spec['batch']}")
+    if spec.get("arch") == "cnn1d":
+        kind, lr = spec["opt"]
+        convs = ",".join(f"Conv(({k},),{i}=>{o},relu,stride={st},pad={pd})" for i, o, k, st, pd in spec["convs1d"])
+        dense = ",".join(f"Dense({i},{o})" for i, o, _ in spec["layers"])
+        return (f"{spec['label']} Chain({convs},flatten,{dense}) on {spec['length']} points, {spec['loss']}, "
+                f"Adam({lr:g}), batch {spec['batch']}")
     if spec.get("arch") == "lenet5":
         kind, lr = spec["opt"]
         convs = ",".join(f"Conv(({k},{k}),{i}=>{o},relu),MaxPool((2,2))" for i, o, k in spec["convs"])
@@ -122,11 +134,13 @@ def make_data(spec: dict) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         n_out, shape = spec["n_out"], (spec["batch"], spec["seq_len"], spec["n_in"])
     elif spec.get("arch") == "lenet5":
         n_out, shape = spec["layers"][-1][1], (spec["batch"], spec["convs"][0][0], spec["image"], spec["image"])
+    elif spec.get("arch") == "cnn1d":
+        n_out, shape = spec["layers"][-1][1], (spec["batch"], spec["convs1d"][0][0], spec["length"])
     else:
         n_out, shape = spec["layers"][-1][1], (spec["batch"], spec["layers"][0][0])
     out = []
     for _ in range(spec["nbatches"]):
-        x = rng.standard_normal(shape, dtype=np.float32) if spec.get("arch") == "gru" else \
+        x = rng.standard_normal(shape, dtype=np.float32) if spec.get("arch") in ("gru", "cnn1d") else \
             rng.random(shape, dtype=np.float32)
         labels = rng.integers(0, n_out, size=spec["batch"])
         y = np.zeros((spec["batch"], n_out), dtype=np.float32)
@@ -146,6 +160,11 @@ def make_init(spec: dict, seed: int = INIT_SEED) -> list[np.ndarray]:
         for n_in, n_out, k in spec["convs"]:
             lim = np.sqrt(6.0 / ((n_in + n_out) * k * k))
             params.append(rng.uniform(-lim, lim, size=(n_out, n_in, k, k)).astype(np.float32))
+            params.append(np.zeros(n_out, dtype=np.float32))
+    if spec.get("arch") == "cnn1d":
+        for n_in, n_out, k, _, _ in spec["convs1d"]:
+            lim = np.sqrt(6.0 / ((n_in + n_out) * k))
+            params.append(rng.uniform(-lim, lim, size=(n_out, n_in, k)).astype(np.float32))
             params.append(np.zeros(n_out, dtype=np.float32))
     if spec.get("arch") == "gru":
         # [Wi (3h, in), Wh (3h, h), bias (3h,), W (out, h), b (out,)]: Flux's GRU fields, gates (r, z, h̃)

@@ -10,7 +10,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "bench", "run.py")
-TIMED = ["seed_descent", "seed_adam", "mlp", "lenet5", "gru", "sgemm", "threads"]
+TIMED = ["seed_descent", "seed_adam", "mlp", "lenet5", "gru", "cnn1d", "sgemm", "threads"]
 
 
 def _run(args, env=None, timeout=600):
@@ -44,7 +44,7 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
         assert w["ratios"] and all(_positive(v) for v in w["ratios"].values()), w["ratios"]
 
     seed_rows = ["fluxrs", "fluxrs-compiled", "fluxrs-numpy", "fluxrs-loader", "fluxrs-numpy-custom", "fluxrs-numpy-jit"]
-    for name in ("seed_descent", "seed_adam", "mlp", "lenet5", "gru"):
+    for name in ("seed_descent", "seed_adam", "mlp", "lenet5", "gru", "cnn1d"):
         w = report["workloads"][name]
         ours = seed_rows if name.startswith("seed") else ["fluxrs", "fluxrs-compiled"]
         assert list(w["libs"]) == ours + ["numpy"]

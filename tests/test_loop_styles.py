@@ -266,3 +266,52 @@ def test_update_without_a_gradient_raises():
     m = fx.Dense(2, 1)
     with pytest.raises(TypeError, match="gradient is missing"):
         fx.update_(fx.setup(fx.Adam(), m), m)
+
+
+def test_kept_walks_do_not_keep_models_or_tensors_alive():
+    import gc
+    import weakref
+
+    class Custom(fx.Layer):  # children() of its own: its walk keeps a snapshot of the root
+        def __init__(self):
+            self.d = fx.Dense(3, 2)
+
+        def children(self):
+            return {"d": self.d}
+
+        def __call__(self, x):
+            return self.d(x)
+
+    x, y = _xy()
+    refs = []
+    for make in (lambda: fx.Chain(fx.Dense(3, 2)), Custom):
+        m = make()
+        opt = fx.setup(fx.Adam(), m)
+        _step(m, opt, x, y)
+        jl = fx.jit(lambda m, x, y: fx.mse(m(x), y))
+        fx.gradient(lambda m: jl(m, x, y), m)
+        fx.gradient(lambda m: jl(m, x, y), m)  # a replay
+        assert jl.replayed == 1
+        refs += [weakref.ref(m), weakref.ref(opt), weakref.ref(fx.params(m)[0])]
+        del m, opt, jl
+    w = fx.ones(3)
+    fx.gradient(lambda w: (w * w).sum(), w)
+    refs.append(weakref.ref(w))
+    del w
+    fx.gradient(lambda v: (v * v).sum(), fx.ones(2))  # the thread's last gradient is another's now
+    gc.collect()
+    assert [r() for r in refs] == [None] * len(refs)
+
+
+def test_a_copied_layer_walks_its_own_tensors():
+    import copy
+    x, y = _xy()
+    m = fx.Chain(fx.Dense(3, 2))
+    fx.gradient(lambda m: fx.mse(m(x), y), m)  # keeps its walk
+    shallow = copy.copy(m[0])
+    shallow.weight = fx.zeros(2, 3)  # the copy's own tensor; the original keeps its walk
+    assert fx.params(shallow)[0] is shallow.weight and fx.params(m)[0] is m[0].weight
+    mapped = fx.fmap(lambda p: p * 1, m)  # fmap copies each layer and sets its new tensors
+    assert {id(p) for p in fx.params(mapped)}.isdisjoint({id(p) for p in fx.params(m)})
+    g = fx.gradient(lambda c: c(x).sum(), mapped)[0]
+    assert g.layers[0].weight is not None

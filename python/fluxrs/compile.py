@@ -40,7 +40,7 @@ import numpy as np
 
 from fluxrs import _core
 from fluxrs._core import Tensor
-from fluxrs.functor import _ATOMS, plan
+from fluxrs.functor import _ATOMS, Layer, plan
 
 __all__ = ["jit"]
 
@@ -95,6 +95,13 @@ def _key(args: tuple) -> tuple[tuple, list]:
             key.append(("tree", id(a)))
             trees.append(a)
     return tuple(key), trees
+
+
+def _unchanged(p: Any, tree: Any) -> bool:
+    """Whether `tree` is still what plan `p` walked when it was recorded. A layer keeps its
+    plan (`plan` gives the same one back while nothing changed); another tree's plan holds
+    the tree and compares its snapshots (`Plan.valid`)."""
+    return plan(tree) is p if isinstance(tree, Layer) else p.valid()
 
 
 def _parameters(trees: list) -> tuple[list, list[Tensor]]:
@@ -165,7 +172,7 @@ class jit:
         hit = self._traces.get(key)
         if hit is not None:
             plans, params, trace = hit
-            if all(plan(a) is p for p, a in zip(plans, trees)):  # the same trees, unchanged since recorded
+            if all(_unchanged(p, a) for p, a in zip(plans, trees)):
                 self.replayed += 1
                 return trace.forward(params, _inputs(args, params))
         if len(self._traces) >= _MAX_TRACES:

@@ -14,10 +14,8 @@ gradients in place of tensors (`mirror`), as Functors.jl does for Flux.
 from __future__ import annotations
 
 import copy
-import functools
 import itertools
 import types
-import weakref
 from typing import Any, Callable, Iterator
 
 from fluxrs._core import Tensor
@@ -60,6 +58,9 @@ class Layer:
     def __delattr__(self, name: str) -> None:
         object.__delattr__(self, name)
         _edited()
+
+    def __getstate__(self) -> dict[str, Any]:  # copies and pickles leave the kept walks behind
+        return {k: v for k, v in self.__dict__.items() if k not in _PLAN_ATTRS.values()}
 
 
 def layer(cls):
@@ -174,10 +175,12 @@ class Plan:
     from which `build` makes the tree's mirror. `checks` are the snapshots that `valid`
     compares for the nodes whose edits `_edited` does not see."""
 
-    __slots__ = ("leaves", "shape", "checks", "generation")
+    __slots__ = ("leaves", "shape", "checks", "generation", "owner", "_build")
 
     def __init__(self, x: Any, trainable_only: bool):
         self.generation = _generation  # read first: an edit during the walk outdates the plan
+        self.owner: int | None = None  # id of the layer that keeps it
+        self._build: Callable[[list[Any]], Any] | None = None
         self.leaves: list[Tensor] = []
         self.checks: list[tuple[Any, Any]] = []
         index: dict[int, int] = {}
@@ -224,50 +227,68 @@ class Plan:
     def build(self, values: list[Any]) -> Any:
         """The tree's mirror with ``values[i]`` for ``leaves[i]``, None elsewhere; a subtree
         that is all None collapses to None."""
-
-        def make(shape):
-            if shape is None:
-                return None
-            if type(shape) is int:
-                return values[shape]
-            kind, keys, subs = shape
-            got = [make(s) for s in subs]
-            if all(v is None for v in got):
-                return None
-            if kind is Struct:
-                return Struct(**dict(zip(keys, got)))
-            if kind is dict:
-                return dict(zip(keys, got))
-            if kind is list:
-                return got
-            return kind(*got) if kind is not tuple else tuple(got)
-
-        return make(self.shape)
+        if self._build is None:
+            self._build = _compile_build(self.shape)
+        return self._build(values)
 
 
-_plans: dict[tuple[int, bool], tuple[Any, Plan]] = {}
+def _compile_build(shape: Any) -> Callable[[list[Any]], Any]:
+    """`Plan.build` for one tree shape, as straight-line Python (one expression per node):
+    gradient builds its result this way on every step, and a recursive walk cost more than
+    the rest of a small model's step in Python."""
+    consts: dict[str, Any] = {"_S": Struct}
+    lines: list[str] = []
+
+    def emit(sh) -> str:
+        if sh is None:
+            return "None"
+        if type(sh) is int:
+            return f"v[{sh}]"
+        kind, keys, subs = sh
+        parts = [emit(s) for s in subs]
+        j = len(lines)
+        if kind is Struct:
+            made = "_S(**{" + ", ".join(f"{k!r}: {p}" for k, p in zip(keys, parts)) + "})"
+        elif kind is dict:
+            consts[f"_k{j}"] = keys
+            made = f"dict(zip(_k{j}, ({', '.join(parts)},)))"
+        elif kind is list:
+            made = "[" + ", ".join(parts) + "]"
+        elif kind is tuple:
+            made = "(" + ", ".join(parts) + ",)"
+        else:  # a namedtuple
+            consts[f"_t{j}"] = kind
+            made = f"_t{j}({', '.join(parts)})"
+        tests = [f"{p} is None" for p in parts if p != "None"]
+        lines.append(f"    n{j} = None if {' and '.join(tests)} else {made}")
+        return f"n{j}"
+
+    root = emit(shape)
+    src = "def build(v):\n" + "\n".join(lines + [f"    return {root}"]) + "\n"
+    exec(compile(src, "<fluxrs.functor.Plan.build>", "exec"), consts)
+    return consts["build"]
+
+
+_PLAN_ATTRS = {False: "_fx_plan", True: "_fx_plan_trainable"}
 
 
 def plan(x: Any, trainable_only: bool = False) -> Plan:
-    """The walk of `x` (see `Plan`), reused while the tree is unchanged when `x` can be
-    weakly referenced (layers and other objects; not tuples or lists)."""
-    key = (id(x), trainable_only)
-    hit = _plans.get(key)
-    if hit is not None and hit[0]() is x and hit[1].valid():
-        return hit[1]
-    p = Plan(x, trainable_only)
-    try:
-        ref = weakref.ref(x, functools.partial(_forget, _plans, key))
-    except TypeError:
+    """The walk of `x` (see `Plan`), kept on `x` while the tree is unchanged when `x` is a
+    Layer (in an attribute, so it lives and dies with the model; a copy of the layer has
+    another id and walks afresh); other trees are walked on every call."""
+    if not isinstance(x, Layer):
+        return Plan(x, trainable_only)
+    attr = _PLAN_ATTRS[trainable_only]
+    p = getattr(x, attr, None)
+    if p is not None and p.owner == id(x) and p.valid():
         return p
-    _plans[key] = (ref, p)
+    p = Plan(x, trainable_only)
+    p.owner = id(x)
+    try:
+        object.__setattr__(x, attr, p)  # not an edit of the tree (underscore names are not children)
+    except AttributeError:  # __slots__ without room for it
+        pass
     return p
-
-
-def _forget(plans: dict, key: tuple, ref: weakref.ref) -> None:
-    # `plans` is bound early: this may run while the interpreter clears the module at exit
-    if plans.get(key, (None,))[0] is ref:
-        plans.pop(key, None)
 
 
 def fmap(f: Callable[..., Any], x: Any, *ys: Any) -> Any:

@@ -451,15 +451,18 @@ class _Matching:
     the keys that lead to it from the root (the same keys lead to its gradient): `_gather`'s
     walk done once and kept while neither tree changes (see `functor.plan`)."""
 
-    __slots__ = ("opt", "model", "generation", "checks", "items", "full", "at")
+    __slots__ = ("opt", "model", "generation", "checks", "items", "full", "unique")
 
     def __init__(self, opt: Any, model: Any):
         self.opt, self.model = weakref.ref(opt), weakref.ref(model)
         self.generation = functor._generation
         self.checks: list[tuple[Any, Any]] = []  # (container, its children then) for lists and dicts of the state
         self.items: list[tuple[Tensor, Leaf, tuple]] = []
-        model_plan = functor.plan(model, True)  # its validity covers the model's side
-        self.checks.append((model_plan, None))
+        # The model's side is valid while its plans are (a plan without snapshots is valid
+        # while the generation is, which `valid` compares first).
+        model_plan = functor.plan(model, True)
+        if model_plan.checks:
+            self.checks.append((model_plan, None))
         visiting: set[int] = set()
 
         def walk(st, m, keys):
@@ -486,11 +489,14 @@ class _Matching:
             visiting.discard(id(m))
 
         walk(opt, model, ())
-        # where each parameter is among the tensors `gradient` differentiates (`flat_gradient`)
+        # where each parameter is among the tensors `gradient` differentiates (`flat_gradient`),
+        # each parameter once (a shared one has the same gradient wherever it appears there)
         self.full = functor.plan(model)
-        self.checks.append((self.full, None))
+        if self.full.checks:
+            self.checks.append((self.full, None))
         index = {id(t): i for i, t in enumerate(self.full.leaves)}
-        self.at = [index[id(x)] for x, _, _ in self.items]
+        seen: set[int] = set()
+        self.unique = [(x, leaf, index[id(x)]) for x, leaf, _ in self.items if not (id(x) in seen or seen.add(id(x)))]
 
     def valid(self, opt: Any, model: Any) -> bool:
         if self.generation != functor._generation or self.opt() is not opt or self.model() is not model:
@@ -524,21 +530,12 @@ def _matched(opt: Any, model: Any, grad: Any) -> tuple[list, list, list] | None:
         _matchings[id(opt)] = m
         if old is None or old.opt() is not opt:  # one finalizer per state tree
             weakref.finalize(opt, _matchings.pop, id(opt), None)
-    xs, dxs, leaves, seen = [], [], [], set()
     flat = flat_gradient(grad)
     if flat is not None and flat[0] is m.full:  # the tree gradient() just built for this model
-        gs = flat[1]
-        for (x, leaf, _), i in zip(m.items, m.at):
-            g = gs[i]
-            if g is None or leaf.frozen or id(x) in seen:
-                continue
-            if g.dtype != x.dtype:
-                return None
-            seen.add(id(x))
-            xs.append(x)
-            dxs.append(g)
-            leaves.append(leaf)
-        return xs, dxs, leaves
+        gs = flat[1]  # each the gradient of that very tensor: its dtype
+        todo = [(x, gs[i], leaf) for x, leaf, i in m.unique if gs[i] is not None and not leaf.frozen]
+        return [t[0] for t in todo], [t[1] for t in todo], [t[2] for t in todo]
+    xs, dxs, leaves, seen = [], [], [], set()
     for x, leaf, keys in m.items:
         if leaf.frozen or id(x) in seen:
             continue
