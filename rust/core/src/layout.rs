@@ -52,7 +52,7 @@ pub fn checked_numel(op: &'static str, shape: &[usize]) -> Result<usize> {
 /// Refuses a result of `n` elements of `item` bytes that cannot fit in this machine's memory,
 /// with an error instead of the abort (or the OOM kill) an allocation of it would bring.
 pub fn check_alloc(op: &'static str, n: usize, item: usize) -> Result<()> {
-    let bytes = n.checked_mul(item).unwrap_or(usize::MAX);
+    let bytes = n.saturating_mul(item);
     let total = physical_memory();
     if bytes > total {
         return Err(Error::Memory { op, msg: format!("the result needs {:.1} GiB, more than this machine's {:.1} GiB of memory",

@@ -12,14 +12,14 @@ use fluxrs_core::{grad, pop_watch, push_watch};
 fn unrolled(steps: usize) -> (f64, f64) {
     let w = t(&[0.5], &[1]);
     let x = t(&[0.1], &[1]);
-    push_watch(&[w.clone()]);
+    push_watch(std::slice::from_ref(&w));
     let mut h = t(&[0.0], &[1]);
     for _ in 0..steps {
         h = h.mul(&w).unwrap().add(&x).unwrap().tanh().unwrap();
     }
     pop_watch();
     let l = h.sum_all().unwrap();
-    let g = grad(&l, &[w.clone()], None).unwrap().remove(0).unwrap();
+    let g = grad(&l, std::slice::from_ref(&w), None).unwrap().remove(0).unwrap();
     let out = (l.item().unwrap(), g.item().unwrap());
     drop((h, l, g));
     out
@@ -50,16 +50,16 @@ fn deep_chain_on_a_small_stack() {
 fn deep_second_order_graph() {
     // The recorded first gradient of a long chain is itself a long graph.
     let x = t(&[0.3], &[]);
-    push_watch(&[x.clone()]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
+    push_watch(std::slice::from_ref(&x));
     let mut y = x.clone();
     for _ in 0..20_000 {
         y = y.sin().unwrap().add(&x).unwrap().scale(0.5).unwrap();
     }
     pop_watch();
-    let g = grad(&y, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let g = grad(&y, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     pop_watch();
-    let gg = grad(&g, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let gg = grad(&g, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     assert!(g.item().unwrap().is_finite() && gg.item().unwrap().is_finite());
     drop((y, g, gg));
     assert!(!x.sin().unwrap().has_node());

@@ -600,16 +600,16 @@ fn grad_of_unused_input_is_none() {
 #[test]
 fn grad_of_leaf_itself_and_seed() {
     let x = t(&[1.0, -2.0, 3.0], &[3]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
     let y = x.exp().unwrap();
     pop_watch();
     let seed = t(&[1.0, 10.0, 100.0], &[3]);
-    let g = grad(&y, &[x.clone()], Some(&seed)).unwrap();
+    let g = grad(&y, std::slice::from_ref(&x), Some(&seed)).unwrap();
     let want: Vec<f64> = [1.0f64, -2.0, 3.0].iter().zip([1.0, 10.0, 100.0]).map(|(v, s)| v.exp() * s).collect();
     assert_close(&vals(g[0].as_ref().unwrap()), &want);
     // d x / d x = 1.
     let s = t(&[2.0], &[]);
-    let g = grad(&s, &[s.clone()], None).unwrap();
+    let g = grad(&s, std::slice::from_ref(&s), None).unwrap();
     assert_close(&vals(g[0].as_ref().unwrap()), &[1.0]);
 }
 
@@ -617,10 +617,10 @@ fn grad_of_leaf_itself_and_seed() {
 fn grad_float32() {
     // float32 gradients flow and keep their dtype.
     let x = t32(&[0.5, -1.0, 2.0], &[3]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
     let l = x.mul(&x).unwrap().tanh().unwrap().sum_all().unwrap();
     pop_watch();
-    let g = grad(&l, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let g = grad(&l, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     assert_eq!(g.dtype(), fluxrs_core::DType::F32);
     let want: Vec<f64> = [0.5f64, -1.0, 2.0].iter().map(|&v| 2.0 * v * (1.0 - (v * v).tanh().powi(2))).collect();
     assert_close_tol(&vals(&g), &want, 1e-6, 1e-5);
@@ -630,10 +630,10 @@ fn grad_float32() {
 fn grad_through_cast() {
     // Forward through f32 and back: the gradient reaches the f64 leaf, in f64.
     let x = t(&[0.25, -1.5], &[2]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
     let l = x.cast(fluxrs_core::DType::F32).unwrap().scale(3.0).unwrap().cast(fluxrs_core::DType::F64).unwrap().sum_all().unwrap();
     pop_watch();
-    let g = grad(&l, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let g = grad(&l, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     assert_eq!(g.dtype(), fluxrs_core::DType::F64);
     assert_close(&vals(&g), &[3.0, 3.0]);
 }

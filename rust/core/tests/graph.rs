@@ -48,7 +48,7 @@ static A: Counting = Counting;
 
 fn step(x: &Tensor, w: &Tensor, second_order: bool) -> f64 {
     if second_order {
-        push_watch(&[x.clone()]);
+        push_watch(std::slice::from_ref(x));
     }
     push_watch(&[x.clone(), w.clone()]);
     let h = x.matmul(w).unwrap().tanh().unwrap();
@@ -59,7 +59,7 @@ fn step(x: &Tensor, w: &Tensor, second_order: bool) -> f64 {
     if second_order {
         let gx = g[0].clone().unwrap().sum_all().unwrap();
         pop_watch();
-        let gg = grad(&gx, &[x.clone()], None).unwrap();
+        let gg = grad(&gx, std::slice::from_ref(x), None).unwrap();
         s += gg[0].as_ref().unwrap().sum_all().unwrap().item().unwrap();
     }
     s
@@ -101,7 +101,7 @@ fn graph_is_freed_and_nothing_records_afterwards() {
     // A tensor derived inside a context keeps its node (and so its graph) only while it
     // lives; the graph it holds is freed once it is dropped.
     let base = LIVE.load(Ordering::SeqCst);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
     let big = x.exp().unwrap().matmul(&w).unwrap().sum_all().unwrap();
     pop_watch();
     assert!(big.has_node());

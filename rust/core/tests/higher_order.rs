@@ -10,16 +10,16 @@ use fluxrs_core::{backprop, grad, pop_watch, push_watch, Tensor};
 #[test]
 fn second_derivative_of_cube() {
     let x = t(&[2.0], &[]);
-    push_watch(&[x.clone()]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
+    push_watch(std::slice::from_ref(&x));
     let y = x.mul(&x).unwrap().mul(&x).unwrap();
     pop_watch();
-    let g = grad(&y, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let g = grad(&y, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     assert!(g.has_node(), "the first gradient is recorded while the outer watch is open");
     pop_watch();
     assert_eq!(backprop::watch_depth(), 0);
     assert_close(&vals(&g), &[12.0]);
-    let gg = grad(&g, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let gg = grad(&g, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     assert_close(&vals(&gg), &[12.0]);
     assert!(!gg.has_node());
 }
@@ -28,16 +28,16 @@ fn second_derivative_of_cube() {
 fn third_derivative_of_cube() {
     // d^3/dx^3 x^3 = 6, with three nested contexts.
     let x = t(&[-1.5], &[]);
-    push_watch(&[x.clone()]);
-    push_watch(&[x.clone()]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
+    push_watch(std::slice::from_ref(&x));
+    push_watch(std::slice::from_ref(&x));
     let y = x.mul(&x).unwrap().mul(&x).unwrap();
     pop_watch();
-    let g = grad(&y, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let g = grad(&y, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     pop_watch();
-    let gg = grad(&g, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let gg = grad(&g, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     pop_watch();
-    let ggg = grad(&gg, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let ggg = grad(&gg, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     assert_close(&vals(&g), &[3.0 * 2.25]);
     assert_close(&vals(&gg), &[6.0 * -1.5]);
     assert_close(&vals(&ggg), &[6.0]);
@@ -48,22 +48,22 @@ fn second_derivative_through_pow_and_div() {
     // f = x^3 via pow, and f = 1/x: f'' = 6x and 2/x^3.
     let x = t(&[2.0], &[]);
     let three = t(&[3.0], &[]);
-    push_watch(&[x.clone()]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
+    push_watch(std::slice::from_ref(&x));
     let y = x.pow(&three).unwrap();
     pop_watch();
-    let g = grad(&y, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let g = grad(&y, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     pop_watch();
-    let gg = grad(&g, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let gg = grad(&g, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     assert_close_tol(&vals(&gg), &[12.0], 1e-12, 1e-12);
 
-    push_watch(&[x.clone()]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
+    push_watch(std::slice::from_ref(&x));
     let y = t(&[1.0], &[]).div(&x).unwrap();
     pop_watch();
-    let g = grad(&y, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let g = grad(&y, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     pop_watch();
-    let gg = grad(&g, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let gg = grad(&g, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     assert_close(&vals(&g), &[-0.25]);
     assert_close(&vals(&gg), &[0.25]);
 }
@@ -73,21 +73,21 @@ fn mixed_second_derivative() {
     // d/dx (d/dy (x*y)) = 1, and d/dx (d/dy (x^2 y^3)) = 6 x y^2.
     let x = t(&[3.0], &[]);
     let y = t(&[-2.0], &[]);
-    push_watch(&[x.clone()]);
-    push_watch(&[y.clone()]);
+    push_watch(std::slice::from_ref(&x));
+    push_watch(std::slice::from_ref(&y));
     let z = x.mul(&y).unwrap();
     pop_watch();
-    let gy = grad(&z, &[y.clone()], None).unwrap().remove(0).unwrap();
+    let gy = grad(&z, std::slice::from_ref(&y), None).unwrap().remove(0).unwrap();
     pop_watch();
     assert_close(&vals(&gy), &[3.0]);
-    let gxy = grad(&gy, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let gxy = grad(&gy, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     assert_close(&vals(&gxy), &[1.0]);
 
     push_watch(&[x.clone(), y.clone()]);
-    push_watch(&[y.clone()]);
+    push_watch(std::slice::from_ref(&y));
     let z = x.mul(&x).unwrap().mul(&y.mul(&y).unwrap().mul(&y).unwrap()).unwrap();
     pop_watch();
-    let gy = grad(&z, &[y.clone()], None).unwrap().remove(0).unwrap();
+    let gy = grad(&z, std::slice::from_ref(&y), None).unwrap().remove(0).unwrap();
     pop_watch();
     assert_close(&vals(&gy), &[9.0 * 3.0 * 4.0]);
     let g = grad(&gy, &[x.clone(), y.clone()], None).unwrap();
@@ -98,10 +98,10 @@ fn mixed_second_derivative() {
 #[test]
 fn first_gradient_is_plain_without_outer_context() {
     let x = t(&[2.0], &[]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
     let y = x.mul(&x).unwrap();
     pop_watch();
-    let g = grad(&y, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let g = grad(&y, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     assert!(!g.has_node());
     assert_eq!(backprop::watch_depth(), 0);
 }
@@ -143,15 +143,15 @@ fn second_order_closed_forms() {
         (UnaryOp::Tanh, xs.iter().map(|&v: &f64| -2.0 * v.tanh() * (1.0 - v.tanh().powi(2))).collect::<Vec<_>>()),
         (UnaryOp::Sigmoid, xs.iter().map(|&v: &f64| { let s = 1.0 / (1.0 + (-v).exp()); s * (1.0 - s) * (1.0 - 2.0 * s) }).collect()),
     ] {
-        push_watch(&[x.clone()]);
-        push_watch(&[x.clone()]);
+        push_watch(std::slice::from_ref(&x));
+        push_watch(std::slice::from_ref(&x));
         let y = x.unary(op).unwrap().sum_all().unwrap();
         pop_watch();
-        let g = grad(&y, &[x.clone()], None).unwrap().remove(0).unwrap();
+        let g = grad(&y, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
         let s = g.sum_all().unwrap();
         pop_watch();
         // The Hessian is diagonal, so the gradient of sum(g) is its diagonal.
-        let h = grad(&s, &[x.clone()], None).unwrap().remove(0).unwrap();
+        let h = grad(&s, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
         assert_close_tol(&vals(&h), &want, 1e-14, 1e-12);
     }
 }
@@ -217,14 +217,14 @@ fn second_order_softmax_cross_entropy() {
         vec![inp, w, bias],
     );
     // Closed form: the Hessian-vector product of CE w.r.t. logits for v = e_{0,0}.
-    push_watch(&[logits.clone()]);
-    push_watch(&[logits.clone()]);
-    let l = ce(&[logits.clone()], &onehot);
+    push_watch(std::slice::from_ref(&logits));
+    push_watch(std::slice::from_ref(&logits));
+    let l = ce(std::slice::from_ref(&logits), &onehot);
     pop_watch();
-    let g = grad(&l, &[logits.clone()], None).unwrap().remove(0).unwrap();
+    let g = grad(&l, std::slice::from_ref(&logits), None).unwrap().remove(0).unwrap();
     let g00 = g.select(0, 0).unwrap().select(0, 0).unwrap();
     pop_watch();
-    let h = vals(&grad(&g00, &[logits.clone()], None).unwrap().remove(0).unwrap());
+    let h = vals(&grad(&g00, std::slice::from_ref(&logits), None).unwrap().remove(0).unwrap());
     let p = vals(&logits.softmax(1).unwrap());
     let mut want = vec![0.0; 12];
     for j in 0..4 {
@@ -241,10 +241,10 @@ fn gradient_penalty_style() {
     check_grad(
         |p| {
             let (x, w) = (&p[0], &p[1]);
-            push_watch(&[x.clone()]);
+            push_watch(std::slice::from_ref(x));
             let y = x.matmul(w).unwrap().tanh().unwrap().sum_all().unwrap();
             pop_watch();
-            let gx = grad(&y, &[x.clone()], None).unwrap().remove(0).unwrap();
+            let gx = grad(&y, std::slice::from_ref(x), None).unwrap().remove(0).unwrap();
             gx.mul(&gx).unwrap().sum_all().unwrap()
         },
         vec![x, w],
@@ -255,16 +255,16 @@ fn gradient_penalty_style() {
 fn second_order_through_an_empty_slice() {
     // The slice's backward (a scatter) is differentiated again with nothing selected.
     let x = t(&[0.5, -1.0, 2.0], &[3]);
-    push_watch(&[x.clone()]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
+    push_watch(std::slice::from_ref(&x));
     // sum(e * e) with e empty: the gradient flowing into the slice depends on x.
     let e = x.slice(0, 2, 2, 1).unwrap();
     let y = e.mul(&e).unwrap().sum_all().unwrap().add(&x.mul(&x).unwrap().sum_all().unwrap()).unwrap();
     pop_watch();
-    let g = grad(&y, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let g = grad(&y, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     let s = g.mul(&g).unwrap().sum_all().unwrap();
     pop_watch();
-    let gg = grad(&s, &[x.clone()], None).unwrap().remove(0).unwrap();
+    let gg = grad(&s, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
     assert_close(&vals(&g), &[1.0, -2.0, 4.0]);
     assert_close(&vals(&gg), &[4.0, -8.0, 16.0]);
 }

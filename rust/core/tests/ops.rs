@@ -122,10 +122,10 @@ fn extreme_values_are_stable() {
     // Gradients at the extremes are finite too.
     let x = t(&[-1000.0, 1000.0], &[2]);
     for op in [UnaryOp::Sigmoid, UnaryOp::Softplus, UnaryOp::Tanh] {
-        push_watch(&[x.clone()]);
+        push_watch(std::slice::from_ref(&x));
         let l = x.unary(op).unwrap().sum_all().unwrap();
         pop_watch();
-        let g = vals(&grad(&l, &[x.clone()], None).unwrap()[0].clone().unwrap());
+        let g = vals(&grad(&l, std::slice::from_ref(&x), None).unwrap()[0].clone().unwrap());
         assert!(g.iter().all(|v| v.is_finite()), "{op:?}: {g:?}");
     }
 }
@@ -147,10 +147,10 @@ fn logsumexp_values() {
     assert_eq!(lv[2], f64::NEG_INFINITY);
     // Gradient of logsumexp of huge equal values is 1/n each.
     let x = t(&[1000.0, 1000.0], &[2]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
     let l = x.logsumexp(None, false).unwrap();
     pop_watch();
-    assert_close(&vals(&grad(&l, &[x.clone()], None).unwrap()[0].clone().unwrap()), &[0.5, 0.5]);
+    assert_close(&vals(&grad(&l, std::slice::from_ref(&x), None).unwrap()[0].clone().unwrap()), &[0.5, 0.5]);
 }
 
 #[test]
@@ -214,10 +214,10 @@ fn reduction_values() {
 #[test]
 fn max_ties_split_the_gradient() {
     let x = t(&[1.0, 3.0, 3.0, 0.0], &[4]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
     let l = x.max_axes(None, false).unwrap();
     pop_watch();
-    assert_close(&vals(&grad(&l, &[x.clone()], None).unwrap()[0].clone().unwrap()), &[0.0, 0.5, 0.5, 0.0]);
+    assert_close(&vals(&grad(&l, std::slice::from_ref(&x), None).unwrap()[0].clone().unwrap()), &[0.0, 0.5, 0.5, 0.0]);
     // maximum(a, b) with a tie sends the whole gradient to a.
     let (a, b) = (t(&[2.0], &[1]), t(&[2.0], &[1]));
     push_watch(&[a.clone(), b.clone()]);
@@ -232,10 +232,10 @@ fn max_ties_split_the_gradient() {
 fn kinks_have_conventional_subgradients() {
     let x = t(&[0.0], &[1]);
     for (op, want) in [(UnaryOp::Relu, 0.0), (UnaryOp::Abs, 0.0), (UnaryOp::LeakyRelu(0.2), 0.2), (UnaryOp::Clamp(0.0, 1.0), 1.0)] {
-        push_watch(&[x.clone()]);
+        push_watch(std::slice::from_ref(&x));
         let l = x.unary(op).unwrap().sum_all().unwrap();
         pop_watch();
-        assert_eq!(vals(&grad(&l, &[x.clone()], None).unwrap()[0].clone().unwrap()), vec![want], "{op:?}");
+        assert_eq!(vals(&grad(&l, std::slice::from_ref(&x), None).unwrap()[0].clone().unwrap()), vec![want], "{op:?}");
     }
 }
 
@@ -485,9 +485,9 @@ fn axis_errors() {
     is_axis(x.slice(2, 0, 1, 1), 2);
     is_axis(x.select(-3, 0), -3);
     is_axis(x.index_select(2, &[0]), 2);
-    is_axis(Tensor::concat(&[x.clone()], 2), 2);
+    is_axis(Tensor::concat(std::slice::from_ref(&x), 2), 2);
     // stack accepts ndim+1 positions.
-    assert!(matches!(Tensor::stack(&[x.clone()], 4), Err(Error::Axis { axis: 4, ndim: 3, .. })));
+    assert!(matches!(Tensor::stack(std::slice::from_ref(&x), 4), Err(Error::Axis { axis: 4, ndim: 3, .. })));
     assert!(matches!(Tensor::zeros(&[], DType::F64).softmax(0), Err(Error::Axis { .. })));
     // Repeated axes are a value error.
     assert!(matches!(x.sum_axes(Some(&[1, -1]), false), Err(Error::Value { .. })));
@@ -537,31 +537,31 @@ fn value_errors() {
 #[test]
 fn grad_errors() {
     let x = t(&[1.0, 2.0], &[2]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
     let y = x.mul(&x).unwrap();
     pop_watch();
     // A non-scalar root needs a seed.
-    assert!(matches!(grad(&y, &[x.clone()], None), Err(Error::Autodiff(_))));
+    assert!(matches!(grad(&y, std::slice::from_ref(&x), None), Err(Error::Autodiff(_))));
     // A seed of the wrong shape.
-    assert!(matches!(grad(&y, &[x.clone()], Some(&t(&[1.0], &[1]))), Err(Error::Autodiff(_))));
+    assert!(matches!(grad(&y, std::slice::from_ref(&x), Some(&t(&[1.0], &[1]))), Err(Error::Autodiff(_))));
     // With a proper seed it works.
-    let g = grad(&y, &[x.clone()], Some(&t(&[1.0, 1.0], &[2]))).unwrap();
+    let g = grad(&y, std::slice::from_ref(&x), Some(&t(&[1.0, 1.0], &[2]))).unwrap();
     assert_close(&vals(g[0].as_ref().unwrap()), &[2.0, 4.0]);
     // A one-element non-0-d root is fine without a seed.
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
     let z = x.sum_axes(None, true).unwrap();
     pop_watch();
     assert_eq!(z.shape(), &[1]);
-    assert_close(&vals(grad(&z, &[x.clone()], None).unwrap()[0].as_ref().unwrap()), &[1.0, 1.0]);
+    assert_close(&vals(grad(&z, std::slice::from_ref(&x), None).unwrap()[0].as_ref().unwrap()), &[1.0, 1.0]);
     // An f32 seed for an f64 root is cast.
-    let g = grad(&y, &[x.clone()], Some(&t32(&[1.0, 2.0], &[2]))).unwrap();
+    let g = grad(&y, std::slice::from_ref(&x), Some(&t32(&[1.0, 2.0], &[2]))).unwrap();
     assert_close(&vals(g[0].as_ref().unwrap()), &[2.0, 8.0]);
 }
 
 #[test]
 fn no_grad_records_nothing() {
     let x = t(&[1.0], &[1]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
     let y = fluxrs_core::no_grad(|| x.exp().unwrap());
     let z = x.exp().unwrap();
     pop_watch();
@@ -584,10 +584,10 @@ fn softmax_with_masked_entries() {
     assert_eq!(ls[1], ninf);
     assert_eq!(ls[5], 0.0);
     // Gradients stay finite and masked entries get exactly zero.
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
     let l = x.softmax(1).unwrap().mul(&t(&[1.0, 2.0, 3.0], &[3])).unwrap().sum_all().unwrap();
     pop_watch();
-    let g = vals(&grad(&l, &[x.clone()], None).unwrap()[0].clone().unwrap());
+    let g = vals(&grad(&l, std::slice::from_ref(&x), None).unwrap()[0].clone().unwrap());
     assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
     assert_eq!((g[1], g[3], g[4]), (0.0, 0.0, 0.0));
 }
@@ -634,10 +634,10 @@ fn large_tensors_take_the_parallel_paths() {
         }
     }
     // And its gradient: d sum(P Q^T) / dP = 1 Q (column sums of Q broadcast over rows).
-    push_watch(&[p.clone()]);
+    push_watch(std::slice::from_ref(&p));
     let l = p.matmul(&q.transpose(0, 1).unwrap()).unwrap().sum_all().unwrap();
     pop_watch();
-    let g = vals(&grad(&l, &[p.clone()], None).unwrap()[0].clone().unwrap());
+    let g = vals(&grad(&l, std::slice::from_ref(&p), None).unwrap()[0].clone().unwrap());
     for i in 0..m {
         for l in 0..k {
             let s: f64 = (0..n).map(|j| qv[j * k + l]).sum();
@@ -656,10 +656,10 @@ fn empty_tensors() {
     assert_eq!(x.transpose(0, 1).unwrap().matmul(&t(&[1.0, 2.0, 3.0], &[3])).unwrap().shape(), &[0]);
     // Gradients through an empty slice are zeros of the input's shape.
     let y = t(&[1.0, 2.0, 3.0], &[3]);
-    push_watch(&[y.clone()]);
+    push_watch(std::slice::from_ref(&y));
     let l = y.slice(0, 2, 1, 1).unwrap().sum_all().unwrap().add(&y.sum_all().unwrap()).unwrap();
     pop_watch();
-    assert_close(&vals(&grad(&l, &[y.clone()], None).unwrap()[0].clone().unwrap()), &[1.0, 1.0, 1.0]);
+    assert_close(&vals(&grad(&l, std::slice::from_ref(&y), None).unwrap()[0].clone().unwrap()), &[1.0, 1.0, 1.0]);
 }
 
 #[test]

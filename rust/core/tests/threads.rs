@@ -65,10 +65,10 @@ fn concurrent_gradients_on_shared_input() {
     let mut rng = Rng::new(3);
     let shared = rand(&mut rng, &[3, 3]);
     let expect = |s: &Tensor, k: f64| -> Vec<f64> {
-        push_watch(&[s.clone()]);
+        push_watch(std::slice::from_ref(s));
         let y = s.scale(k).unwrap().exp().unwrap().sum_all().unwrap();
         pop_watch();
-        vals(&grad(&y, &[s.clone()], None).unwrap()[0].clone().unwrap())
+        vals(&grad(&y, std::slice::from_ref(s), None).unwrap()[0].clone().unwrap())
     };
     let (ea, eb) = (expect(&shared, 1.0), expect(&shared, -2.0));
     let handles: Vec<_> = [1.0, -2.0]
@@ -90,7 +90,7 @@ fn watching_on_one_thread_does_not_record_on_another() {
     let (to_watcher, watcher_rx) = mpsc::channel::<()>();
     let xw = x.clone();
     let watcher = thread::spawn(move || {
-        push_watch(&[xw.clone()]);
+        push_watch(std::slice::from_ref(&xw));
         let y = xw.mul(&xw).unwrap();
         assert!(y.has_node(), "the watching thread records");
         to_reader.send(()).unwrap();
@@ -99,7 +99,7 @@ fn watching_on_one_thread_does_not_record_on_another() {
         let z = xw.exp().unwrap();
         assert!(z.has_node());
         pop_watch();
-        let g = grad(&y.sum_all().unwrap(), &[xw.clone()], None).unwrap();
+        let g = grad(&y.sum_all().unwrap(), std::slice::from_ref(&xw), None).unwrap();
         vals(&g[0].clone().unwrap())
     });
     let xr = x.clone();
@@ -129,7 +129,7 @@ fn watching_on_one_thread_does_not_record_on_another() {
 #[test]
 fn watch_state_is_thread_local() {
     let x = t(&[1.0], &[1]);
-    push_watch(&[x.clone()]);
+    push_watch(std::slice::from_ref(&x));
     let depth_elsewhere = thread::spawn(backprop::watch_depth).join().unwrap();
     assert_eq!(depth_elsewhere, 0);
     assert_eq!(backprop::watch_depth(), 1);

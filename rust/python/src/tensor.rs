@@ -54,7 +54,7 @@ fn default_dtype(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<DType> {
     let is_f64 = data
         .getattr("dtype")
         .ok()
-        .and_then(|d| d.str().ok().map(|s| s.to_string() == "float64"))
+        .and_then(|d| d.str().ok().map(|s| s == "float64"))
         .unwrap_or(false);
     if is_f64 && !WARNED_F64.swap(true, Ordering::Relaxed) {
         let warnings = py.import("warnings")?;
@@ -87,7 +87,7 @@ fn shape_args(op: &str, args: &Bound<'_, PyTuple>, numel: usize) -> PyResult<Vec
     }
     if unknown == 1 {
         let known: usize = raw.iter().filter(|&&d| d != -1).map(|&d| d.max(0) as usize).product();
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(PyValueError::new_err(format!("{op}: cannot reshape {numel} elements into {raw:?}")));
         }
         return sizes(op, &raw.iter().map(|&d| if d == -1 { (numel / known) as isize } else { d }).collect::<Vec<_>>());

@@ -20,6 +20,10 @@ pub fn tensor_mark() -> u64 {
     TensorId::mark().as_u64()
 }
 
+/// The step that stopped a run of `Trace::steps` without updating: its loss, and the
+/// gradients when some parameter got none.
+type Stopped = (f64, Option<Vec<Option<PyTensor>>>);
+
 /// A recorded step: the graph behind `root` (the loss), from `params` and `inputs`.
 #[pyclass(module = "fluxrs._core", frozen)]
 pub struct Trace {
@@ -59,7 +63,7 @@ impl Trace {
         chain: Vec<(String, Vec<f64>)>,
         xs: Vec<PyRef<'_, PyTensor>>,
         states: Vec<PyRef<'_, OptState>>,
-    ) -> PyResult<(Vec<f64>, Option<(f64, Option<Vec<Option<PyTensor>>>)>)> {
+    ) -> PyResult<(Vec<f64>, Option<Stopped>)> {
         let batches: Vec<Vec<Tensor>> = batches.iter().map(|b| inner(b)).collect();
         let rules = parse_chain(&chain)?;
         let xs = inner(&xs);

@@ -1112,7 +1112,7 @@ mod tests {
             let y = x.conv(w, None, &sp, Act::Tanh).unwrap();
             let l = y.mul(&y).unwrap().sum_all().unwrap();
             pop_watch();
-            let gw = grad(&l, &[w.clone()], None).unwrap().remove(0).unwrap();
+            let gw = grad(&l, std::slice::from_ref(w), None).unwrap().remove(0).unwrap();
             let out = gw.mul(&v).unwrap().sum_all().unwrap();
             if create {
                 pop_watch();

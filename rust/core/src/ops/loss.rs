@@ -111,12 +111,12 @@ mod tests {
             }
         }
         // d²/da² of mean((a-b)²) is 2/N on the diagonal: through the composed backward.
-        crate::push_watch(&[a.clone()]);
-        crate::push_watch(&[a.clone()]);
+        crate::push_watch(std::slice::from_ref(&a));
+        crate::push_watch(std::slice::from_ref(&a));
         let l = a.sq_err(&b, true).unwrap();
-        let g = crate::grad(&l, &[a.clone()], None).unwrap()[0].clone().unwrap();
+        let g = crate::grad(&l, std::slice::from_ref(&a), None).unwrap()[0].clone().unwrap();
         crate::pop_watch();
-        let h = crate::grad(&g.sum_all().unwrap(), &[a.clone()], None).unwrap()[0].clone().unwrap();
+        let h = crate::grad(&g.sum_all().unwrap(), std::slice::from_ref(&a), None).unwrap()[0].clone().unwrap();
         crate::pop_watch();
         for v in h.to_vec_f64() {
             assert!((v - 2.0 / 37.0).abs() < 1e-12, "{v}");

@@ -486,10 +486,10 @@ mod tests {
     }
 
     fn gradcheck(x: &Tensor, f: &dyn Fn(&Tensor) -> Tensor) {
-        push_watch(&[x.clone()]);
+        push_watch(std::slice::from_ref(x));
         let l = f(x);
         pop_watch();
-        let g = grad(&l, &[x.clone()], None).unwrap().remove(0).unwrap().to_vec_f64();
+        let g = grad(&l, std::slice::from_ref(x), None).unwrap().remove(0).unwrap().to_vec_f64();
         let base = x.to_vec_f64();
         let eps = 1e-6;
         for i in 0..base.len() {
@@ -526,15 +526,15 @@ mod tests {
     #[test]
     fn max_gradient_goes_to_the_first_maximum_and_second_order_works() {
         let x = Tensor::from_vec(vec![1.0, 3.0, 3.0, 2.0], &[1, 1, 4]).unwrap();
-        push_watch(&[x.clone()]);
-        push_watch(&[x.clone()]);
+        push_watch(std::slice::from_ref(&x));
+        push_watch(std::slice::from_ref(&x));
         let y = x.maxpool(&PoolSpec::new(&[4])).unwrap();
         let l = y.mul(&y).unwrap().sum_all().unwrap();
         pop_watch();
-        let g = grad(&l, &[x.clone()], None).unwrap().remove(0).unwrap();
+        let g = grad(&l, std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
         pop_watch();
         assert_eq!(g.to_vec_f64(), vec![0.0, 6.0, 0.0, 0.0]);
-        let gg = grad(&g.sum_all().unwrap(), &[x.clone()], None).unwrap().remove(0).unwrap();
+        let gg = grad(&g.sum_all().unwrap(), std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
         assert_eq!(gg.to_vec_f64(), vec![0.0, 2.0, 0.0, 0.0]);
     }
 
@@ -545,11 +545,11 @@ mod tests {
         assert!(y[0].is_nan() && y[1] == 2.0);
         // a window of -inf still picks one of its own elements
         let x = Tensor::from_vec(vec![5.0, f64::NEG_INFINITY, f64::NEG_INFINITY, 1.0], &[1, 1, 4]).unwrap();
-        push_watch(&[x.clone()]);
+        push_watch(std::slice::from_ref(&x));
         let y = x.maxpool(&PoolSpec { kernel: vec![2], stride: vec![1], pad: vec![(0, 0)] }).unwrap();
         pop_watch();
         assert_eq!(y.to_vec_f64(), vec![5.0, f64::NEG_INFINITY, 1.0]);
-        let g = grad(&y.sum_all().unwrap(), &[x.clone()], None).unwrap().remove(0).unwrap();
+        let g = grad(&y.sum_all().unwrap(), std::slice::from_ref(&x), None).unwrap().remove(0).unwrap();
         assert_eq!(g.to_vec_f64(), vec![1.0, 1.0, 0.0, 1.0]);
     }
 
@@ -598,11 +598,11 @@ mod tests {
             let spec = PoolSpec::new(&[2, 2]);
             for max in [true, false] {
                 let run = || {
-                    push_watch(&[x.clone()]);
+                    push_watch(std::slice::from_ref(&x));
                     let y = if max { x.maxpool(&spec) } else { x.meanpool(&spec) }.unwrap();
                     pop_watch();
                     let t = Instant::now();
-                    let g = grad(&y.sum_all().unwrap(), &[x.clone()], None).unwrap();
+                    let g = grad(&y.sum_all().unwrap(), std::slice::from_ref(&x), None).unwrap();
                     std::hint::black_box(g);
                     t.elapsed().as_secs_f64()
                 };

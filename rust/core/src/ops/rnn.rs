@@ -190,7 +190,7 @@ fn split(n: usize, k: usize) -> Vec<(usize, usize)> {
 }
 
 /// `v` cut into consecutive chunks of `sizes[i]` elements.
-fn carve<'a, T>(mut v: &'a mut [T], sizes: impl Iterator<Item = usize>) -> Vec<&'a mut [T]> {
+fn carve<T>(mut v: &mut [T], sizes: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
     sizes
         .map(|k| {
             let (a, b) = std::mem::take(&mut v).split_at_mut(k);

@@ -137,6 +137,9 @@ const CHUNK: usize = 4096;
 /// A parameter this large has its chunks updated in parallel.
 const PAR_CHUNKED: usize = 1 << 17;
 
+/// One chunk of a parameter's update: its values, their gradient, and each rule's state arrays.
+type Chunk<'a, T> = (&'a mut [T], &'a [T], Vec<Vec<&'a mut [T]>>);
+
 fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamState) -> Result<()> {
     if let [Rule::Descent { eta }] = chain {
         if dx.is_contiguous() && !dx.same_storage(x) {
@@ -187,7 +190,7 @@ fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamSt
         items.push((&mut [][..], &[][..], st.arrays.iter().map(|a| a.iter().map(|_| &mut [][..]).collect()).collect()));
     }
     let scalars = st.scalars.clone();
-    let step = |buf: &mut Vec<T>, (xc, dc, mut sts): (&mut [T], &[T], Vec<Vec<&mut [T]>>)| -> Result<Vec<Vec<f64>>> {
+    let step = |buf: &mut Vec<T>, (xc, dc, mut sts): Chunk<'_, T>| -> Result<Vec<Vec<f64>>> {
         let mut sc = scalars.clone();
         buf.clear();
         buf.extend_from_slice(dc);
@@ -285,7 +288,7 @@ mod tests {
             let mut st_alone: Vec<ParamState> = alone.iter().map(|t| ParamState::init(&chain, t)).collect();
             for step in 0..4 {
                 let dx = Tensor::from_vec((0..n).map(|i| grad(step, i)).collect::<Vec<_>>(), &[n]).unwrap();
-                update(&chain, std::slice::from_ref(&x), &[dx.clone()], &mut [&mut st]).unwrap();
+                update(&chain, std::slice::from_ref(&x), std::slice::from_ref(&dx), &mut [&mut st]).unwrap();
                 let norm = dx.to_vec::<f32>().unwrap().iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt();
                 for ((t, s), &i) in alone.iter().zip(st_alone.iter_mut()).zip(&probes) {
                     let mut g = grad(step, i);

@@ -106,7 +106,7 @@ impl Rule {
         match *self {
             Rule::Descent { eta } => {
                 let e = c(eta);
-                dx.iter_mut().for_each(|d| *d = *d * e);
+                dx.iter_mut().for_each(|d| *d *= e);
             }
             Rule::Momentum { eta, rho } => {
                 let (e, r) = (c(eta), c(rho));
@@ -311,7 +311,7 @@ impl Rule {
                 }
                 // NaN stays NaN, as Julia's min(NaN, 1) does: a bad gradient must not pass unclipped.
                 let lam = c(if nrm.is_nan() { f64::NAN } else { (omega / nrm).min(1.0) });
-                dx.iter_mut().for_each(|d| *d = *d * lam);
+                dx.iter_mut().for_each(|d| *d *= lam);
             }
             Rule::AccumGrad { n } => {
                 let inv = c(1.0 / n as f64);
