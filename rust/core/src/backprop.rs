@@ -220,8 +220,7 @@ pub(crate) fn topo_order(root: &Tensor, leaves: &HashSet<TensorId>) -> (Vec<Tens
     let mut stack: Vec<(Tensor, bool)> = vec![(root.clone(), false)];
     while let Some((t, expanded)) = stack.pop() {
         if expanded {
-            let leads = leaves.contains(&t.id())
-                || t.node().is_some_and(|n| n.inputs.iter().any(|i| needs.contains(&i.id())));
+            let leads = leaves.contains(&t.id()) || t.node().is_some_and(|n| n.inputs.iter().any(|i| needs.contains(&i.id())));
             if leads {
                 needs.insert(t.id());
             }
@@ -253,17 +252,13 @@ pub fn grad(root: &Tensor, leaves: &[Tensor], seed: Option<&Tensor>) -> Result<V
     let seed = match seed {
         Some(s) => {
             if s.shape() != root.shape() {
-                return Err(Error::Autodiff(format!(
-                    "the gradient seed has shape {:?} but the output has shape {:?}", s.shape(), root.shape()
-                )));
+                return Err(Error::Autodiff(format!("the gradient seed has shape {:?} but the output has shape {:?}", s.shape(), root.shape())));
             }
             s.cast(root.dtype())?
         }
         None => {
             if root.numel() != 1 {
-                return Err(Error::Autodiff(format!(
-                    "gradient needs a function returning a scalar, got a tensor of shape {:?}", root.shape()
-                )));
+                return Err(Error::Autodiff(format!("gradient needs a function returning a scalar, got a tensor of shape {:?}", root.shape())));
             }
             root.ones_like()
         }
@@ -313,7 +308,9 @@ pub fn grad(root: &Tensor, leaves: &[Tensor], seed: Option<&Tensor>) -> Result<V
             if ig.shape() != input.shape() {
                 return Err(Error::Autodiff(format!(
                     "internal: backward of {} gave a gradient of shape {:?} for an input of shape {:?}",
-                    node.op.name(), ig.shape(), input.shape()
+                    node.op.name(),
+                    ig.shape(),
+                    input.shape()
                 )));
             }
             let acc = match grads.remove(&input.id()) {

@@ -86,39 +86,81 @@ macro_rules! impl_float {
             const INFINITY: Self = <$t>::INFINITY;
             const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
             #[inline(always)]
-            fn from_f64(v: f64) -> Self { v as $t }
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
             #[inline(always)]
-            fn to_f64(self) -> f64 { self as f64 }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
             #[inline(always)]
-            fn exp(self) -> Self { <$t>::exp(self) }
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
             #[inline(always)]
-            fn ln(self) -> Self { <$t>::ln(self) }
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
             #[inline(always)]
-            fn ln_1p(self) -> Self { <$t>::ln_1p(self) }
+            fn ln_1p(self) -> Self {
+                <$t>::ln_1p(self)
+            }
             #[inline(always)]
-            fn sqrt(self) -> Self { <$t>::sqrt(self) }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
             #[inline(always)]
-            fn abs(self) -> Self { <$t>::abs(self) }
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
             #[inline(always)]
-            fn tanh(self) -> Self { <$t>::tanh(self) }
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
             #[inline(always)]
-            fn powf(self, p: Self) -> Self { <$t>::powf(self, p) }
+            fn powf(self, p: Self) -> Self {
+                <$t>::powf(self, p)
+            }
             #[inline(always)]
-            fn sin(self) -> Self { <$t>::sin(self) }
+            fn sin(self) -> Self {
+                <$t>::sin(self)
+            }
             #[inline(always)]
-            fn cos(self) -> Self { <$t>::cos(self) }
+            fn cos(self) -> Self {
+                <$t>::cos(self)
+            }
             #[inline(always)]
-            fn erf(self) -> Self { erf_f64(self as f64) as $t }
+            fn erf(self) -> Self {
+                erf_f64(self as f64) as $t
+            }
             #[inline(always)]
-            fn max(self, o: Self) -> Self { <$t>::max(self, o) }
+            fn max(self, o: Self) -> Self {
+                <$t>::max(self, o)
+            }
             #[inline(always)]
-            fn min(self, o: Self) -> Self { <$t>::min(self, o) }
+            fn min(self, o: Self) -> Self {
+                <$t>::min(self, o)
+            }
             #[inline(always)]
-            fn is_finite(self) -> bool { <$t>::is_finite(self) }
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
+            }
             #[inline(always)]
-            fn is_nan(self) -> bool { <$t>::is_nan(self) }
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
             #[inline(always)]
-            fn signum(self) -> Self { if self > 0.0 { 1.0 } else if self < 0.0 { -1.0 } else if self.is_nan() { self } else { 0.0 } }
+            fn signum(self) -> Self {
+                if self > 0.0 {
+                    1.0
+                } else if self < 0.0 {
+                    -1.0
+                } else if self.is_nan() {
+                    self
+                } else {
+                    0.0
+                }
+            }
         }
     };
 }
@@ -152,7 +194,11 @@ fn erf_f64(x: f64) -> f64 {
         }
         1.0 - (-ax * ax).exp() / std::f64::consts::PI.sqrt() / (ax + f)
     };
-    if x < 0.0 { -r } else { r }
+    if x < 0.0 {
+        -r
+    } else {
+        r
+    }
 }
 
 #[cfg(test)]
@@ -160,8 +206,14 @@ mod tests {
     use super::*;
     #[test]
     fn erf_matches_known_values() {
-        for (x, e) in [(0.0, 0.0), (0.5, 0.520_499_877_813_046_5), (1.0, 0.842_700_792_949_714_9),
-                       (2.0, 0.995_322_265_018_952_7), (3.0, 0.999_977_909_503_001_4), (-1.0, -0.842_700_792_949_714_9)] {
+        for (x, e) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (2.0, 0.995_322_265_018_952_7),
+            (3.0, 0.999_977_909_503_001_4),
+            (-1.0, -0.842_700_792_949_714_9),
+        ] {
             assert!((erf_f64(x) - e).abs() < 1e-13, "erf({x}) = {} vs {e}", erf_f64(x));
         }
     }

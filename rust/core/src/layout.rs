@@ -55,8 +55,10 @@ pub fn check_alloc(op: &'static str, n: usize, item: usize) -> Result<()> {
     let bytes = n.saturating_mul(item);
     let total = physical_memory();
     if bytes > total {
-        return Err(Error::Memory { op, msg: format!("the result needs {:.1} GiB, more than this machine's {:.1} GiB of memory",
-                                                    bytes as f64 / 1073741824.0, total as f64 / 1073741824.0) });
+        return Err(Error::Memory {
+            op,
+            msg: format!("the result needs {:.1} GiB, more than this machine's {:.1} GiB of memory", bytes as f64 / 1073741824.0, total as f64 / 1073741824.0),
+        });
     }
     Ok(())
 }
@@ -65,9 +67,9 @@ pub fn check_alloc(op: &'static str, n: usize, item: usize) -> Result<()> {
 fn physical_memory() -> usize {
     static TOTAL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *TOTAL.get_or_init(|| {
-        std::fs::read_to_string("/proc/meminfo").ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok()))
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok()))
             .map_or(usize::MAX, |kb| kb.saturating_mul(1024))
     })
 }
@@ -94,10 +96,7 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
         } else if da == 1 {
             db
         } else {
-            return Err(Error::Shape {
-                op,
-                msg: format!("shapes {a:?} and {b:?} cannot be broadcast together (dimension {i}: {da} vs {db})"),
-            });
+            return Err(Error::Shape { op, msg: format!("shapes {a:?} and {b:?} cannot be broadcast together (dimension {i}: {da} vs {db})") });
         };
     }
     Ok(out)

@@ -322,8 +322,10 @@ impl Tensor {
     pub(crate) fn check_dtype<T: Elem>(&self, op: &'static str) -> Result<()> {
         #[cfg(feature = "gpu")]
         if self.0.storage.read_recursive().is_gpu() {
-            return Err(Error::Device { op, msg: format!(
-                "this op has no GPU kernel yet (tensor of shape {:?} on gpu); move it with fx.cpu(...) first", self.shape()) });
+            return Err(Error::Device {
+                op,
+                msg: format!("this op has no GPU kernel yet (tensor of shape {:?} on gpu); move it with fx.cpu(...) first", self.shape()),
+            });
         }
         if self.dtype() != T::DTYPE {
             return Err(Error::DType { op, msg: format!("expected {}, got {}", T::DTYPE, self.dtype()) });

@@ -209,7 +209,10 @@ mod tests {
     fn dispatched_loops_give_the_same_answers() {
         let xs: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.05).collect();
         let mut v = xs.clone();
-        simd(#[inline(always)] || v.iter_mut().for_each(|x| *x = x.fast_tanh()));
+        simd(
+            #[inline(always)]
+            || v.iter_mut().for_each(|x| *x = x.fast_tanh()),
+        );
         for (a, b) in v.iter().zip(&xs) {
             assert_eq!(*a, tanh_f32(*b));
         }

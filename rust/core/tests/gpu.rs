@@ -61,11 +61,8 @@ fn outputs_and_grads(dev: Device, inputs: &[&Tensor], seed: u64, f: &impl Fn(&[T
     let leaves: Vec<Tensor> = inputs.iter().map(|x| x.to_device(dev).unwrap()).collect();
     push_watch(&leaves);
     let mut out = f(&leaves);
-    let terms: Vec<Tensor> = out
-        .iter()
-        .enumerate()
-        .map(|(j, y)| y.mul(&t(y.shape(), seed + j as u64).to_device(dev).unwrap()).unwrap().sum_all().unwrap())
-        .collect();
+    let terms: Vec<Tensor> =
+        out.iter().enumerate().map(|(j, y)| y.mul(&t(y.shape(), seed + j as u64).to_device(dev).unwrap()).unwrap().sum_all().unwrap()).collect();
     let l = terms[1..].iter().fold(terms[0].clone(), |acc, term| acc.add(term).unwrap());
     pop_watch();
     out.extend(grad(&l, &leaves, None).unwrap().into_iter().map(Option::unwrap));
@@ -106,8 +103,19 @@ fn unary_ops_match_cpu() {
     let x = t(&[4, 33], 2);
     let pos = x.abs().unwrap().add_scalar(0.1).unwrap();
     let ops = [
-        UnaryOp::Neg, UnaryOp::Exp, UnaryOp::Abs, UnaryOp::Tanh, UnaryOp::Sigmoid, UnaryOp::Relu, UnaryOp::Sin,
-        UnaryOp::Cos, UnaryOp::Softplus, UnaryOp::LeakyRelu(0.01), UnaryOp::Elu(1.0), UnaryOp::Clamp(-0.5, 0.7), UnaryOp::Sign,
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Abs,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+        UnaryOp::Softplus,
+        UnaryOp::LeakyRelu(0.01),
+        UnaryOp::Elu(1.0),
+        UnaryOp::Clamp(-0.5, 0.7),
+        UnaryOp::Sign,
     ];
     for op in ops {
         close(op.name(), &gpu(&x).unary(op).unwrap(), &x.unary(op).unwrap());
@@ -364,11 +372,8 @@ fn index_select_and_its_gradient_match_cpu() {
         return;
     }
     // Repeats and skipped rows, on the first, a middle and the last axis.
-    let cases: [(Vec<usize>, isize, Vec<usize>); 3] = [
-        (vec![5, 3], 0, vec![4, 0, 4, 2, 4]),
-        (vec![2, 6, 3], 1, vec![1, 1, 5, 0]),
-        (vec![3, 4], -1, vec![3, 2, 1, 0, 0, 3, 3]),
-    ];
+    let cases: [(Vec<usize>, isize, Vec<usize>); 3] =
+        [(vec![5, 3], 0, vec![4, 0, 4, 2, 4]), (vec![2, 6, 3], 1, vec![1, 1, 5, 0]), (vec![3, 4], -1, vec![3, 2, 1, 0, 0, 3, 3])];
     for (i, (xs, axis, idx)) in cases.iter().enumerate() {
         let x = t(xs, 100 + i as u64);
         gpu_matches_cpu(&format!("index_select {i}"), &[&x], 110, |v| vec![v[0].index_select(*axis, idx).unwrap()]);
@@ -400,12 +405,8 @@ fn fused_dense_and_its_gradient_match_cpu() {
     for n_in in [7, 0] {
         let (x, w, b) = (t(&[33, n_in], 130), t(&[20, n_in], 131), t(&[20], 132));
         for act in [Act::Identity, Act::Relu, Act::Sigmoid, Act::Tanh] {
-            gpu_matches_cpu(&format!("dense {n_in} inputs, {act:?}"), &[&x, &w, &b], 133, |v| {
-                vec![Tensor::dense(&v[0], &v[1], Some(&v[2]), act).unwrap()]
-            });
-            gpu_matches_cpu(&format!("dense {n_in} inputs, {act:?}, no bias"), &[&x, &w], 133, |v| {
-                vec![Tensor::dense(&v[0], &v[1], None, act).unwrap()]
-            });
+            gpu_matches_cpu(&format!("dense {n_in} inputs, {act:?}"), &[&x, &w, &b], 133, |v| vec![Tensor::dense(&v[0], &v[1], Some(&v[2]), act).unwrap()]);
+            gpu_matches_cpu(&format!("dense {n_in} inputs, {act:?}, no bias"), &[&x, &w], 133, |v| vec![Tensor::dense(&v[0], &v[1], None, act).unwrap()]);
         }
     }
 }

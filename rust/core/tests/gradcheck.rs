@@ -35,10 +35,7 @@ fn check_binary(op: Bin, seed: u64, make_a: fn(&mut Rng, &[usize]) -> Tensor, ma
     // Non-contiguous operands: transposed and strided views of the inputs.
     let a = make_a(&mut rng, &[4, 3]);
     let b = make_b(&mut rng, &[3, 8]);
-    check_grad(
-        move |x| op(&x[0].transpose(0, 1).unwrap(), &x[1].slice(1, 1, 8, 2).unwrap()).unwrap(),
-        vec![a, b],
-    );
+    check_grad(move |x| op(&x[0].transpose(0, 1).unwrap(), &x[1].slice(1, 1, 8, 2).unwrap()).unwrap(), vec![a, b]);
     // The same tensor on both sides.
     let a = make_a(&mut rng, &[2, 3]);
     check_grad(move |x| op(&x[0], &x[0]).unwrap(), vec![a]);
@@ -219,11 +216,8 @@ fn check_reduction(op: Red, seed: u64) {
                 None => vec![0, 1, 2],
                 Some(a) => a.iter().map(|&a| if a < 0 { (a + 3) as usize } else { a as usize }).collect(),
             };
-            let want: Vec<usize> = [2usize, 3, 4]
-                .iter()
-                .enumerate()
-                .filter_map(|(i, &d)| if norm.contains(&i) { keepdim.then_some(1) } else { Some(d) })
-                .collect();
+            let want: Vec<usize> =
+                [2usize, 3, 4].iter().enumerate().filter_map(|(i, &d)| if norm.contains(&i) { keepdim.then_some(1) } else { Some(d) }).collect();
             assert_eq!(out.shape(), &want[..], "axes {axes:?} keepdim {keepdim}");
             check_grad(move |x| op(&x[0], ax.as_deref(), keepdim).unwrap(), vec![x]);
         }
@@ -361,10 +355,7 @@ fn grad_matmul_non_contiguous() {
 fn grad_matmul_chain() {
     let mut rng = Rng::new(56);
     let (x, w1, b1, w2) = (rand(&mut rng, &[5, 3]), rand(&mut rng, &[3, 4]), rand(&mut rng, &[4]), rand(&mut rng, &[4, 2]));
-    check_grad(
-        |p| p[0].matmul(&p[1]).unwrap().add(&p[2]).unwrap().tanh().unwrap().matmul(&p[3]).unwrap(),
-        vec![x, w1, b1, w2],
-    );
+    check_grad(|p| p[0].matmul(&p[1]).unwrap().add(&p[2]).unwrap().tanh().unwrap().matmul(&p[3]).unwrap(), vec![x, w1, b1, w2]);
 }
 
 // ---------------------------------------------------------------- shape ops

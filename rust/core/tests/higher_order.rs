@@ -141,7 +141,15 @@ fn second_order_closed_forms() {
     let x = t(&xs, &[5]);
     for (op, want) in [
         (UnaryOp::Tanh, xs.iter().map(|&v: &f64| -2.0 * v.tanh() * (1.0 - v.tanh().powi(2))).collect::<Vec<_>>()),
-        (UnaryOp::Sigmoid, xs.iter().map(|&v: &f64| { let s = 1.0 / (1.0 + (-v).exp()); s * (1.0 - s) * (1.0 - 2.0 * s) }).collect()),
+        (
+            UnaryOp::Sigmoid,
+            xs.iter()
+                .map(|&v: &f64| {
+                    let s = 1.0 / (1.0 + (-v).exp());
+                    s * (1.0 - s) * (1.0 - 2.0 * s)
+                })
+                .collect(),
+        ),
     ] {
         push_watch(std::slice::from_ref(&x));
         push_watch(std::slice::from_ref(&x));
@@ -167,7 +175,10 @@ fn second_order_binary_and_reductions() {
     let d = rand_distinct(&mut rng, &[3, 4]);
     check_grad2(|x| x[0].max_axes(Some(&[1]), false).unwrap().exp().unwrap().sum_all().unwrap(), vec![d.clone()]);
     check_grad2(|x| x[0].min_axes(Some(&[0]), true).unwrap().mul(&x[0]).unwrap().sum_all().unwrap(), vec![d.clone()]);
-    check_grad2(|x| x[0].maximum(&x[0].scale(-0.5).unwrap()).unwrap().pow(&t(&[3.0], &[])).unwrap().sum_all().unwrap(), vec![rand_away(&mut rng, &[6], &[0.0])]);
+    check_grad2(
+        |x| x[0].maximum(&x[0].scale(-0.5).unwrap()).unwrap().pow(&t(&[3.0], &[])).unwrap().sum_all().unwrap(),
+        vec![rand_away(&mut rng, &[6], &[0.0])],
+    );
     check_grad2(|x| x[0].logsumexp(Some(&[1]), false).unwrap().sin().unwrap().sum_all().unwrap(), vec![d.clone()]);
     check_grad2(|x| x[0].mean_axes(Some(&[0]), false).unwrap().exp().unwrap().sum_all().unwrap(), vec![d.clone()]);
     check_grad2(|x| x[0].sum_axes(Some(&[1]), true).unwrap().mul(&x[0]).unwrap().sum_all().unwrap().tanh().unwrap(), vec![d]);
@@ -185,7 +196,10 @@ fn second_order_shape_ops_and_matmul() {
     check_grad2(|x| x[0].select(1, -1).unwrap().exp().unwrap().sum_all().unwrap(), vec![p.clone()]);
     check_grad2(|x| x[0].index_select(2, &[3, 0, 3]).unwrap().exp().unwrap().sum_all().unwrap(), vec![p.clone()]);
     check_grad2(|x| x[0].permute(&[2, 0, 1]).unwrap().softmax(0).unwrap().mul(&x[0].permute(&[2, 0, 1]).unwrap()).unwrap().sum_all().unwrap(), vec![p.clone()]);
-    check_grad2(|x| Tensor::concat(&[x[0].exp().unwrap(), x[0].clone()], 1).unwrap().mul(&x[0].sum_axes(Some(&[1]), true).unwrap()).unwrap().sum_all().unwrap(), vec![p.clone()]);
+    check_grad2(
+        |x| Tensor::concat(&[x[0].exp().unwrap(), x[0].clone()], 1).unwrap().mul(&x[0].sum_axes(Some(&[1]), true).unwrap()).unwrap().sum_all().unwrap(),
+        vec![p.clone()],
+    );
     check_grad2(|x| Tensor::stack(&[x[0].exp().unwrap(), x[0].clone()], 0).unwrap().pow(&t(&[2.0], &[])).unwrap().sum_all().unwrap(), vec![a.clone()]);
     check_grad2(|x| x[0].broadcast_to(&[2, 3, 4]).unwrap().transpose(0, 2).unwrap().contiguous().unwrap().exp().unwrap().sum_all().unwrap(), vec![a.clone()]);
     let c = rand(&mut rng, &[3, 4]).gt(&t(&[0.0], &[])).unwrap();

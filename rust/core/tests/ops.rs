@@ -96,7 +96,13 @@ trait SignumZero {
 }
 impl SignumZero for f64 {
     fn signum_zero(self) -> f64 {
-        if self > 0.0 { 1.0 } else if self < 0.0 { -1.0 } else { 0.0 }
+        if self > 0.0 {
+            1.0
+        } else if self < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
     }
 }
 

@@ -164,7 +164,5 @@ pub fn dims(obj: &Bound<'_, PyAny>) -> PyResult<Vec<isize>> {
 }
 
 pub fn sizes(op: &str, v: &[isize]) -> PyResult<Vec<usize>> {
-    v.iter()
-        .map(|&d| usize::try_from(d).map_err(|_| PyValueError::new_err(format!("{op}: negative dimension {d} in {v:?}"))))
-        .collect()
+    v.iter().map(|&d| usize::try_from(d).map_err(|_| PyValueError::new_err(format!("{op}: negative dimension {d} in {v:?}")))).collect()
 }

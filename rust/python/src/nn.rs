@@ -24,9 +24,7 @@ fn ints(op: &str, name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
     } else {
         return err(format!("{op}: {name} must be an int or a sequence of ints, got {}", obj.repr()?));
     };
-    raw.iter()
-        .map(|&v| usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{op}: {name} must be non-negative, got {raw:?}"))))
-        .collect()
+    raw.iter().map(|&v| usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{op}: {name} must be non-negative, got {raw:?}")))).collect()
 }
 
 /// An int (every axis) or one int per spatial axis.
@@ -70,7 +68,15 @@ fn weight_dims(op: &str, w: &PyTensor) -> PyResult<usize> {
     Ok(nd - 2)
 }
 
-fn conv_spec(op: &str, d: usize, stride: &Bound<'_, PyAny>, pad: &Bound<'_, PyAny>, dilation: &Bound<'_, PyAny>, groups: i64, flip: bool) -> PyResult<ConvSpec> {
+fn conv_spec(
+    op: &str,
+    d: usize,
+    stride: &Bound<'_, PyAny>,
+    pad: &Bound<'_, PyAny>,
+    dilation: &Bound<'_, PyAny>,
+    groups: i64,
+    flip: bool,
+) -> PyResult<ConvSpec> {
     let stride = per_axis(op, "stride", stride, d)?;
     if stride.contains(&0) {
         return err(format!("{op}: stride must be positive, got {stride:?}"));
@@ -92,9 +98,16 @@ fn conv_spec(op: &str, d: usize, stride: &Bound<'_, PyAny>, pad: &Bound<'_, PyAn
 #[pyo3(signature = (x, w, b = None, stride = None, pad = None, dilation = None, groups = 1, flip = false, act = "identity"))]
 #[allow(clippy::too_many_arguments)]
 pub fn conv(
-    py: Python<'_>, x: PyRef<'_, PyTensor>, w: PyRef<'_, PyTensor>, b: Option<PyRef<'_, PyTensor>>,
-    stride: Option<&Bound<'_, PyAny>>, pad: Option<&Bound<'_, PyAny>>, dilation: Option<&Bound<'_, PyAny>>,
-    groups: i64, flip: bool, act: &str,
+    py: Python<'_>,
+    x: PyRef<'_, PyTensor>,
+    w: PyRef<'_, PyTensor>,
+    b: Option<PyRef<'_, PyTensor>>,
+    stride: Option<&Bound<'_, PyAny>>,
+    pad: Option<&Bound<'_, PyAny>>,
+    dilation: Option<&Bound<'_, PyAny>>,
+    groups: i64,
+    flip: bool,
+    act: &str,
 ) -> PyResult<PyTensor> {
     let d = weight_dims("conv", &w)?;
     let one = 1i64.into_pyobject(py)?.into_any();
@@ -113,9 +126,18 @@ pub fn conv(
 #[pyo3(signature = (y, w, b = None, stride = None, pad = None, dilation = None, groups = 1, flip = false, act = "identity", outpad = None, size = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose(
-    py: Python<'_>, y: PyRef<'_, PyTensor>, w: PyRef<'_, PyTensor>, b: Option<PyRef<'_, PyTensor>>,
-    stride: Option<&Bound<'_, PyAny>>, pad: Option<&Bound<'_, PyAny>>, dilation: Option<&Bound<'_, PyAny>>,
-    groups: i64, flip: bool, act: &str, outpad: Option<&Bound<'_, PyAny>>, size: Option<&Bound<'_, PyAny>>,
+    py: Python<'_>,
+    y: PyRef<'_, PyTensor>,
+    w: PyRef<'_, PyTensor>,
+    b: Option<PyRef<'_, PyTensor>>,
+    stride: Option<&Bound<'_, PyAny>>,
+    pad: Option<&Bound<'_, PyAny>>,
+    dilation: Option<&Bound<'_, PyAny>>,
+    groups: i64,
+    flip: bool,
+    act: &str,
+    outpad: Option<&Bound<'_, PyAny>>,
+    size: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyTensor> {
     let op = "conv_transpose";
     let d = weight_dims(op, &w)?;
@@ -125,8 +147,11 @@ pub fn conv_transpose(
     let act = act_arg(op, act)?;
     let ys = y.inner.shape().to_vec();
     if ys.len() != d + 2 {
-        return err(format!("{op}: expected input of shape (N, C, {}) for a weight of shape {:?}, got shape {ys:?}",
-                           ["L", "H, W", "D, H, W"][d - 1], w.inner.shape()));
+        return err(format!(
+            "{op}: expected input of shape (N, C, {}) for a weight of shape {:?}, got shape {ys:?}",
+            ["L", "H, W", "D, H, W"][d - 1],
+            w.inner.shape()
+        ));
     }
     let out_size: Option<Vec<usize>> = match (size, outpad) {
         (Some(_), Some(_)) => return err(format!("{op}: give outpad or size, not both")),
@@ -191,8 +216,11 @@ fn pool_spec(op: &str, x: &PyTensor, k: &Bound<'_, PyAny>, stride: Option<&Bound
         Some(p) => pads(op, p, d)?,
     };
     if x.inner.ndim() != d + 2 {
-        return err(format!("{op}: a {d}-d kernel {kernel:?} expects input of shape (N, C, {}), got shape {:?}",
-                           ["L", "H, W", "D, H, W"][d - 1], x.inner.shape()));
+        return err(format!(
+            "{op}: a {d}-d kernel {kernel:?} expects input of shape (N, C, {}), got shape {:?}",
+            ["L", "H, W", "D, H, W"][d - 1],
+            x.inner.shape()
+        ));
     }
     Ok(PoolSpec { kernel, stride, pad })
 }
@@ -200,7 +228,13 @@ fn pool_spec(op: &str, x: &PyTensor, k: &Bound<'_, PyAny>, stride: Option<&Bound
 /// Max pooling of `(N, C, S...)`; `stride` defaults to the kernel (Flux's default).
 #[pyfunction]
 #[pyo3(signature = (x, k, stride = None, pad = None))]
-pub fn maxpool(py: Python<'_>, x: PyRef<'_, PyTensor>, k: &Bound<'_, PyAny>, stride: Option<&Bound<'_, PyAny>>, pad: Option<&Bound<'_, PyAny>>) -> PyResult<PyTensor> {
+pub fn maxpool(
+    py: Python<'_>,
+    x: PyRef<'_, PyTensor>,
+    k: &Bound<'_, PyAny>,
+    stride: Option<&Bound<'_, PyAny>>,
+    pad: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyTensor> {
     let spec = pool_spec("maxpool", &x, k, stride, pad)?;
     let x = x.inner.clone();
     run(py, move || x.maxpool(&spec)).map(PyTensor::wrap)
@@ -209,7 +243,13 @@ pub fn maxpool(py: Python<'_>, x: PyRef<'_, PyTensor>, k: &Bound<'_, PyAny>, str
 /// Mean pooling of `(N, C, S...)` (padding counts as zeros; divides by the kernel size).
 #[pyfunction]
 #[pyo3(signature = (x, k, stride = None, pad = None))]
-pub fn meanpool(py: Python<'_>, x: PyRef<'_, PyTensor>, k: &Bound<'_, PyAny>, stride: Option<&Bound<'_, PyAny>>, pad: Option<&Bound<'_, PyAny>>) -> PyResult<PyTensor> {
+pub fn meanpool(
+    py: Python<'_>,
+    x: PyRef<'_, PyTensor>,
+    k: &Bound<'_, PyAny>,
+    stride: Option<&Bound<'_, PyAny>>,
+    pad: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyTensor> {
     let spec = pool_spec("meanpool", &x, k, stride, pad)?;
     let x = x.inner.clone();
     run(py, move || x.meanpool(&spec)).map(PyTensor::wrap)

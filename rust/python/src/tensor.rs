@@ -51,16 +51,16 @@ fn default_dtype(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<DType> {
     if data.cast::<numpy::PyArrayDyn<f32>>().is_ok() {
         return Ok(DType::F32); // the usual batch, without asking for its dtype's name
     }
-    let is_f64 = data
-        .getattr("dtype")
-        .ok()
-        .and_then(|d| d.str().ok().map(|s| s == "float64"))
-        .unwrap_or(false);
+    let is_f64 = data.getattr("dtype").ok().and_then(|d| d.str().ok().map(|s| s == "float64")).unwrap_or(false);
     if is_f64 && !WARNED_F64.swap(true, Ordering::Relaxed) {
         let warnings = py.import("warnings")?;
         warnings.call_method1(
             "warn",
-            ("fluxrs converts float64 data to float32 (the default dtype); pass dtype='float64' to keep it. This warning is shown once.", py.get_type::<pyo3::exceptions::PyUserWarning>(), 3),
+            (
+                "fluxrs converts float64 data to float32 (the default dtype); pass dtype='float64' to keep it. This warning is shown once.",
+                py.get_type::<pyo3::exceptions::PyUserWarning>(),
+                3,
+            ),
         )?;
     }
     Ok(DType::F32)
@@ -207,9 +207,7 @@ impl PyTensor {
             DType::F32 => (&F32, DType::F32),
             DType::F64 => (&F64, DType::F64),
         };
-        let d = cell.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-            Ok(py.import("numpy")?.getattr("dtype")?.call1((dt.name(),))?.unbind())
-        })?;
+        let d = cell.get_or_try_init(py, || -> PyResult<Py<PyAny>> { Ok(py.import("numpy")?.getattr("dtype")?.call1((dt.name(),))?.unbind()) })?;
         Ok(d.bind(py).clone())
     }
     /// The core's identity of this tensor (stable for its lifetime).
@@ -298,9 +296,7 @@ impl PyTensor {
     }
     fn __bool__(&self) -> PyResult<bool> {
         if self.inner.numel() != 1 {
-            return Err(PyValueError::new_err(format!(
-                "the truth value of a tensor with {} elements is ambiguous; use .any() or .all()", self.inner.numel()
-            )));
+            return Err(PyValueError::new_err(format!("the truth value of a tensor with {} elements is ambiguous; use .any() or .all()", self.inner.numel())));
         }
         Ok(self.item()? != 0.0)
     }

@@ -150,7 +150,6 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
 }
 "#;
 
-
 /// Launch one of the three kernels; `geom` is `Geom::gpu_meta` (entries 0..=22).
 fn run(name: &'static str, body: &str, mut meta: Vec<u32>, act: Act, ins: &[&Tensor], bias: Option<&Tensor>, shape: &[usize]) -> Result<Tensor> {
     let g = context()?;

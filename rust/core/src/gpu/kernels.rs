@@ -492,9 +492,7 @@ pub(crate) fn where_(cond: &Tensor, a: &Tensor, b: &Tensor, shape: &[usize]) -> 
             meta.extend(strides_u32(t));
         }
         let (name, s) = shader("where", WHERE);
-        with_buf(&ts[0], |c| with_buf(&ts[1], |x| with_buf(&ts[2], |y| {
-            g.launch(name, &s, &meta, &[&c.buf, &x.buf, &y.buf, &out.buf], g.groups_1d(n))
-        })));
+        with_buf(&ts[0], |c| with_buf(&ts[1], |x| with_buf(&ts[2], |y| g.launch(name, &s, &meta, &[&c.buf, &x.buf, &y.buf, &out.buf], g.groups_1d(n)))));
     }
     Ok(wrap(out, shape))
 }
@@ -568,8 +566,21 @@ pub(crate) fn matmul_bias_act(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, act
     }
     let (sa, sb) = (strides_u32(&a3), strides_u32(&b3));
     let bias = bias.map(packed).transpose()?;
-    let meta = vec![m as u32, n as u32, k as u32, a3.layout().offset as u32, b3.layout().offset as u32, sa[0], sa[1], sa[2], sb[0], sb[1], sb[2],
-                    act_code(act), bias.is_some() as u32];
+    let meta = vec![
+        m as u32,
+        n as u32,
+        k as u32,
+        a3.layout().offset as u32,
+        b3.layout().offset as u32,
+        sa[0],
+        sa[1],
+        sa[2],
+        sb[0],
+        sb[1],
+        sb[2],
+        act_code(act),
+        bias.is_some() as u32,
+    ];
     let (name, body) = if tiled_matmul(g) { ("matmul", MATMUL) } else { ("matmul_simple", MATMUL_SIMPLE) };
     let s = with_common(&format!("{body}{EPILOGUE}"));
     let groups = [n.div_ceil(16) as u32, m.div_ceil(16) as u32, nb as u32];

@@ -6,11 +6,11 @@
 //! back); the only sync points are read-backs (`download`, `item`), as in PyTorch's CUDA
 //! backend, so a training step queues its work and waits once, for the loss.
 
-pub(crate) mod conv;
 pub(crate) mod axis;
-pub(crate) mod pool;
+pub(crate) mod conv;
 mod kernels;
 pub(crate) mod optim;
+pub(crate) mod pool;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -68,12 +68,15 @@ pub fn context() -> Result<&'static Gpu> {
 
 fn open() -> std::result::Result<Gpu, String> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-        power_preference: wgpu::PowerPreference::HighPerformance,
-        ..Default::default()
-    }))
-    .map_err(|e| format!("no GPU adapter found ({e}); on Linux without a GPU, install a Vulkan driver such as \
-                          Debian's mesa-vulkan-drivers (lavapipe)"))?;
+    let adapter = pollster::block_on(
+        instance.request_adapter(&wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() }),
+    )
+    .map_err(|e| {
+        format!(
+            "no GPU adapter found ({e}); on Linux without a GPU, install a Vulkan driver such as \
+                          Debian's mesa-vulkan-drivers (lavapipe)"
+        )
+    })?;
     let limits = adapter.limits();
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("fluxrs"),
@@ -101,7 +104,11 @@ fn open() -> std::result::Result<Gpu, String> {
 impl Gpu {
     pub(crate) fn spare(&self, i: usize) -> &GpuBuf {
         let s = self.spares.get_or_init(|| (self.alloc(1), self.alloc(1)));
-        if i == 0 { &s.0 } else { &s.1 }
+        if i == 0 {
+            &s.0
+        } else {
+            &s.1
+        }
     }
 
     /// A CPU-emulated adapter (lavapipe, WARP, SwiftShader).
@@ -176,15 +183,11 @@ impl Gpu {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Device { op: "gpu", msg: format!("waiting for the GPU failed: {e}") })?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Device { op: "gpu", msg: format!("waiting for the GPU failed: {e}") })?;
         rx.recv()
             .map_err(|_| Error::Device { op: "gpu", msg: "the GPU dropped a read-back".into() })?
             .map_err(|e| Error::Device { op: "gpu", msg: format!("reading GPU memory failed: {e}") })?;
-        let view = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Device { op: "gpu", msg: format!("reading GPU memory failed: {e}") })?;
+        let view = slice.get_mapped_range().map_err(|e| Error::Device { op: "gpu", msg: format!("reading GPU memory failed: {e}") })?;
         let v = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
         drop(view);
         staging.unmap();
@@ -197,10 +200,7 @@ impl Gpu {
         cache
             .entry(name)
             .or_insert_with(|| {
-                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(name),
-                    source: wgpu::ShaderSource::Wgsl(src.into()),
-                });
+                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(src.into()) });
                 Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(name),
                     layout: None,
@@ -226,11 +226,7 @@ impl Gpu {
         for (i, b) in bufs.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
         }
-        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipe.get_bind_group_layout(0),
-            entries: &entries,
-        });
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipe.get_bind_group_layout(0), entries: &entries });
         self.encode(|enc| {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.set_pipeline(&pipe);

@@ -137,9 +137,7 @@ fn launch(g: &Gpu, code: u32, params: &[f64], x: &Tensor, step: &Tensor, s0: Opt
                 Some(t) => with_buf(t, |b| f(&b.buf)),
                 None => f(&spare.buf),
             };
-            bind(s0, d0, &mut |b0| {
-                bind(s1, d1, &mut |b1| g.launch(name, &src, &meta, &[&xb.buf, &sb.buf, b0, b1], g.groups_1d(n)))
-            })
+            bind(s0, d0, &mut |b0| bind(s1, d1, &mut |b1| g.launch(name, &src, &meta, &[&xb.buf, &sb.buf, b0, b1], g.groups_1d(n))))
         })
     });
     Ok(())

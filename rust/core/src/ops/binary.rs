@@ -49,7 +49,10 @@ pub(crate) fn map2<T: Elem>(x: &[T], y: &[T], f: impl Fn(T, T) -> T + Sync + Sen
     debug_assert_eq!(x.len(), y.len());
     let mut out = vec![T::ZERO; x.len()];
     let kernel = |o: &mut [T], x: &[T], y: &[T]| {
-        simd(#[inline(always)] || o.iter_mut().zip(x).zip(y).for_each(|((o, &p), &q)| *o = f(p, q)))
+        simd(
+            #[inline(always)]
+            || o.iter_mut().zip(x).zip(y).for_each(|((o, &p), &q)| *o = f(p, q)),
+        )
     };
     if x.len() >= PAR_THRESHOLD {
         use rayon::prelude::*;
@@ -72,12 +75,22 @@ pub(crate) fn zip_map<T: Elem>(op: &'static str, a: &Tensor, b: &Tensor, f: impl
     }
     if b.numel() == 1 && a.is_contiguous() && a.shape() == shape.as_slice() {
         let s = b.to_vec::<T>()?[0];
-        let v = a.with_slice::<T, _>(|x| simd(#[inline(always)] || x.iter().map(|&p| f(p, s)).collect::<Vec<T>>()))?;
+        let v = a.with_slice::<T, _>(|x| {
+            simd(
+                #[inline(always)]
+                || x.iter().map(|&p| f(p, s)).collect::<Vec<T>>(),
+            )
+        })?;
         return Tensor::from_vec(v, &shape);
     }
     if a.numel() == 1 && b.is_contiguous() && b.shape() == shape.as_slice() {
         let s = a.to_vec::<T>()?[0];
-        let v = b.with_slice::<T, _>(|y| simd(#[inline(always)] || y.iter().map(|&q| f(s, q)).collect::<Vec<T>>()))?;
+        let v = b.with_slice::<T, _>(|y| {
+            simd(
+                #[inline(always)]
+                || y.iter().map(|&q| f(s, q)).collect::<Vec<T>>(),
+            )
+        })?;
         return Tensor::from_vec(v, &shape);
     }
     let out: ArrayD<T> = a.with_view::<T, _>(|av| {
@@ -132,14 +145,8 @@ impl BackwardOp for Binary {
         let (ga, gb) = match self.0 {
             BinaryOp::Add => (need[0].then(|| g.clone()), need[1].then(|| g.clone())),
             BinaryOp::Sub => (need[0].then(|| g.clone()), if need[1] { Some(g.neg()?) } else { None }),
-            BinaryOp::Mul => (
-                if need[0] { Some(g.mul(b)?) } else { None },
-                if need[1] { Some(g.mul(a)?) } else { None },
-            ),
-            BinaryOp::Div => (
-                if need[0] { Some(g.div(b)?) } else { None },
-                if need[1] { Some(g.mul(out)?.div(b)?.neg()?) } else { None },
-            ),
+            BinaryOp::Mul => (if need[0] { Some(g.mul(b)?) } else { None }, if need[1] { Some(g.mul(a)?) } else { None }),
+            BinaryOp::Div => (if need[0] { Some(g.div(b)?) } else { None }, if need[1] { Some(g.mul(out)?.div(b)?.neg()?) } else { None }),
             BinaryOp::Pow => (
                 if need[0] && is_two(b) {
                     Some(g.mul(a)?.scale(2.0)?)
@@ -154,10 +161,7 @@ impl BackwardOp for Binary {
             BinaryOp::Maximum | BinaryOp::Minimum => {
                 // Ties send the gradient to `a`, so it is never split or lost.
                 let mask_a = if self.0 == BinaryOp::Maximum { a.ge(b)? } else { a.le(b)? };
-                (
-                    if need[0] { Some(g.mul(&mask_a)?) } else { None },
-                    if need[1] { Some(g.mul(&mask_a.one_minus()?)?) } else { None },
-                )
+                (if need[0] { Some(g.mul(&mask_a)?) } else { None }, if need[1] { Some(g.mul(&mask_a.one_minus()?)?) } else { None })
             }
         };
         Ok(vec![ga.map(|x| x.sum_to(a.shape())).transpose()?, gb.map(|x| x.sum_to(b.shape())).transpose()?])

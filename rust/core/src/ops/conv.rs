@@ -69,9 +69,13 @@ impl ConvSpec {
             return value_err(op, format!("supports 1 to {MAX_SPATIAL} spatial dimensions, got {d}"));
         }
         if self.stride.len() != d || self.pad.len() != d || self.dilation.len() != d {
-            return value_err(op, format!(
-                "stride, pad and dilation need one entry per spatial dimension ({d}), got stride {:?}, pad {:?}, dilation {:?}",
-                self.stride, self.pad, self.dilation));
+            return value_err(
+                op,
+                format!(
+                    "stride, pad and dilation need one entry per spatial dimension ({d}), got stride {:?}, pad {:?}, dilation {:?}",
+                    self.stride, self.pad, self.dilation
+                ),
+            );
         }
         if self.stride.contains(&0) {
             return value_err(op, format!("stride must be positive, got {:?}", self.stride));
@@ -127,8 +131,7 @@ impl Geom {
         let (cout, wcin, k_sp) = (w_shape[0], w_shape[1], &w_shape[2..]);
         let g = spec.groups;
         if wcin * g != cin {
-            return shape_err(op, format!(
-                "the weight {w_shape:?} with groups={g} takes {} input channels, got {cin}", wcin * g));
+            return shape_err(op, format!("the weight {w_shape:?} with groups={g} takes {} input channels, got {cin}", wcin * g));
         }
         if cout % g != 0 {
             return shape_err(op, format!("{cout} output channels (weight {w_shape:?}) are not divisible by groups={g}"));
@@ -139,9 +142,10 @@ impl Geom {
             match out_len(in_sp[j], k_sp[j], spec.stride[j], spec.dilation[j], lo, hi) {
                 Some(v) => o.push(v),
                 None => {
-                    return shape_err(op, format!(
-                        "kernel {k_sp:?} with dilation {:?} does not fit the input's spatial size {in_sp:?} padded by {:?}",
-                        spec.dilation, spec.pad));
+                    return shape_err(
+                        op,
+                        format!("kernel {k_sp:?} with dilation {:?} does not fit the input's spatial size {in_sp:?} padded by {:?}", spec.dilation, spec.pad),
+                    );
                 }
             }
         }
@@ -407,8 +411,7 @@ fn plan(g: &Geom) -> Plan {
 
 /// Run `f(first sample, its chunk of out)` over chunks of `per` samples (`stride` elements
 /// of `out` per sample), in parallel when asked, with a scratch buffer per worker.
-fn over_chunks<T: Elem>(out: &mut [T], stride: usize, per: usize, parallel: bool, scratch: usize,
-                        f: impl Fn(usize, &mut [T], &mut Vec<T>) + Sync) {
+fn over_chunks<T: Elem>(out: &mut [T], stride: usize, per: usize, parallel: bool, scratch: usize, f: impl Fn(usize, &mut [T], &mut Vec<T>) + Sync) {
     if out.is_empty() || stride == 0 {
         return;
     }
@@ -426,10 +429,18 @@ fn over_chunks<T: Elem>(out: &mut [T], stride: usize, per: usize, parallel: bool
 /// SAFETY: as `gemm_rm`'s.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_into<T: Elem>(
-    m: usize, n: usize, k: usize,
-    dst: *mut T, dst_rs: usize, acc: bool,
-    lhs: *const T, lhs_cs: usize, lhs_rs: usize,
-    rhs: *const T, rhs_cs: usize, rhs_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    acc: bool,
+    lhs: *const T,
+    lhs_cs: usize,
+    lhs_rs: usize,
+    rhs: *const T,
+    rhs_cs: usize,
+    rhs_rs: usize,
     par: gemm::Parallelism,
 ) {
     gemm_rm(m, n, k, dst, dst_rs, acc, (lhs, lhs_cs as isize, lhs_rs as isize), (rhs, rhs_cs as isize, rhs_rs as isize), par);
@@ -446,8 +457,21 @@ unsafe fn dot_blocks<T: Elem>(m: usize, n: usize, k: usize, dst: *mut T, dst_rs:
     const SIDE: usize = 16;
     for i in (0..m).step_by(SIDE) {
         for j in (0..n).step_by(SIDE) {
-            gemm_into(SIDE.min(m - i), SIDE.min(n - j), k, dst.add(i * dst_rs + j), dst_rs, true,
-                      a.add(i * k), 1, k, b.add(j * k), k, 1, gemm::Parallelism::None);
+            gemm_into(
+                SIDE.min(m - i),
+                SIDE.min(n - j),
+                k,
+                dst.add(i * dst_rs + j),
+                dst_rs,
+                true,
+                a.add(i * k),
+                1,
+                k,
+                b.add(j * k),
+                k,
+                1,
+                gemm::Parallelism::None,
+            );
         }
     }
 }
@@ -493,14 +517,26 @@ fn conv_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, act: Act) -> V
                 }
                 // SAFETY: w_g (cog, ck) and rhs (ck, op) row-major; the output block (cog, op).
                 unsafe {
-                    gemm_into(cog, op, ck, yc.as_mut_ptr().add(gi * cog * op), op, b.is_some(),
-                              w.as_ptr().add(gi * cog * ck), 1, ck, rhs.as_ptr(), 1, op, p.par);
+                    gemm_into(
+                        cog,
+                        op,
+                        ck,
+                        yc.as_mut_ptr().add(gi * cog * op),
+                        op,
+                        b.is_some(),
+                        w.as_ptr().add(gi * cog * ck),
+                        1,
+                        ck,
+                        rhs.as_ptr(),
+                        1,
+                        op,
+                        p.par,
+                    );
                 }
             } else {
                 // SAFETY: w_g (cog, ck), rhs (ck, bn*op) and tmp (cog, bn*op), row-major.
                 unsafe {
-                    gemm_into(cog, bn * op, ck, tmp.as_mut_ptr(), bn * op, false,
-                              w.as_ptr().add(gi * cog * ck), 1, ck, rhs.as_ptr(), 1, bn * op, p.par);
+                    gemm_into(cog, bn * op, ck, tmp.as_mut_ptr(), bn * op, false, w.as_ptr().add(gi * cog * ck), 1, ck, rhs.as_ptr(), 1, bn * op, p.par);
                 }
                 for co in 0..cog {
                     let c = gi * cog + co;
@@ -620,10 +656,7 @@ fn conv_filter<T: Elem>(g: &Geom, x: &[T], gy: &[T]) -> Vec<T> {
     let chunks = g.n.div_ceil(p.per);
     let workers = threads().min(chunks);
     let per_worker = chunks.div_ceil(workers) * p.per;
-    let parts: Vec<Vec<T>> = (0..workers)
-        .into_par_iter()
-        .map(|t| accumulate((t * per_worker).min(g.n)..((t + 1) * per_worker).min(g.n)))
-        .collect();
+    let parts: Vec<Vec<T>> = (0..workers).into_par_iter().map(|t| accumulate((t * per_worker).min(g.n)..((t + 1) * per_worker).min(g.n))).collect();
     let mut dw = vec![T::ZERO; wlen];
     for part in parts {
         for (d, v) in dw.iter_mut().zip(part) {
@@ -654,9 +687,10 @@ fn check_operands(op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, 
     }
     if x.ndim() != nd {
         let sp = ["L", "H, W", "D, H, W"][nd - 3];
-        return shape_err(op, format!(
-            "expected {what} of shape (N, C, {sp}) ({nd} dimensions) for a weight of shape {:?}, got shape {:?}",
-            w.shape(), x.shape()));
+        return shape_err(
+            op,
+            format!("expected {what} of shape (N, C, {sp}) ({nd} dimensions) for a weight of shape {:?}, got shape {:?}", w.shape(), x.shape()),
+        );
     }
     Ok(())
 }
@@ -766,7 +800,10 @@ impl Tensor {
         spec.check("conv_transpose", d)?;
         let (n, cy) = (y.shape()[0], y.shape()[1]);
         if cy != w.shape()[0] {
-            return shape_err("conv_transpose", format!("the weight {:?} takes {} input channels (its first axis), got {cy} (input {:?})", w.shape(), w.shape()[0], y.shape()));
+            return shape_err(
+                "conv_transpose",
+                format!("the weight {:?} takes {} input channels (its first axis), got {cy} (input {:?})", w.shape(), w.shape()[0], y.shape()),
+            );
         }
         let o_sp = &y.shape()[2..];
         let k_sp = &w.shape()[2..];
@@ -775,9 +812,13 @@ impl Tensor {
             let (lo, hi) = spec.pad[j];
             let full = (o_sp[j].max(1) - 1) * spec.stride[j] + spec.dilation[j] * (k_sp[j].max(1) - 1) + 1;
             if o_sp[j] == 0 || k_sp[j] == 0 || full < lo + hi + 1 {
-                return shape_err("conv_transpose", format!(
-                    "input spatial size {o_sp:?} with kernel {k_sp:?}, stride {:?}, dilation {:?} and pad {:?} gives an empty output",
-                    spec.stride, spec.dilation, spec.pad));
+                return shape_err(
+                    "conv_transpose",
+                    format!(
+                        "input spatial size {o_sp:?} with kernel {k_sp:?}, stride {:?}, dilation {:?} and pad {:?} gives an empty output",
+                        spec.stride, spec.dilation, spec.pad
+                    ),
+                );
             }
             min_sp.push(full - lo - hi);
         }
@@ -791,13 +832,24 @@ impl Tensor {
         let cin = w.shape()[1] * spec.groups;
         let g = Geom::new("conv_transpose", n, cin, &in_sp, w.shape(), spec)?;
         if g.out_spatial(d) != o_sp {
-            return shape_err("conv_transpose", format!(
-                "output size {in_sp:?} is inconsistent with input {:?}: convolving it gives {:?} (stride {:?}, pad {:?}, dilation {:?})",
-                y.shape(), g.out_spatial(d), spec.stride, spec.pad, spec.dilation));
+            return shape_err(
+                "conv_transpose",
+                format!(
+                    "output size {in_sp:?} is inconsistent with input {:?}: convolving it gives {:?} (stride {:?}, pad {:?}, dilation {:?})",
+                    y.shape(),
+                    g.out_spatial(d),
+                    spec.stride,
+                    spec.pad,
+                    spec.dilation
+                ),
+            );
         }
         if let Some(b) = b {
             if b.shape() != [cin] {
-                return shape_err("conv_transpose", format!("bias of shape {:?} does not match {cin} output channels (weight {:?}, groups={})", b.shape(), w.shape(), spec.groups));
+                return shape_err(
+                    "conv_transpose",
+                    format!("bias of shape {:?} does not match {cin} output channels (weight {:?}, groups={})", b.shape(), w.shape(), spec.groups),
+                );
             }
         }
         let mut shape = vec![n, cin];
@@ -881,7 +933,16 @@ mod tests {
     fn indices(shape: &[usize]) -> Vec<Vec<usize>> {
         let mut out = vec![vec![]];
         for &d in shape {
-            out = out.into_iter().flat_map(|p| (0..d).map(move |i| { let mut q = p.clone(); q.push(i); q })).collect();
+            out = out
+                .into_iter()
+                .flat_map(|p| {
+                    (0..d).map(move |i| {
+                        let mut q = p.clone();
+                        q.push(i);
+                        q
+                    })
+                })
+                .collect();
         }
         out
     }
@@ -1087,9 +1148,7 @@ mod tests {
             let cin = xs[1];
             let b = rng.t(&[cin]);
             let (sp2, xsp) = (sp.clone(), xs[2..].to_vec());
-            gradcheck(&[y.clone(), w.clone(), b], &move |t| {
-                weighted_sum(&t[0].conv_transpose(&t[1], Some(&t[2]), &sp2, Some(&xsp), Act::Sigmoid).unwrap(), 5)
-            });
+            gradcheck(&[y.clone(), w.clone(), b], &move |t| weighted_sum(&t[0].conv_transpose(&t[1], Some(&t[2]), &sp2, Some(&xsp), Act::Sigmoid).unwrap(), 5));
             let (sp3, k) = (sp.clone(), ws[2..].to_vec());
             gradcheck(&[x.clone(), y.clone()], &move |t| weighted_sum(&t[0].conv_filter_grad(&t[1], &sp3, &k).unwrap(), 6));
         }
@@ -1354,12 +1413,24 @@ mod tests {
                 let gy: Vec<f32> = rng.vec(g.n * g.cout * g.op()).into_iter().map(|v| v as f32).collect();
                 let reps = (2000 / n).max(3);
                 let report = |label: &str| {
-                    let f = time(reps, || { std::hint::black_box(conv_fwd(&g, &x, &w, None, Act::Identity)); });
-                    let d = time(reps, || { std::hint::black_box(conv_data(&g, &gy, &w, None, Act::Identity)); });
-                    let fl = time(reps, || { std::hint::black_box(conv_filter(&g, &x, &gy)); });
-                    let df = time(reps, || { std::hint::black_box(direct_fwd(&g, &x, &w)); });
-                    let dd = time(reps, || { std::hint::black_box(direct_data(&g, &gy, &w)); });
-                    let dfl = time(reps, || { std::hint::black_box(direct_filter(&g, &x, &gy)); });
+                    let f = time(reps, || {
+                        std::hint::black_box(conv_fwd(&g, &x, &w, None, Act::Identity));
+                    });
+                    let d = time(reps, || {
+                        std::hint::black_box(conv_data(&g, &gy, &w, None, Act::Identity));
+                    });
+                    let fl = time(reps, || {
+                        std::hint::black_box(conv_filter(&g, &x, &gy));
+                    });
+                    let df = time(reps, || {
+                        std::hint::black_box(direct_fwd(&g, &x, &w));
+                    });
+                    let dd = time(reps, || {
+                        std::hint::black_box(direct_data(&g, &gy, &w));
+                    });
+                    let dfl = time(reps, || {
+                        std::hint::black_box(direct_filter(&g, &x, &gy));
+                    });
                     println!("{label:>9} {name:>11} n={n:>3}: im2col fwd {f:>8.1}us dx {d:>8.1}us dw {fl:>8.1}us | direct fwd {df:>8.1}us dx {dd:>8.1}us dw {dfl:>8.1}us | step {:.2}x faster",
                              (df + dd + dfl) / (f + d + fl));
                 };

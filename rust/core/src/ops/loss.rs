@@ -4,7 +4,7 @@
 //! pass each way. Its backward is built from differentiable ops when a second derivative is
 //! being recorded, and GPU tensors take the composed form.
 
-use crate::backprop::{record, should_record, replay, BackwardOp};
+use crate::backprop::{record, replay, should_record, BackwardOp};
 use crate::error::{shape_err, Result};
 use crate::ops::binary::check_same_dtype;
 use crate::storage::Elem;
@@ -15,25 +15,28 @@ use crate::with_dtype;
 /// Σ (a - b)², in eight independent accumulators per chunk (vectorised) and the chunks'
 /// totals in f64, so a long sum keeps its precision.
 fn sq_err_sum<T: Elem>(a: &[T], b: &[T]) -> f64 {
-    simd(#[inline(always)] || {
-        let mut total = 0.0f64;
-        for (ca, cb) in a.chunks(4096).zip(b.chunks(4096)) {
-            let mut acc = [T::ZERO; 8];
-            let (xa, xb) = (ca.chunks_exact(8), cb.chunks_exact(8));
-            let mut r = xa.remainder().iter().zip(xb.remainder()).fold(T::ZERO, |s, (&p, &q)| s + (p - q) * (p - q));
-            for (p, q) in xa.zip(xb) {
-                for k in 0..8 {
-                    let d = p[k] - q[k];
-                    acc[k] += d * d;
+    simd(
+        #[inline(always)]
+        || {
+            let mut total = 0.0f64;
+            for (ca, cb) in a.chunks(4096).zip(b.chunks(4096)) {
+                let mut acc = [T::ZERO; 8];
+                let (xa, xb) = (ca.chunks_exact(8), cb.chunks_exact(8));
+                let mut r = xa.remainder().iter().zip(xb.remainder()).fold(T::ZERO, |s, (&p, &q)| s + (p - q) * (p - q));
+                for (p, q) in xa.zip(xb) {
+                    for k in 0..8 {
+                        let d = p[k] - q[k];
+                        acc[k] += d * d;
+                    }
                 }
+                for v in acc {
+                    r += v;
+                }
+                total += r.to_f64();
             }
-            for v in acc {
-                r += v;
-            }
-            total += r.to_f64();
-        }
-        total
-    })
+            total
+        },
+    )
 }
 
 struct SqErr {

@@ -43,9 +43,14 @@ const ALIASING_STRIDE_BYTES: usize = 512;
 /// must not overlap the operands.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_rm<T: Elem>(
-    m: usize, n: usize, k: usize,
-    dst: *mut T, dst_rs: usize, acc: bool,
-    lhs: Operand<T>, rhs: Operand<T>,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    acc: bool,
+    lhs: Operand<T>,
+    rhs: Operand<T>,
     par: gemm::Parallelism,
 ) {
     if m == 0 || n == 0 {
@@ -73,13 +78,7 @@ pub(crate) unsafe fn gemm_rm<T: Elem>(
         }
         rhs = (out, ld as isize, 1);
     }
-    gemm::gemm(
-        m, n, k,
-        dst, 1, dst_rs as isize, acc,
-        lhs.0, lhs.1, lhs.2,
-        rhs.0, rhs.1, rhs.2,
-        T::ONE, T::ONE, false, false, false, par,
-    );
+    gemm::gemm(m, n, k, dst, 1, dst_rs as isize, acc, lhs.0, lhs.1, lhs.2, rhs.0, rhs.1, rhs.2, T::ONE, T::ONE, false, false, false, par);
 }
 
 /// Batched product of `a: [B.., m, k]` and `b: [B.., k, n]` with identical batch axes.
@@ -101,30 +100,38 @@ fn bmm_kernel<T: Elem>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let mut idx = vec![0usize; batch.len()];
     // SAFETY: gemm (with k > 0 and its destination not read) writes every element of each
     // m*n block, the blocks tile the output, and the operands are valid views (below).
-    let out = unsafe { crate::storage::filled_by::<T>(nb * m * n, |out| for bi in 0..nb {
-        let mut oa = la.offset as isize;
-        let mut ob = lb.offset as isize;
-        for (d, &i) in idx.iter().enumerate() {
-            oa += i as isize * la.strides[d];
-            ob += i as isize * lb.strides[d];
-        }
-        // The offsets and strides come from valid layouts over the locked buffers (see
-        // Tensor::with_view); `out` is a fresh m*n block per batch element.
-        gemm_rm(
-            m, n, k,
-            out.add(bi * m * n), n, false,
-            (pa.offset(oa), la.strides[nd - 1], la.strides[nd - 2]),
-            (pb.offset(ob), lb.strides[nd - 1], lb.strides[nd - 2]),
-            par,
-        );
-        for d in (0..idx.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < batch[d] {
-                break;
+    let out = unsafe {
+        crate::storage::filled_by::<T>(nb * m * n, |out| {
+            for bi in 0..nb {
+                let mut oa = la.offset as isize;
+                let mut ob = lb.offset as isize;
+                for (d, &i) in idx.iter().enumerate() {
+                    oa += i as isize * la.strides[d];
+                    ob += i as isize * lb.strides[d];
+                }
+                // The offsets and strides come from valid layouts over the locked buffers (see
+                // Tensor::with_view); `out` is a fresh m*n block per batch element.
+                gemm_rm(
+                    m,
+                    n,
+                    k,
+                    out.add(bi * m * n),
+                    n,
+                    false,
+                    (pa.offset(oa), la.strides[nd - 1], la.strides[nd - 2]),
+                    (pb.offset(ob), lb.strides[nd - 1], lb.strides[nd - 2]),
+                    par,
+                );
+                for d in (0..idx.len()).rev() {
+                    idx[d] += 1;
+                    if idx[d] < batch[d] {
+                        break;
+                    }
+                    idx[d] = 0;
+                }
             }
-            idx[d] = 0;
-        }
-    }) };
+        })
+    };
     drop((ga, gb));
     Tensor::from_vec(out, &out_shape)
 }

@@ -3,7 +3,7 @@
 //! one allocation and one pass instead of three ops. Its backward uses ordinary
 //! differentiable ops, so second derivatives still work.
 
-use crate::backprop::{record, should_record, replay, BackwardOp};
+use crate::backprop::{record, replay, should_record, BackwardOp};
 use crate::error::{shape_err, Result};
 use crate::ops::binary::{check_same_dtype, map2};
 use crate::ops::matmul::{gemm_par, gemm_rm, Operand};
@@ -35,12 +35,19 @@ impl Act {
 
 /// Applies `act` in place, vectorised. `a < 0` for relu so NaN passes through.
 pub(crate) fn apply_act<T: Elem>(v: &mut [T], act: Act) {
-    simd(#[inline(always)] || match act {
-        Act::Identity => {}
-        Act::Relu => v.iter_mut().for_each(|x| if *x < T::ZERO { *x = T::ZERO }),
-        Act::Sigmoid => v.iter_mut().for_each(|x| *x = x.fast_sigmoid()),
-        Act::Tanh => v.iter_mut().for_each(|x| *x = x.fast_tanh()),
-    })
+    simd(
+        #[inline(always)]
+        || match act {
+            Act::Identity => {}
+            Act::Relu => v.iter_mut().for_each(|x| {
+                if *x < T::ZERO {
+                    *x = T::ZERO
+                }
+            }),
+            Act::Sigmoid => v.iter_mut().for_each(|x| *x = x.fast_sigmoid()),
+            Act::Tanh => v.iter_mut().for_each(|x| *x = x.fast_tanh()),
+        },
+    )
 }
 
 /// The gradient at the pre-activation from the activation's output `out` and the incoming
@@ -115,9 +122,7 @@ fn dense_backward_kernel<T: Elem>(x: &Tensor, w: &Tensor, gp: &Tensor, has_bias:
     let sw = w.0.storage.read_recursive();
     let sg = gp.0.storage.read_recursive();
     // SAFETY: the layouts are valid views of the locked buffers (see Tensor::with_view).
-    let (px, pw, pg) = unsafe {
-        (T::slice(&sx).as_ptr().add(lx.offset), T::slice(&sw).as_ptr().add(lw.offset), T::slice(&sg).as_ptr().add(lg.offset))
-    };
+    let (px, pw, pg) = unsafe { (T::slice(&sx).as_ptr().add(lx.offset), T::slice(&sw).as_ptr().add(lw.offset), T::slice(&sg).as_ptr().add(lg.offset)) };
     let mut grads = Vec::with_capacity(3);
     grads.push(if need[0] {
         // SAFETY: as above; gp is contiguous (n x m).
@@ -137,11 +142,14 @@ fn dense_backward_kernel<T: Elem>(x: &Tensor, w: &Tensor, gp: &Tensor, has_bias:
         grads.push(if need[2] {
             let gs = &T::slice(&sg)[lg.offset..lg.offset + n * m];
             let mut gb = vec![T::ZERO; m];
-            simd(#[inline(always)] || {
-                for row in gs.chunks_exact(m.max(1)) {
-                    gb.iter_mut().zip(row).for_each(|(b, &v)| *b += v);
-                }
-            });
+            simd(
+                #[inline(always)]
+                || {
+                    for row in gs.chunks_exact(m.max(1)) {
+                        gb.iter_mut().zip(row).for_each(|(b, &v)| *b += v);
+                    }
+                },
+            );
             Some(Tensor::from_vec(gb, &[m])?)
         } else {
             None
@@ -196,8 +204,10 @@ impl Tensor {
     pub fn dense(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -> Result<Tensor> {
         check_same_dtype("dense", x, w)?;
         if x.ndim() != 2 || w.ndim() != 2 || x.shape()[1] != w.shape()[1] {
-            return shape_err("dense", format!("expects x (n, {}) for a weight of shape {:?}, got x of shape {:?}",
-                w.shape().get(1).copied().unwrap_or(0), w.shape(), x.shape()));
+            return shape_err(
+                "dense",
+                format!("expects x (n, {}) for a weight of shape {:?}, got x of shape {:?}", w.shape().get(1).copied().unwrap_or(0), w.shape(), x.shape()),
+            );
         }
         if let Some(b) = b {
             check_same_dtype("dense", x, b)?;

@@ -31,18 +31,34 @@ fn reduce_view<T: Elem>(v: ArrayViewD<T>, axes: &[usize], kind: Kind) -> ArrayD<
 fn reduce_one<T: Elem>(v: ArrayViewD<T>, axis: usize, kind: Kind) -> ArrayD<T> {
     match kind {
         Kind::Sum => v.sum_axis(Axis(axis)),
-        Kind::Max => v.map_axis(Axis(axis), |lane| lane.iter().fold(T::NEG_INFINITY, |m, &x| if x.is_nan() || m.is_nan() { T::from_f64(f64::NAN) } else if x > m { x } else { m })),
-        Kind::Min => v.map_axis(Axis(axis), |lane| lane.iter().fold(T::INFINITY, |m, &x| if x.is_nan() || m.is_nan() { T::from_f64(f64::NAN) } else if x < m { x } else { m })),
+        Kind::Max => v.map_axis(Axis(axis), |lane| {
+            lane.iter().fold(T::NEG_INFINITY, |m, &x| {
+                if x.is_nan() || m.is_nan() {
+                    T::from_f64(f64::NAN)
+                } else if x > m {
+                    x
+                } else {
+                    m
+                }
+            })
+        }),
+        Kind::Min => v.map_axis(Axis(axis), |lane| {
+            lane.iter().fold(T::INFINITY, |m, &x| {
+                if x.is_nan() || m.is_nan() {
+                    T::from_f64(f64::NAN)
+                } else if x < m {
+                    x
+                } else {
+                    m
+                }
+            })
+        }),
     }
 }
 
 /// Shape after reducing `axes` (kept as size 1 when `keepdim`).
 fn reduced_shape(shape: &[usize], axes: &[usize], keepdim: bool) -> Vec<usize> {
-    shape
-        .iter()
-        .enumerate()
-        .filter_map(|(i, &d)| if axes.contains(&i) { keepdim.then_some(1) } else { Some(d) })
-        .collect()
+    shape.iter().enumerate().filter_map(|(i, &d)| if axes.contains(&i) { keepdim.then_some(1) } else { Some(d) }).collect()
 }
 
 fn reduce_forward(x: &Tensor, axes: &[usize], keepdim: bool, kind: Kind, op: &'static str) -> Result<Tensor> {
@@ -52,7 +68,11 @@ fn reduce_forward(x: &Tensor, axes: &[usize], keepdim: bool, kind: Kind, op: &'s
     #[cfg(feature = "gpu")]
     if x.is_gpu() {
         use crate::gpu::ReduceKind as K;
-        let k = match kind { Kind::Sum => K::Sum, Kind::Max => K::Max, Kind::Min => K::Min };
+        let k = match kind {
+            Kind::Sum => K::Sum,
+            Kind::Max => K::Max,
+            Kind::Min => K::Min,
+        };
         return crate::gpu::reduce(x, axes, k)?.reshape_raw(&reduced_shape(x.shape(), axes, keepdim));
     }
     let out = with_dtype!(x.dtype(), T => x.with_view::<T, _>(|v| Tensor::from_array(reduce_view(v, axes, kind)))?);
@@ -163,10 +183,10 @@ impl Tensor {
         if self.shape() == shape {
             return Ok(self.clone());
         }
-        let extra = self.ndim().checked_sub(shape.len()).ok_or_else(|| Error::Shape {
-            op: "sum_to",
-            msg: format!("cannot sum shape {:?} down to {:?}", self.shape(), shape),
-        })?;
+        let extra = self
+            .ndim()
+            .checked_sub(shape.len())
+            .ok_or_else(|| Error::Shape { op: "sum_to", msg: format!("cannot sum shape {:?} down to {:?}", self.shape(), shape) })?;
         let mut axes: Vec<isize> = (0..extra as isize).collect();
         for (i, &d) in shape.iter().enumerate() {
             let have = self.shape()[extra + i];

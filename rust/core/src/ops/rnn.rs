@@ -23,8 +23,17 @@ use crate::with_dtype;
 fn mm<T: Elem>(m: usize, n: usize, k: usize, dst: &mut [T], d_rs: usize, acc: bool, a: &[T], a_rs: usize, a_cs: usize, b: &[T], b_rs: usize, b_cs: usize) {
     // SAFETY: callers pass slices that cover every (row, col) reached by these strides.
     unsafe {
-        crate::ops::matmul::gemm_rm(m, n, k, dst.as_mut_ptr(), d_rs, acc, (a.as_ptr(), a_cs as isize, a_rs as isize),
-                                    (b.as_ptr(), b_cs as isize, b_rs as isize), gemm::Parallelism::None);
+        crate::ops::matmul::gemm_rm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            d_rs,
+            acc,
+            (a.as_ptr(), a_cs as isize, a_rs as isize),
+            (b.as_ptr(), b_cs as isize, b_rs as isize),
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -106,19 +115,22 @@ fn forward<T: Elem>(gx: &[T], wh: &[T], h0: &[T], hs: &mut [T], n: usize, t_len:
         // gh = h_prev @ Wh^T: Wh is (3H, H) row-major, so Wh^T(k, j) = wh[j*H + k].
         mm(n, g3, h, &mut gh, g3, false, &hprev, h, 1, wh, 1, h);
         // Gates for every unit at once, vectorised: slices of length h let the bounds checks go.
-        simd(#[inline(always)] || {
-            for i in 0..n {
-                let gxo = (i * t_len + t) * g3;
-                let o = (i * t_len + t) * h;
-                let (gxr, gxz, gxc) = (&gx[gxo..gxo + h], &gx[gxo + h..gxo + 2 * h], &gx[gxo + 2 * h..gxo + g3]);
-                let (ghr, ghz, ghcs) = (&gh[i * g3..i * g3 + h], &gh[i * g3 + h..i * g3 + 2 * h], &gh[i * g3 + 2 * h..(i + 1) * g3]);
-                let hp = &hprev[i * h..(i + 1) * h];
-                let so = (t * n + i) * h;
-                let (hs_o, r_o, z_o) = (&mut hs[o..o + h], &mut s.r[so..so + h], &mut s.z[so..so + h]);
-                let (c_o, ghc_o) = (&mut s.c[so..so + h], &mut s.ghc[so..so + h]);
-                gates_forward([gxr, gxz, gxc, ghr, ghz, ghcs, hp], [hs_o, r_o, z_o, c_o, ghc_o]);
-            }
-        });
+        simd(
+            #[inline(always)]
+            || {
+                for i in 0..n {
+                    let gxo = (i * t_len + t) * g3;
+                    let o = (i * t_len + t) * h;
+                    let (gxr, gxz, gxc) = (&gx[gxo..gxo + h], &gx[gxo + h..gxo + 2 * h], &gx[gxo + 2 * h..gxo + g3]);
+                    let (ghr, ghz, ghcs) = (&gh[i * g3..i * g3 + h], &gh[i * g3 + h..i * g3 + 2 * h], &gh[i * g3 + 2 * h..(i + 1) * g3]);
+                    let hp = &hprev[i * h..(i + 1) * h];
+                    let so = (t * n + i) * h;
+                    let (hs_o, r_o, z_o) = (&mut hs[o..o + h], &mut s.r[so..so + h], &mut s.z[so..so + h]);
+                    let (c_o, ghc_o) = (&mut s.c[so..so + h], &mut s.ghc[so..so + h]);
+                    gates_forward([gxr, gxz, gxc, ghr, ghz, ghcs, hp], [hs_o, r_o, z_o, c_o, ghc_o]);
+                }
+            },
+        );
         for i in 0..n {
             let o = (i * t_len + t) * h;
             hprev[i * h..(i + 1) * h].copy_from_slice(&hs[o..o + h]);
@@ -143,21 +155,24 @@ fn backward<T: Elem>(s: &Saved<T>, wh: &[T], h0: &[T], hs: &[T], dhs: &[T], dgx:
             hprev[i * h..(i + 1) * h].copy_from_slice(src);
         }
         // Vectorised like the forward gates: per sample, slices of length h.
-        simd(#[inline(always)] || {
-            for i in 0..n {
-                let o = (i * t_len + t) * h;
-                let gxo = (i * t_len + t) * g3;
-                let (dh_i, dhs_i, hp) = (&dh[i * h..(i + 1) * h], &dhs[o..o + h], &hprev[i * h..(i + 1) * h]);
-                let so = (t * n + i) * h;
-                let (r_i, z_i, c_i, ghc_i) = (&s.r[so..so + h], &s.z[so..so + h], &s.c[so..so + h], &s.ghc[so..so + h]);
-                let (dgx_r, rest) = dgx[gxo..gxo + g3].split_at_mut(h);
-                let (dgx_z, dgx_c) = rest.split_at_mut(h);
-                let (dgh_r, rest) = dgh[i * g3..(i + 1) * g3].split_at_mut(h);
-                let (dgh_z, dgh_c) = rest.split_at_mut(h);
-                let dprev_i = &mut dprev[i * h..(i + 1) * h];
-                gates_backward([dh_i, dhs_i, hp, r_i, z_i, c_i, ghc_i], [dgx_r, dgx_z, dgx_c, dgh_r, dgh_z, dgh_c, dprev_i]);
-            }
-        });
+        simd(
+            #[inline(always)]
+            || {
+                for i in 0..n {
+                    let o = (i * t_len + t) * h;
+                    let gxo = (i * t_len + t) * g3;
+                    let (dh_i, dhs_i, hp) = (&dh[i * h..(i + 1) * h], &dhs[o..o + h], &hprev[i * h..(i + 1) * h]);
+                    let so = (t * n + i) * h;
+                    let (r_i, z_i, c_i, ghc_i) = (&s.r[so..so + h], &s.z[so..so + h], &s.c[so..so + h], &s.ghc[so..so + h]);
+                    let (dgx_r, rest) = dgx[gxo..gxo + g3].split_at_mut(h);
+                    let (dgx_z, dgx_c) = rest.split_at_mut(h);
+                    let (dgh_r, rest) = dgh[i * g3..(i + 1) * g3].split_at_mut(h);
+                    let (dgh_z, dgh_c) = rest.split_at_mut(h);
+                    let dprev_i = &mut dprev[i * h..(i + 1) * h];
+                    gates_backward([dh_i, dhs_i, hp, r_i, z_i, c_i, ghc_i], [dgx_r, dgx_z, dgx_c, dgh_r, dgh_z, dgh_c, dprev_i]);
+                }
+            },
+        );
         // dWh += dgh^T @ h_prev  (3H x N) @ (N x H)
         mm(g3, h, n, &mut dwh, h, true, &dgh, 1, g3, &hprev, h, 1);
         // dh_prev = d*z + dgh @ Wh  (N x 3H) @ (3H x H)
@@ -172,7 +187,11 @@ fn backward<T: Elem>(s: &Saved<T>, wh: &[T], h0: &[T], hs: &[T], dhs: &[T], dgx:
 /// thread: one rayon hand-over per call, not one per step (~10 µs each on this VM).
 fn nblocks(n: usize, t_len: usize, h: usize) -> usize {
     let macs = n * t_len * 3 * h * h;
-    if matches!(crate::ops::matmul::gemm_par(macs), gemm::Parallelism::None) { 1 } else { rayon::current_num_threads() }
+    if matches!(crate::ops::matmul::gemm_par(macs), gemm::Parallelism::None) {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
 }
 
 /// `n` samples in `k` blocks `(first, count)` of near-equal size (none empty).
@@ -254,8 +273,11 @@ impl<T: Elem> BackwardOp for GruSeq<T> {
     replay!(|_, i, _| Tensor::gru_sequence(&i[0], &i[1], i.get(2)));
     fn backward(&self, inputs: &[Tensor], out: &Tensor, g: &Tensor, need: &[bool]) -> Result<Vec<Option<Tensor>>> {
         if crate::backprop::is_recording() && crate::backprop::watch_depth() > 0 {
-            return Err(Error::Autodiff("second derivatives through the fused gru_sequence are not supported; \
-                                        run the GRU step by step to differentiate it twice".into()));
+            return Err(Error::Autodiff(
+                "second derivatives through the fused gru_sequence are not supported; \
+                                        run the GRU step by step to differentiate it twice"
+                    .into(),
+            ));
         }
         let (dgx, dwh, dh0) = self.backward_impl(inputs, out, g)?;
         let mut grads = vec![
@@ -326,7 +348,12 @@ mod tests {
 
     fn rand(n: usize, seed: u64) -> Vec<f64> {
         let mut s = seed;
-        (0..n).map(|_| { s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5 }).collect()
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+            })
+            .collect()
     }
 
     /// Random gx, Wh, h0 for `n` sequences of `t` steps and `h` units, and weights `w` to sum the outputs with.

@@ -65,10 +65,10 @@ struct SliceSpec {
 struct Slice(SliceSpec);
 impl BackwardOp for Slice {
     replay!(|op, i, out| {
-            let (s, count) = (op.0, out.shape()[op.0.axis]);
-            let stop = if count == 0 { s.start } else { s.start + (count - 1) * s.step + 1 };
-            i[0].slice(s.axis as isize, s.start, stop, s.step)
-        });
+        let (s, count) = (op.0, out.shape()[op.0.axis]);
+        let stop = if count == 0 { s.start } else { s.start + (count - 1) * s.step + 1 };
+        i[0].slice(s.axis as isize, s.start, stop, s.step)
+    });
     fn name(&self) -> &'static str {
         "slice"
     }
@@ -221,7 +221,10 @@ impl Tensor {
     pub(crate) fn reshape_raw(&self, shape: &[usize]) -> Result<Tensor> {
         let n = crate::layout::checked_numel("reshape", shape)?;
         if n != self.numel() {
-            return shape_err("reshape", format!("cannot reshape a tensor of shape {:?} ({} elements) into shape {:?} ({n} elements)", self.shape(), self.numel(), shape));
+            return shape_err(
+                "reshape",
+                format!("cannot reshape a tensor of shape {:?} ({} elements) into shape {:?} ({n} elements)", self.shape(), self.numel(), shape),
+            );
         }
         if self.is_contiguous() {
             let mut l = Layout::contiguous(shape);
@@ -258,11 +261,7 @@ impl Tensor {
             }
         }
         let l = self.layout();
-        let layout = Layout {
-            shape: p.iter().map(|&a| l.shape[a]).collect(),
-            strides: p.iter().map(|&a| l.strides[a]).collect(),
-            offset: l.offset,
-        };
+        let layout = Layout { shape: p.iter().map(|&a| l.shape[a]).collect(), strides: p.iter().map(|&a| l.strides[a]).collect(), offset: l.offset };
         Ok(record(self.view_with(layout), Permute(p), &[self]))
     }
 

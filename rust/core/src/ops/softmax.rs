@@ -1,6 +1,6 @@
 //! softmax and logsoftmax along one axis, max-shifted so they never overflow.
 
-use crate::backprop::{no_grad, record, should_record, replay, BackwardOp};
+use crate::backprop::{no_grad, record, replay, should_record, BackwardOp};
 use crate::error::Result;
 use crate::layout::normalize_axis;
 use crate::storage::Elem;
@@ -51,11 +51,14 @@ fn kernel<T: Elem>(x: &Tensor, axis: usize, log: bool) -> Result<Tensor> {
         let mut out = vec![T::ZERO; x.numel()];
         if n > 0 {
             x.with_slice::<T, _>(|v| {
-                simd(#[inline(always)] || {
-                    for (o, i) in out.chunks_exact_mut(n).zip(v.chunks_exact(n)) {
-                        lane(o, i, log);
-                    }
-                })
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (o, i) in out.chunks_exact_mut(n).zip(v.chunks_exact(n)) {
+                            lane(o, i, log);
+                        }
+                    },
+                )
             })?;
         }
         Tensor::from_vec(out, x.shape())
@@ -70,23 +73,26 @@ fn backward_kernel<T: Elem>(out: &Tensor, g: &Tensor, axis: usize, log: bool) ->
         if n > 0 {
             out.with_slice::<T, _>(|y| {
                 g.with_slice::<T, _>(|g| {
-                    simd(#[inline(always)] || {
-                        for ((d, y), g) in gx.chunks_exact_mut(n).zip(y.chunks_exact(n)).zip(g.chunks_exact(n)) {
-                            if log {
-                                // g - softmax * sum(g)
-                                let s = fold8(g, T::ZERO, |s, v| s + v);
-                                for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-                                    *d = g - y.fast_exp() * s;
-                                }
-                            } else {
-                                // y * (g - sum(g * y))
-                                let s = g.iter().zip(y).fold(T::ZERO, |s, (&g, &y)| s + g * y);
-                                for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-                                    *d = y * (g - s);
+                    simd(
+                        #[inline(always)]
+                        || {
+                            for ((d, y), g) in gx.chunks_exact_mut(n).zip(y.chunks_exact(n)).zip(g.chunks_exact(n)) {
+                                if log {
+                                    // g - softmax * sum(g)
+                                    let s = fold8(g, T::ZERO, |s, v| s + v);
+                                    for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+                                        *d = g - y.fast_exp() * s;
+                                    }
+                                } else {
+                                    // y * (g - sum(g * y))
+                                    let s = g.iter().zip(y).fold(T::ZERO, |s, (&g, &y)| s + g * y);
+                                    for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+                                        *d = y * (g - s);
+                                    }
                                 }
                             }
-                        }
-                    })
+                        },
+                    )
                 })
             })??;
         }
@@ -102,7 +108,11 @@ struct Softmax {
 impl BackwardOp for Softmax {
     replay!(|op, i, _| if op.log { i[0].logsoftmax(op.axis as isize) } else { i[0].softmax(op.axis as isize) });
     fn name(&self) -> &'static str {
-        if self.log { "logsoftmax" } else { "softmax" }
+        if self.log {
+            "logsoftmax"
+        } else {
+            "softmax"
+        }
     }
     fn backward(&self, _i: &[Tensor], out: &Tensor, g: &Tensor, _n: &[bool]) -> Result<Vec<Option<Tensor>>> {
         if out.shape() == g.shape() && !should_record(&[out, g]) && !out.is_gpu() && !g.is_gpu() {

@@ -60,7 +60,6 @@ impl UnaryOp {
     }
 }
 
-
 #[inline(always)]
 fn softplus<T: Float>(x: T) -> T {
     x.max(T::ZERO) + (-x.abs()).exp().ln_1p()
@@ -68,7 +67,12 @@ fn softplus<T: Float>(x: T) -> T {
 
 pub(crate) fn map<T: Elem>(x: &Tensor, f: impl Fn(T) -> T + Sync + Send) -> Result<Tensor> {
     // The loop runs under `simd` so `f` (branch-free for exp/tanh/sigmoid) is vectorised.
-    let kernel = |o: &mut [T], i: &[T]| simd(#[inline(always)] || o.iter_mut().zip(i).for_each(|(o, &a)| *o = f(a)));
+    let kernel = |o: &mut [T], i: &[T]| {
+        simd(
+            #[inline(always)]
+            || o.iter_mut().zip(i).for_each(|(o, &a)| *o = f(a)),
+        )
+    };
     let v = x.with_slice::<T, _>(|s| {
         let mut out = vec![T::ZERO; s.len()];
         if s.len() >= PAR_THRESHOLD {

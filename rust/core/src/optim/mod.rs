@@ -28,7 +28,14 @@ impl ParamState {
             let (init, sc) = r.state_spec();
             // On the parameter's device, so a GPU model's update never leaves the GPU.
             let dev = x.device();
-            arrays.push(init.into_iter().map(|v| { let t = Tensor::full(x.shape(), v, x.dtype()); t.to_device(dev).unwrap_or(t) }).collect());
+            arrays.push(
+                init.into_iter()
+                    .map(|v| {
+                        let t = Tensor::full(x.shape(), v, x.dtype());
+                        t.to_device(dev).unwrap_or(t)
+                    })
+                    .collect(),
+            );
             scalars.push(sc);
         }
         ParamState { arrays, scalars }
@@ -82,9 +89,7 @@ pub fn update(chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut 
         return update_gpu(chain, xs, dxs, states);
     }
     let total: usize = xs.iter().map(|x| x.numel()).sum();
-    let work = |((x, dx), st): ((&Tensor, &Tensor), &mut &mut ParamState)| -> Result<()> {
-        with_dtype!(x.dtype(), T => update_one::<T>(chain, x, dx, st))
-    };
+    let work = |((x, dx), st): ((&Tensor, &Tensor), &mut &mut ParamState)| -> Result<()> { with_dtype!(x.dtype(), T => update_one::<T>(chain, x, dx, st)) };
     if total >= PAR_ELEMS && xs.len() > 1 {
         xs.par_iter().zip(dxs.par_iter()).zip(states.par_iter_mut()).map(work).collect::<Result<Vec<()>>>()?;
     } else {
@@ -149,7 +154,12 @@ fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamSt
             let mut xguard = x.0.storage.write();
             let (off, n) = (x.layout().offset, x.numel());
             let xs: &mut [T] = &mut T::slice_mut(&mut xguard)[off..off + n];
-            return dx.with_slice::<T, _>(|d| simd(#[inline(always)] || xs.iter_mut().zip(d).for_each(|(x, &d)| *x -= d * e)));
+            return dx.with_slice::<T, _>(|d| {
+                simd(
+                    #[inline(always)]
+                    || xs.iter_mut().zip(d).for_each(|(x, &d)| *x -= d * e),
+                )
+            });
         }
     }
     // A gradient that is not a plain slice of its own (a strided view, or the storage of x or
@@ -168,11 +178,8 @@ fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamSt
     let off = x.layout().offset;
     let n = x.numel();
     let xs: &mut [T] = &mut T::slice_mut(&mut xguard)[off..off + n];
-    let views: Vec<Vec<&mut [T]>> = guards
-        .iter_mut()
-        .zip(&offsets)
-        .map(|(gs, offs)| gs.iter_mut().zip(offs).map(|(g, &o)| &mut T::slice_mut(g)[o..o + n]).collect())
-        .collect();
+    let views: Vec<Vec<&mut [T]>> =
+        guards.iter_mut().zip(&offsets).map(|(gs, offs)| gs.iter_mut().zip(offs).map(|(g, &o)| &mut T::slice_mut(g)[o..o + n]).collect()).collect();
     // ClipNorm scales by the norm of the whole gradient, so a chain with it takes one chunk.
     // Every other rule is elementwise, and its scalars (Adam's beta powers, AccumGrad's
     // counter) advance the same way whatever the chunk: each chunk starts from the scalars
@@ -195,15 +202,18 @@ fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamSt
         buf.clear();
         buf.extend_from_slice(dc);
         // Under `simd` (and `apply` inlined into it) the rule's loops get AVX2/AVX-512.
-        simd(#[inline(always)] || {
-            for ((rule, views), s) in chain.iter().zip(sts.iter_mut()).zip(sc.iter_mut()) {
-                if rule.apply::<T>(xc, buf, views, s)? == Step::Hold {
-                    return Ok(());
+        simd(
+            #[inline(always)]
+            || {
+                for ((rule, views), s) in chain.iter().zip(sts.iter_mut()).zip(sc.iter_mut()) {
+                    if rule.apply::<T>(xc, buf, views, s)? == Step::Hold {
+                        return Ok(());
+                    }
                 }
-            }
-            xc.iter_mut().zip(buf.iter()).for_each(|(x, s)| *x -= *s);
-            Ok(())
-        })?;
+                xc.iter_mut().zip(buf.iter()).for_each(|(x, s)| *x -= *s);
+                Ok(())
+            },
+        )?;
         Ok(sc)
     };
     let advanced = if n >= PAR_CHUNKED {

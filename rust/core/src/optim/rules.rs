@@ -146,7 +146,13 @@ impl Rule {
                 for i in 0..dx.len() {
                     let (g, d) = (gs[i], dx[i]);
                     let s = g * d;
-                    etas[i] = if s > T::ZERO { (etas[i] * l1).min(g1) } else if s < T::ZERO { (etas[i] * l0).max(g0) } else { etas[i] };
+                    etas[i] = if s > T::ZERO {
+                        (etas[i] * l1).min(g1)
+                    } else if s < T::ZERO {
+                        (etas[i] * l0).max(g0)
+                    } else {
+                        etas[i]
+                    };
                     gs[i] = if s < T::ZERO { T::ZERO } else { d };
                     dx[i] = etas[i] * gs[i].signum();
                 }
@@ -271,8 +277,7 @@ impl Rule {
                     let d = dx[i];
                     mt[i] = b1 * mt[i] + (T::ONE - b1) * d;
                     vt[i] = b2 * vt[i] + (T::ONE - b2) * d * d;
-                    dx[i] = (b1 * mt[i] / (T::ONE - b1 * bt1) + (T::ONE - b1) * d / (T::ONE - bt1))
-                        / ((vt[i] * b2 / (T::ONE - bt2)).sqrt() + ep) * e;
+                    dx[i] = (b1 * mt[i] / (T::ONE - b1 * bt1) + (T::ONE - b1) * d / (T::ONE - bt1)) / ((vt[i] * b2 / (T::ONE - bt2)).sqrt() + ep) * e;
                 }
                 sc[0] *= beta.0;
                 sc[1] *= beta.1;
@@ -302,7 +307,11 @@ impl Rule {
             }
             Rule::ClipGrad { delta } => {
                 let dl = c(delta);
-                dx.iter_mut().for_each(|d| if !d.is_nan() { *d = d.max(-dl).min(dl) });
+                dx.iter_mut().for_each(|d| {
+                    if !d.is_nan() {
+                        *d = d.max(-dl).min(dl)
+                    }
+                });
             }
             Rule::ClipNorm { omega, p, throw } => {
                 let nrm = norm(dx, p);
@@ -336,7 +345,13 @@ impl Rule {
 /// Julia's `max`: NaN wins, so a NaN gradient stays visible in the state.
 #[inline(always)]
 fn nanmax<T: Float>(a: T, b: T) -> T {
-    if a.is_nan() || b.is_nan() { T::from_f64(f64::NAN) } else if a > b { a } else { b }
+    if a.is_nan() || b.is_nan() {
+        T::from_f64(f64::NAN)
+    } else if a > b {
+        a
+    } else {
+        b
+    }
 }
 
 fn norm<T: Float>(dx: &[T], p: f64) -> f64 {

@@ -129,12 +129,7 @@ pub fn grads_of(f: impl Fn(&[Tensor]) -> Tensor, xs: &[Tensor]) -> Vec<Tensor> {
     push_watch(xs);
     let y = f(xs);
     pop_watch();
-    grad(&y, xs, None)
-        .unwrap()
-        .into_iter()
-        .zip(xs)
-        .map(|(g, x)| g.unwrap_or_else(|| x.zeros_like()))
-        .collect()
+    grad(&y, xs, None).unwrap().into_iter().zip(xs).map(|(g, x)| g.unwrap_or_else(|| x.zeros_like())).collect()
 }
 
 /// A fixed pseudo-random weight tensor of `shape`, so that every output element
@@ -144,7 +139,11 @@ fn weights(shape: &[usize]) -> Tensor {
     let v = (0..numel(shape))
         .map(|_| {
             let m = rng.uniform(0.5, 1.5);
-            if rng.unit() < 0.5 { -m } else { m }
+            if rng.unit() < 0.5 {
+                -m
+            } else {
+                m
+            }
         })
         .collect();
     Tensor::from_vec(v, shape).unwrap()
@@ -226,7 +225,11 @@ pub fn check_grad2(f: impl Fn(&[Tensor]) -> Tensor, inputs: Vec<Tensor>) {
             let gs = grads_of(&f, xs);
             // All first gradients as one flat vector, so every one is checked.
             let flat: Vec<Tensor> = gs.iter().map(|g| g.reshape(&[g.numel()]).unwrap()).collect();
-            if n == 1 { flat[0].clone() } else { Tensor::concat(&flat, 0).unwrap() }
+            if n == 1 {
+                flat[0].clone()
+            } else {
+                Tensor::concat(&flat, 0).unwrap()
+            }
         },
         inputs,
     );
