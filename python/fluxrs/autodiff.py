@@ -24,7 +24,7 @@ import numpy as np
 
 from fluxrs import _core, functor
 from fluxrs._core import Tensor
-from fluxrs.functor import _ATOMS, Plan, children, is_node, leaves, mirror, plan
+from fluxrs.functor import _ATOMS, Layer, Plan, children, is_node, leaves, mirror, plan
 
 
 class Params:
@@ -282,18 +282,32 @@ def withgradient(f: Callable, *args: Any):
     (8.0, (12.0,))
     """
     _check_f(f, "withgradient")
-    if len(args) == 1 and isinstance(args[0], Params):
-        ps = args[0]
-        y = _run(f, (), list(ps))
-        root = _as_root(y, "withgradient")
-        gs = _core.grad(root, list(ps)) if root is not None else [None] * len(ps)
-        return ValGrad(_value(y), Grads(ps, gs))
+    y, grads = _differentiate(f, args, "withgradient")
+    return ValGrad(_value(y), grads)
+
+
+def _differentiate(f: Callable, args: tuple, who: str) -> tuple[Any, Any]:
+    """``(f(*args), gradients)`` for `gradient`, `withgradient`: the value as `f` returned it."""
+    if len(args) == 1:
+        a = args[0]
+        if isinstance(a, Layer):  # gradient(loss, model): the usual call, with nothing to prepare
+            one = plan(a)
+            watched = list(one.leaves)
+            y = _run(f, args, watched)
+            root = _as_root(y, who)
+            gs = _core.grad(root, watched) if root is not None and watched else [None] * len(watched)
+            return y, _explicit_result(args, args, watched, gs, one)
+        if isinstance(a, Params):
+            y = _run(f, (), list(a))
+            root = _as_root(y, who)
+            gs = _core.grad(root, list(a)) if root is not None else [None] * len(a)
+            return y, Grads(a, gs)
     prepared = tuple(_prepare(a) for a in args)
     watched, one = _watch_list(prepared)
     y = _run(f, prepared, watched)
-    root = _as_root(y, "withgradient")
+    root = _as_root(y, who)
     gs = _core.grad(root, watched) if root is not None and watched else [None] * len(watched)
-    return ValGrad(_value(y), _explicit_result(args, prepared, watched, gs, one))
+    return y, _explicit_result(args, prepared, watched, gs, one)
 
 
 class ValGrad(tuple):
@@ -326,7 +340,7 @@ def gradient(f: Callable, *args: Any):
     ((2, 3), [1.0, 1.0])
     """
     _check_f(f, "gradient")
-    return withgradient(f, *args)[1]
+    return _differentiate(f, args, "gradient")[1]
 
 
 def pullback(f: Callable, *args: Any):

@@ -208,6 +208,49 @@ impl Geom {
     fn unpadded(&self) -> bool {
         self.lo == [0, 0, 0] && (0..3).all(|j| (self.o[j] - 1) * self.s[j] + (self.k[j] - 1) * self.d[j] < self.i[j])
     }
+    /// The same windows over the input with its padding written out (`pad_input`): no
+    /// window then reaches past the input, so im2col and col2im are plain copies, without
+    /// the range checks and zero fills per row that cost more than a short row's copy (the
+    /// MNIST-1D CNN's strided, padded 1-D layers: rows of 5 to 19 elements). Undilated only.
+    fn padded(&self) -> Geom {
+        let mut p = self.clone();
+        for j in 0..3 {
+            let reach = (self.o[j] - 1) * self.s[j] + self.k[j]; // from the first window's start
+            p.i[j] = reach.max(self.lo[j] + self.i[j]);
+            p.lo[j] = 0;
+        }
+        p
+    }
+    /// One sample's group of channels in the layout of `padded` geometry `p`: zeros around
+    /// the input.
+    fn pad_input<T: Elem>(&self, p: &Geom, xg: &[T]) -> Vec<T> {
+        let (ip, pp) = (self.ip(), p.ip());
+        let mut out = vec![T::ZERO; self.cig() * pp];
+        for ci in 0..self.cig() {
+            for a in 0..self.i[0] {
+                for b in 0..self.i[1] {
+                    let src = ci * ip + (a * self.i[1] + b) * self.i[2];
+                    let dst = ci * pp + ((a + self.lo[0]) * p.i[1] + b + self.lo[1]) * p.i[2] + self.lo[2];
+                    out[dst..dst + self.i[2]].copy_from_slice(&xg[src..src + self.i[2]]);
+                }
+            }
+        }
+        out
+    }
+    /// `xg += ` the input positions of `xp` (laid out by `padded` geometry `p`), the padding
+    /// dropped: `pad_input`'s adjoint.
+    fn add_unpadded<T: Elem>(&self, p: &Geom, xp: &[T], xg: &mut [T]) {
+        let (ip, pp) = (self.ip(), p.ip());
+        for ci in 0..self.cig() {
+            for a in 0..self.i[0] {
+                for b in 0..self.i[1] {
+                    let dst = ci * ip + (a * self.i[1] + b) * self.i[2];
+                    let src = ci * pp + ((a + self.lo[0]) * p.i[1] + b + self.lo[1]) * p.i[2] + self.lo[2];
+                    xg[dst..dst + self.i[2]].iter_mut().zip(&xp[src..src + self.i[2]]).for_each(|(d, &v)| *d += v);
+                }
+            }
+        }
+    }
     /// Offset of kernel position `kpos` in the input, per axis (flip applied).
     fn offsets(&self, kpos: [usize; 3]) -> [isize; 3] {
         let mut off = [0isize; 3];
@@ -282,6 +325,10 @@ fn im2col<T: Elem>(g: &Geom, xg: &[T], col: &mut [T], ld: usize, off: usize) {
     if g.op() > 0 && g.unpadded() {
         return im2col_unpadded(g, xg, col, ld, off);
     }
+    if g.op() > 0 && g.d == [1, 1, 1] {
+        let p = g.padded();
+        return im2col_unpadded(&p, &g.pad_input(&p, xg), col, ld, off);
+    }
     let (ip, kp, o2, s2) = (g.ip(), g.kp(), g.o[2], g.s[2]);
     for ci in 0..g.cig() {
         let xc = &xg[ci * ip..(ci + 1) * ip];
@@ -299,6 +346,52 @@ fn im2col<T: Elem>(g: &Geom, xg: &[T], col: &mut [T], ld: usize, off: usize) {
                 }
             }
         });
+    }
+}
+
+/// The im2col matrix of `bn` samples side by side (columns `bi * op..`), one sample's group
+/// of channels starting every `per_x` elements of `x`. A 1-D convolution's rows are a few
+/// elements long (MNIST-1D's CNN: 5 to 19), so there all samples go through one loop per
+/// (channel, kernel position), their padding written out first; other convolutions go
+/// sample by sample.
+fn im2col_chunk<T: Elem>(g: &Geom, x: &[T], per_x: usize, bn: usize, col: &mut [T]) {
+    let (ip, op, cig) = (g.ip(), g.op(), g.cig());
+    let one_d = g.i[..2] == [1, 1] && g.k[..2] == [1, 1] && g.d == [1, 1, 1];
+    if !one_d || op == 0 {
+        for bi in 0..bn {
+            im2col(g, &x[bi * per_x..][..cig * ip], col, bn * op, bi * op);
+        }
+        return;
+    }
+    if g.unpadded() {
+        return im2col_1d(g, x, per_x, bn, col);
+    }
+    let p = g.padded();
+    let pp = cig * p.ip();
+    let mut xp = Vec::with_capacity(bn * pp);
+    for bi in 0..bn {
+        xp.extend(g.pad_input(&p, &x[bi * per_x..][..cig * ip]));
+    }
+    im2col_1d(&p, &xp, pp, bn, col)
+}
+
+/// `im2col_chunk` for an unpadded, undilated 1-D geometry.
+fn im2col_1d<T: Elem>(g: &Geom, x: &[T], per_x: usize, bn: usize, col: &mut [T]) {
+    let (ip, kp, o2, s2) = (g.ip(), g.kp(), g.o[2], g.s[2]);
+    let ld = bn * o2;
+    for ci in 0..g.cig() {
+        for kidx in 0..kp {
+            let f2 = g.offsets([0, 0, kidx])[2] as usize; // unpadded: >= 0
+            let span = (o2 - 1) * s2 + 1;
+            for (bi, d) in col[(ci * kp + kidx) * ld..][..ld].chunks_exact_mut(o2).enumerate() {
+                let src = &x[bi * per_x + ci * ip + f2..][..span];
+                if s2 == 1 {
+                    copy_row(d, src);
+                } else {
+                    d.iter_mut().zip(src.iter().step_by(s2)).for_each(|(v, &x)| *v = x);
+                }
+            }
+        }
     }
 }
 
@@ -342,9 +435,8 @@ fn im2col_unpadded<T: Elem>(g: &Geom, xg: &[T], col: &mut [T], ld: usize, off: u
                             if s2 == 1 {
                                 copy_row(d, &xc[src..src + o2]);
                             } else {
-                                for (j, v) in d.iter_mut().enumerate() {
-                                    *v = xc[src + j * s2];
-                                }
+                                // one bounds check for the row, not one per element
+                                d.iter_mut().zip(xc[src..=src + (o2 - 1) * s2].iter().step_by(s2)).for_each(|(v, &x)| *v = x);
                             }
                             src += s1 * i2;
                         }
@@ -359,6 +451,15 @@ fn im2col_unpadded<T: Elem>(g: &Geom, xg: &[T], col: &mut [T], ld: usize, off: u
 /// Add one sample's columns of an im2col-shaped matrix (laid out as in `im2col`) back
 /// into the input positions they were gathered from.
 fn col2im<T: Elem>(g: &Geom, col: &[T], ld: usize, off: usize, xg: &mut [T]) {
+    if g.op() > 0 && g.unpadded() {
+        return col2im_unpadded(g, col, ld, off, xg);
+    }
+    if g.op() > 0 && g.d == [1, 1, 1] {
+        let p = g.padded();
+        let mut xp = vec![T::ZERO; g.cig() * p.ip()];
+        col2im_unpadded(&p, col, ld, off, &mut xp);
+        return g.add_unpadded(&p, &xp, xg);
+    }
     let (ip, kp, s2) = (g.ip(), g.kp(), g.s[2]);
     for ci in 0..g.cig() {
         let xc = &mut xg[ci * ip..(ci + 1) * ip];
@@ -375,6 +476,41 @@ fn col2im<T: Elem>(g: &Geom, col: &[T], ld: usize, off: usize, xg: &mut [T]) {
                 }
             }
         });
+    }
+}
+
+/// `col2im` when no window reaches the padding: `im2col_unpadded`'s copies, reversed and
+/// added.
+fn col2im_unpadded<T: Elem>(g: &Geom, col: &[T], ld: usize, off: usize, xg: &mut [T]) {
+    let (ip, kp, op) = (g.ip(), g.kp(), g.op());
+    let [_, i1, i2] = g.i;
+    let [o0, o1, o2] = g.o;
+    let [s0, s1, s2] = g.s;
+    for ci in 0..g.cig() {
+        let xc = &mut xg[ci * ip..(ci + 1) * ip];
+        let mut kidx = 0;
+        for a in 0..g.k[0] {
+            for b in 0..g.k[1] {
+                for c in 0..g.k[2] {
+                    let [f0, f1, f2] = g.offsets([a, b, c]).map(|v| v as usize);
+                    let mut rows = col[(ci * kp + kidx) * ld + off..][..op].chunks_exact(o2);
+                    for p in 0..o0 {
+                        let mut dst = ((p * s0 + f0) * i1 + f1) * i2 + f2;
+                        for r in rows.by_ref().take(o1) {
+                            if s2 == 1 {
+                                xc[dst..dst + o2].iter_mut().zip(r).for_each(|(d, &v)| *d += v);
+                            } else {
+                                for (j, &v) in r.iter().enumerate() {
+                                    xc[dst + j * s2] += v;
+                                }
+                            }
+                            dst += s1 * i2;
+                        }
+                    }
+                    kidx += 1;
+                }
+            }
+        }
     }
 }
 
@@ -503,10 +639,7 @@ fn conv_fwd<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, act: Act) -> V
             let rhs: &[T] = if direct {
                 &x[n0 * per_x + gi * cig * ip..]
             } else {
-                for bi in 0..bn {
-                    let xg = &x[(n0 + bi) * per_x + gi * cig * ip..][..cig * ip];
-                    im2col(g, xg, col, bn * op, bi * op);
-                }
+                im2col_chunk(g, &x[n0 * per_x + gi * cig * ip..], per_x, bn, col);
                 col
             };
             if bn == 1 {
@@ -621,9 +754,7 @@ fn conv_filter<T: Elem>(g: &Geom, x: &[T], gy: &[T]) -> Vec<T> {
                 let rhs: &[T] = if direct {
                     &x[n0 * per_x + gi * cig * ip..]
                 } else {
-                    for bi in 0..bn {
-                        im2col(g, &x[(n0 + bi) * per_x + gi * cig * ip..][..cig * ip], &mut col, bn * op, bi * op);
-                    }
+                    im2col_chunk(g, &x[n0 * per_x + gi * cig * ip..], per_x, bn, &mut col);
                     &col
                 };
                 let lhs: &[T] = if bn == 1 {
@@ -1016,6 +1147,12 @@ mod tests {
             // flipped and dilated; then a strided last axis
             (vec![2, 2, 9, 21], vec![3, 2, 3, 3], spec(&[2, 1], &[(0, 0), (0, 0)], &[1, 2], 1, true)),
             (vec![1, 4, 7, 20], vec![2, 2, 2, 3], spec(&[1, 3], &[(0, 0), (0, 0)], &[2, 1], 2, false)),
+            // padded and undilated (the padding written out, then the copy-only path): strided
+            // 1-D as MNIST-1D's CNN, grouped 2-D, 3-D, and a stride longer than the kernel
+            (vec![3, 2, 11], vec![4, 2, 3], spec(&[2], &[(1, 1)], &[1], 1, true)),
+            (vec![2, 4, 6, 5], vec![4, 2, 3, 3], spec(&[1, 2], &[(1, 1), (2, 0)], &[1, 1], 2, false)),
+            (vec![1, 2, 4, 3, 5], vec![2, 2, 2, 2, 3], spec(&[2, 1, 2], &[(1, 0), (0, 1), (1, 2)], &[1, 1, 1], 1, true)),
+            (vec![2, 1, 9], vec![2, 1, 2], spec(&[3], &[(2, 2)], &[1], 1, false)),
         ]
     }
 
