@@ -315,3 +315,18 @@ def test_a_copied_layer_walks_its_own_tensors():
     assert {id(p) for p in fx.params(mapped)}.isdisjoint({id(p) for p in fx.params(m)})
     g = fx.gradient(lambda c: c(x).sum(), mapped)[0]
     assert g.layers[0].weight is not None
+
+
+@pytest.mark.parametrize("call", ["update_", "train_"])
+def test_a_none_state_for_a_model_with_parameters_raises(call):
+    x, y = _xy()
+    m = fx.Dense(3, 2)
+    opt = fx.setup(fx.Adam(), m)
+    lost = fx.adjust_(opt, 1e-2)  # returns None: the state is changed in place
+    with pytest.raises(TypeError, match="opt_state is None"):
+        if call == "update_":
+            fx.update_(lost, m, fx.gradient(lambda m: fx.mse(m(x), y), m)[0])
+        else:
+            fx.train_(lambda m, x, y: fx.mse(m(x), y), m, [(x, y)], lost)
+    # a model with nothing to train has a None state, and that is fine
+    fx.train_(lambda m, x: fx.relu(x).sum(), fx.relu, [(x,)], fx.setup(fx.Adam(), fx.relu))

@@ -43,7 +43,8 @@ from fluxrs.compile import record
 from fluxrs.compile import warn_caller as _warn_caller
 from fluxrs.functor import Struct
 from fluxrs.functor import leaves as leaves_of
-from fluxrs.optimise.interface import Leaf, _gather, _implicit_update, fused_plan, setup, update_leaves
+from fluxrs.optimise.interface import (Leaf, _gather, _implicit_update, check_state_not_none, fused_plan, setup,
+                                       update_leaves)
 from fluxrs.optimise.rules import Rule
 
 __all__ = ["train_", "stop", "skip", "StopTraining", "SkipStep", "NonFiniteLossError", "throttle", "epochs",
@@ -409,6 +410,7 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
     elif not (opt is None or isinstance(opt, (Leaf, Struct, list, tuple, dict))):
         raise TypeError(f"train_(loss, model, data, opt_state): opt_state must come from fx.setup(rule, model), "
                         f"got {type(opt).__name__}")
+    check_state_not_none(opt, model, "train_(loss, model, data, opt_state)")
     # Match every parameter to its Leaf once, which also checks that the state fits the
     # model before any work (a state made for another model). Each step then differentiates
     # with respect to exactly these tensors and updates them, without walking the model,

@@ -429,6 +429,7 @@ def update_(opt: Any, model: Any, grad: Any = None) -> Any:
     if not (opt is None or isinstance(opt, (Leaf, Struct, list, tuple, dict))):
         raise TypeError(f"update_(opt_state, model, grad): opt_state must come from fx.setup(rule, model) (or be a "
                         f"rule), got {type(opt).__name__}")
+    check_state_not_none(opt, model, "update_(opt_state, model, grad)")
     _check_grad_arg(model, grad)
     if grad is None:
         raise TypeError("update_(opt_state, model, grad): the gradient is missing; pass grads[0] from "
@@ -566,6 +567,14 @@ def _matched(opt: Any, model: Any, grad: Any) -> tuple[list, list, list] | None:
 
 
 _MISSING = object()
+
+
+def check_state_not_none(opt: Any, model: Any, who: str) -> None:
+    """A None state for a model with trainable parameters would train nothing, silently."""
+    if opt is None and functor.plan(model, True).leaves:
+        raise TypeError(f"{who}: opt_state is None, so nothing would be trained. Pass the state fx.setup(rule, model) "
+                        "returned; fx.adjust_ and fx.freeze_ change it in place and return None, so keep the state "
+                        "rather than their result (fx.optimise.adjust returns a new one)")
 
 
 def _check_grad_arg(model: Any, grad: Any) -> None:
