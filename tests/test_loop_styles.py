@@ -173,14 +173,26 @@ def test_replacing_a_weight_is_seen_by_gradient_and_update():
 def test_a_layer_appended_to_a_list_chain_is_walked():
     x, y = _xy()
     m = fx.Chain([fx.Dense(3, 2)])
+    second = fx.Dense(2, 2)  # made first: appending it edits no attribute, only the list
     assert len(fx.gradient(lambda m: fx.mse(m(x), y), m)[0].layers) == 1
-    m.layers.append(fx.Dense(2, 2))
+    m.layers.append(second)
     g = fx.gradient(lambda m: fx.mse(m(x), y), m)[0]
     assert len(g.layers) == 2 and g.layers[1].weight.shape == (2, 2)
     assert len(fx.params(m)) == 4
     # the old state no longer fits: update_ says so instead of updating half the model
     with pytest.raises(fx.optimise.StateMismatchError):
         fx.update_(fx.setup(fx.Descent(0.1), fx.Chain([fx.Dense(3, 2)])), m, g)
+
+
+def test_a_replaced_entry_of_a_state_list_is_used():
+    x, y = _xy()
+    m = fx.Chain([fx.Dense(3, 2)])
+    opt = fx.setup(fx.Descent(0.1), m)
+    _step(m, opt, x, y)  # keeps the matching of the state's list to the model
+    opt.layers[0] = fx.setup(fx.Descent(0.0), m[0])  # a new entry, no attribute edited
+    w = np.asarray(m[0].weight).copy()
+    _step(m, opt, x, y)
+    np.testing.assert_array_equal(np.asarray(m[0].weight), w)
 
 
 def test_a_users_children_override_is_asked_again():

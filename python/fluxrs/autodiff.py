@@ -288,21 +288,14 @@ def withgradient(f: Callable, *args: Any):
 
 def _differentiate(f: Callable, args: tuple, who: str) -> tuple[Any, Any]:
     """``(f(*args), gradients)`` for `gradient`, `withgradient`: the value as `f` returned it."""
-    if len(args) == 1:
-        a = args[0]
-        if isinstance(a, Layer):  # gradient(loss, model): the usual call, with nothing to prepare
-            one = plan(a)
-            watched = list(one.leaves)
-            y = _run(f, args, watched)
-            root = _as_root(y, who)
-            gs = _core.grad(root, watched) if root is not None and watched else [None] * len(watched)
-            return y, _explicit_result(args, args, watched, gs, one)
-        if isinstance(a, Params):
-            y = _run(f, (), list(a))
-            root = _as_root(y, who)
-            gs = _core.grad(root, list(a)) if root is not None else [None] * len(a)
-            return y, Grads(a, gs)
-    prepared = tuple(_prepare(a) for a in args)
+    if len(args) == 1 and isinstance(args[0], Params):
+        ps = args[0]
+        y = _run(f, (), list(ps))
+        root = _as_root(y, who)
+        gs = _core.grad(root, list(ps)) if root is not None else [None] * len(ps)
+        return y, Grads(ps, gs)
+    # gradient(loss, model), the usual call, has nothing to prepare
+    prepared = args if len(args) == 1 and isinstance(args[0], Layer) else tuple(_prepare(a) for a in args)
     watched, one = _watch_list(prepared)
     y = _run(f, prepared, watched)
     root = _as_root(y, who)

@@ -202,14 +202,17 @@ class jit:
             _core.pop_watch()
         trace, why = record(val, params, inputs, mark, _core.value_reads() != reads)
         if trace is None:
-            self._eager = why
-            warn_caller(f"fx.jit({getattr(self.f, '__name__', 'loss')}): {why}; running it eagerly")
+            self._refuse(why)
             return val
         self._traces[key] = (plans, params, trace)
         self.recorded += 1
         return val
 
-    def _give_up(self, why: str, args: tuple, kwargs: dict) -> Any:
+    def _refuse(self, why: str) -> None:
+        """Run eagerly from now on, saying why once."""
         self._eager = why
         warn_caller(f"fx.jit({getattr(self.f, '__name__', 'loss')}): {why}; running it eagerly")
+
+    def _give_up(self, why: str, args: tuple, kwargs: dict) -> Any:
+        self._refuse(why)
         return self.f(*args, **kwargs)

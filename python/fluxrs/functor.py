@@ -170,6 +170,20 @@ def _own_tree_methods(node: Any) -> bool:
         cls.children.__module__.startswith("fluxrs") and cls.trainable.__module__.startswith("fluxrs")
 
 
+def snapshot(node: Any, trainable_only: bool) -> tuple[Any, bool, dict[Any, Any]]:
+    """`node` with its children now, for `unchanged`: a node whose edits `_edited` does not see."""
+    return node, trainable_only, children(node, trainable_only)
+
+
+def unchanged(checks: list[tuple[Any, bool, dict[Any, Any]]]) -> bool:
+    """Whether every snapshot's node still has the same children (the same objects)."""
+    for node, trainable_only, ch in checks:
+        now = children(node, trainable_only)
+        if len(now) != len(ch) or any(k not in now or now[k] is not v for k, v in ch.items()):
+            return False
+    return True
+
+
 class Plan:
     """One walk of a tree, kept: its tensors (`leaves`, each once, in order) and its shape,
     from which `build` makes the tree's mirror. `checks` are the snapshots that `valid`
@@ -195,9 +209,10 @@ class Plan:
                 return i
             if isinstance(node, _ATOMS) or id(node) in visiting:  # an atom, or a cycle: walk each node once
                 return None
-            ch = children(node, trainable_only)
+            snap = snapshot(node, trainable_only)
+            ch = snap[2]
             if not isinstance(node, tuple) and not _own_tree_methods(node):
-                self.checks.append((node, trainable_only, ch))
+                self.checks.append(snap)
             if not ch and not isinstance(node, (list, tuple, dict)):
                 return None
             visiting.add(id(node))
@@ -216,13 +231,7 @@ class Plan:
         self.shape = walk(x)
 
     def valid(self) -> bool:
-        if self.generation != _generation:
-            return False
-        for node, trainable_only, ch in self.checks:
-            now = children(node, trainable_only)
-            if len(now) != len(ch) or any(k not in now or now[k] is not v for k, v in ch.items()):
-                return False
-        return True
+        return self.generation == _generation and unchanged(self.checks)
 
     def build(self, values: list[Any]) -> Any:
         """The tree's mirror with ``values[i]`` for ``leaves[i]``, None elsewhere; a subtree

@@ -457,13 +457,10 @@ class _Matching:
     def __init__(self, opt: Any, model: Any):
         self.opt, self.model = weakref.ref(opt), weakref.ref(model)
         self.generation = functor._generation
-        self.checks: list[tuple[Any, Any]] = []  # (container, its children then) for lists and dicts of the state
+        # Snapshots of what the generation does not cover: the state's lists and dicts, and
+        # the nodes the model's plans compare (their other condition is the same generation).
+        self.checks = list(functor.plan(model, True).checks)
         self.items: list[tuple[Tensor, Leaf, tuple]] = []
-        # The model's side is valid while its plans are (a plan without snapshots is valid
-        # while the generation is, which `valid` compares first).
-        model_plan = functor.plan(model, True)
-        if model_plan.checks:
-            self.checks.append((model_plan, None))
         visiting: set[int] = set()
 
         def walk(st, m, keys):
@@ -475,7 +472,7 @@ class _Matching:
                 self.items.append((m, st, keys))
                 return
             if isinstance(st, (list, dict)):
-                self.checks.append((st, list(st.items()) if isinstance(st, dict) else list(st)))
+                self.checks.append(functor.snapshot(st, False))
             if isinstance(m, Tensor) or isinstance(m, _ATOMS) or id(m) in visiting:
                 if id(m) in visiting:
                     return
@@ -493,26 +490,14 @@ class _Matching:
         # where each parameter is among the tensors `gradient` differentiates (`flat_gradient`),
         # each parameter once (a shared one has the same gradient wherever it appears there)
         self.full = functor.plan(model)
-        if self.full.checks:
-            self.checks.append((self.full, None))
+        self.checks += self.full.checks
         index = {id(t): i for i, t in enumerate(self.full.leaves)}
         seen: set[int] = set()
         self.unique = [(x, leaf, index[id(x)]) for x, leaf, _ in self.items if not (id(x) in seen or seen.add(id(x)))]
 
     def valid(self, opt: Any, model: Any) -> bool:
-        if self.generation != functor._generation or self.opt() is not opt or self.model() is not model:
-            return False
-        for node, then in self.checks:
-            if node.__class__ is functor.Plan:
-                if not node.valid():
-                    return False
-            elif isinstance(node, dict):
-                now = list(node.items())
-                if len(now) != len(then) or any(a[0] != b[0] or a[1] is not b[1] for a, b in zip(now, then)):
-                    return False
-            elif len(node) != len(then) or any(a is not b for a, b in zip(node, then)):
-                return False
-        return True
+        return self.generation == functor._generation and self.opt() is opt and self.model() is model \
+            and functor.unchanged(self.checks)
 
 
 _matchings: dict[int, _Matching] = {}
@@ -541,20 +526,11 @@ def _matched(opt: Any, model: Any, grad: Any) -> tuple[list, list, list] | None:
         if leaf.frozen or id(x) in seen:
             continue
         g = grad
-        for k in keys:
-            if g is None:
-                break
-            t = type(g)
-            if t is Struct:
-                g = g.__dict__.get(str(k), _MISSING)
-            elif t is tuple or t is list:
-                g = g[k] if type(k) is int and k < len(g) else _MISSING
-            elif t is dict:
-                g = g.get(k, _MISSING)
-            else:
-                return None
-            if g is _MISSING:
-                return None
+        try:
+            for k in keys:
+                g = _sub(g, k, "", "gradient")
+        except StateMismatchError:
+            return None  # _gather says where
         if g is None:
             continue
         if type(g) is not Tensor or g.dtype != x.dtype:
@@ -565,8 +541,6 @@ def _matched(opt: Any, model: Any, grad: Any) -> tuple[list, list, list] | None:
         leaves.append(leaf)
     return xs, dxs, leaves
 
-
-_MISSING = object()
 
 
 def check_state_not_none(opt: Any, model: Any, who: str) -> None:
