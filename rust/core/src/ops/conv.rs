@@ -221,34 +221,31 @@ impl Geom {
         }
         p
     }
-    /// One sample's group of channels in the layout of `padded` geometry `p`: zeros around
-    /// the input.
-    fn pad_input<T: Elem>(&self, p: &Geom, xg: &[T]) -> Vec<T> {
+    /// Where each row (last axis) of one sample's group of channels starts, in the input and
+    /// in the layout of `padded` geometry `p`.
+    fn padded_rows<'a>(&'a self, p: &'a Geom) -> impl Iterator<Item = (usize, usize)> + 'a {
         let (ip, pp) = (self.ip(), p.ip());
-        let mut out = vec![T::ZERO; self.cig() * pp];
-        for ci in 0..self.cig() {
-            for a in 0..self.i[0] {
-                for b in 0..self.i[1] {
-                    let src = ci * ip + (a * self.i[1] + b) * self.i[2];
-                    let dst = ci * pp + ((a + self.lo[0]) * p.i[1] + b + self.lo[1]) * p.i[2] + self.lo[2];
-                    out[dst..dst + self.i[2]].copy_from_slice(&xg[src..src + self.i[2]]);
-                }
-            }
+        (0..self.cig()).flat_map(move |ci| {
+            (0..self.i[0]).flat_map(move |a| {
+                (0..self.i[1])
+                    .map(move |b| (ci * ip + (a * self.i[1] + b) * self.i[2], ci * pp + ((a + self.lo[0]) * p.i[1] + b + self.lo[1]) * p.i[2] + self.lo[2]))
+            })
+        })
+    }
+    /// One sample's group of channels written into `out` (zeros, laid out by `padded`
+    /// geometry `p`): the input with zeros around it.
+    fn pad_input<T: Elem>(&self, p: &Geom, xg: &[T], out: &mut [T]) {
+        let n = self.i[2];
+        for (src, dst) in self.padded_rows(p) {
+            out[dst..dst + n].copy_from_slice(&xg[src..src + n]);
         }
-        out
     }
     /// `xg += ` the input positions of `xp` (laid out by `padded` geometry `p`), the padding
     /// dropped: `pad_input`'s adjoint.
     fn add_unpadded<T: Elem>(&self, p: &Geom, xp: &[T], xg: &mut [T]) {
-        let (ip, pp) = (self.ip(), p.ip());
-        for ci in 0..self.cig() {
-            for a in 0..self.i[0] {
-                for b in 0..self.i[1] {
-                    let dst = ci * ip + (a * self.i[1] + b) * self.i[2];
-                    let src = ci * pp + ((a + self.lo[0]) * p.i[1] + b + self.lo[1]) * p.i[2] + self.lo[2];
-                    xg[dst..dst + self.i[2]].iter_mut().zip(&xp[src..src + self.i[2]]).for_each(|(d, &v)| *d += v);
-                }
-            }
+        let n = self.i[2];
+        for (dst, src) in self.padded_rows(p) {
+            xg[dst..dst + n].iter_mut().zip(&xp[src..src + n]).for_each(|(d, &v)| *d += v);
         }
     }
     /// Offset of kernel position `kpos` in the input, per axis (flip applied).
@@ -327,7 +324,9 @@ fn im2col<T: Elem>(g: &Geom, xg: &[T], col: &mut [T], ld: usize, off: usize) {
     }
     if g.op() > 0 && g.d == [1, 1, 1] {
         let p = g.padded();
-        return im2col_unpadded(&p, &g.pad_input(&p, xg), col, ld, off);
+        let mut xp = vec![T::ZERO; g.cig() * p.ip()];
+        g.pad_input(&p, xg, &mut xp);
+        return im2col_unpadded(&p, &xp, col, ld, off);
     }
     let (ip, kp, o2, s2) = (g.ip(), g.kp(), g.o[2], g.s[2]);
     for ci in 0..g.cig() {
@@ -368,9 +367,9 @@ fn im2col_chunk<T: Elem>(g: &Geom, x: &[T], per_x: usize, bn: usize, col: &mut [
     }
     let p = g.padded();
     let pp = cig * p.ip();
-    let mut xp = Vec::with_capacity(bn * pp);
+    let mut xp = vec![T::ZERO; bn * pp];
     for bi in 0..bn {
-        xp.extend(g.pad_input(&p, &x[bi * per_x..][..cig * ip]));
+        g.pad_input(&p, &x[bi * per_x..][..cig * ip], &mut xp[bi * pp..(bi + 1) * pp]);
     }
     im2col_1d(&p, &xp, pp, bn, col)
 }
