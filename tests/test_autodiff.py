@@ -1,7 +1,8 @@
-"""The gradient API (issue 3): explicit and implicit styles, structure mirroring,
+"""The gradient API: explicit and implicit styles, structure mirroring,
 second order, finite-difference checks through the Python layer, threads."""
 
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -138,8 +139,26 @@ def test_errors_are_python_exceptions_naming_the_problem():
 def test_no_grad_records_nothing():
     x = fx.ones(3)
     with fx.no_grad():
-        assert fx.gradient(lambda x: (x * x).sum(), x) == (None,)
-    assert fx.gradient(lambda x: (x * x).sum(), x)[0] is not None
+        c = x * x
+    g = fx.gradient(lambda x: (x * c).sum() + fx.no_grad()(lambda: (x * x).sum())(), x)[0]
+    assert g.tolist() == [1.0, 1.0, 1.0]  # only x * c, with c a constant
+
+
+@pytest.mark.parametrize("who", ["gradient", "withgradient", "pullback", "train_", "train_ implicit"])
+def test_differentiating_inside_no_grad_raises(who):
+    m = fx.Dense(2, 1)
+    x, y = fx.ones((3, 2)), fx.zeros((3, 1))
+    calls = {
+        "gradient": lambda: fx.gradient(lambda m: fx.mse(m(x), y), m),
+        "withgradient": lambda: fx.withgradient(lambda m: fx.mse(m(x), y), m),
+        "pullback": lambda: fx.pullback(lambda m: fx.mse(m(x), y), m),
+        "train_": lambda: fx.train_(lambda m, x, y: fx.mse(m(x), y), m, [(x, y)], fx.setup(fx.Descent(), m)),
+        "train_ implicit": lambda: fx.train_(lambda x, y: fx.mse(m(x), y), fx.params(m), [(x, y)], fx.Descent()),
+    }
+    before = m.weight.tolist()
+    with fx.no_grad(), pytest.raises(RuntimeError, match=r"no_grad\(\).*outside the no_grad block"):
+        calls[who]()
+    assert m.weight.tolist() == before
 
 
 def test_numpy_interop_zero_copy_and_ufuncs():
@@ -238,3 +257,75 @@ def test_fortran_ordered_and_strided_numpy_arrays_keep_their_logical_order():
     a = np.array([[1.0, 2.0, 3.0], [2.0, 1.0, 1.0], [3.0, 3.0, 2.0]])
     for arr in (a.T, np.asfortranarray(a), a[::-1, ::2], np.moveaxis(a, 0, 1)):
         np.testing.assert_array_equal(fx.tensor(arr, dtype="float64").numpy(), arr)
+
+
+class _NumpyWeights(fx.Layer):
+    def __init__(self):
+        self.w = np.random.default_rng(0).standard_normal((3, 2))  # float64, numpy's default
+        self._scale = np.full(2, 2.0)  # an underscore name: a constant, left as it is
+
+    def __call__(self, x):
+        return (x @ self.w) * fx.tensor(self._scale)
+
+
+def test_a_float_numpy_attribute_of_a_layer_is_a_parameter():
+    m = _NumpyWeights()
+    assert isinstance(m.w, fx.Tensor) and m.w.dtype == np.float32
+    assert isinstance(m._scale, np.ndarray)
+    assert len(fx.params(m)) == 1 and fx.params(m)[0] is m.w
+    x = fx.ones((4, 3))
+    g = fx.gradient(lambda m: m(x).sum(), m)[0]
+    np.testing.assert_allclose(np.asarray(g.w), np.full((3, 2), 8.0))  # 4 rows × scale 2
+    opt = fx.setup(fx.Descent(0.1), m)
+    before = m.w.numpy().copy()
+    fx.update_(opt, m, g)
+    np.testing.assert_allclose(m.w.numpy(), before - 0.8, rtol=1e-6)
+
+
+def test_the_layer_decorator_converts_numpy_attributes_too():
+    @fx.layer
+    class Scale:
+        def __init__(self):
+            self.w = np.ones(2)
+            self.labels = np.arange(3)  # integer arrays are data, not parameters
+
+        def __call__(self, x):
+            return x * self.w
+
+    s = Scale()
+    assert isinstance(s.w, fx.Tensor) and isinstance(s.labels, np.ndarray)
+    assert fx.gradient(lambda s: s(fx.ones(2)).sum(), s)[0].w.tolist() == [1.0, 1.0]
+
+
+def test_assigning_a_numpy_array_to_a_parameter_keeps_it_a_parameter():
+    m = fx.Chain(fx.Dense(3, 4), fx.Dense(4, 2))
+    m[-1].weight = np.zeros((2, 4))  # float64 into a float32 parameter: it keeps float32
+    assert isinstance(m[-1].weight, fx.Tensor) and m[-1].weight.dtype == np.float32
+    assert "# 26 parameters" in repr(m)
+    g = fx.gradient(lambda m: m(fx.ones((1, 3))).sum(), m)[0]
+    assert tuple(g.layers[1].weight.shape) == (2, 4)
+    m64 = fx.Dense(np.ones((2, 3)), np.zeros(2))  # a float64 layer stays float64
+    m64.weight = np.zeros((2, 3), dtype=np.float32)
+    assert m64.weight.dtype == np.float64
+
+
+def test_a_numpy_array_the_tree_walk_cannot_train_warns_once():
+    class Plain:  # not a Layer: nothing converts its attributes
+        def __init__(self):
+            self.w = np.ones(2)
+
+    with pytest.warns(UserWarning, match=r"Plain\['w'\] is not a parameter") as rec:
+        assert fx.gradient(lambda p: fx.tensor(p.w).sum(), Plain()) == (None,)
+    assert rec[0].filename == __file__  # points at the user's call
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fx.params(Plain())  # said once per place
+
+
+def test_float_arrays_inside_container_arguments_are_differentiated():
+    g = fx.gradient(lambda d: (d["w"] ** 2).sum(), {"w": np.ones(2, np.float32)})[0]
+    assert g["w"].tolist() == [2.0, 2.0]
+    xs, labels = np.array([1.0, 2.0]), np.array([1, 0])
+    g = fx.gradient(lambda b: (b[0] * 3).sum(), (xs, labels))[0]
+    assert g[0].tolist() == [3.0, 3.0] and g[1] is None
+    assert g[0].dtype == np.float64  # a float64 argument is differentiated in float64, as at the top level

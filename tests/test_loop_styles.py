@@ -333,8 +333,7 @@ def test_a_copied_layer_walks_its_own_tensors():
 def test_a_none_state_for_a_model_with_parameters_raises(call):
     x, y = _xy()
     m = fx.Dense(3, 2)
-    opt = fx.setup(fx.Adam(), m)
-    lost = fx.adjust_(opt, 1e-2)  # returns None: the state is changed in place
+    lost = None  # say, a freeze_ or thaw_ result (None, as in Optimisers.jl) kept by mistake
     with pytest.raises(TypeError, match="opt_state is None"):
         if call == "update_":
             fx.update_(lost, m, fx.gradient(lambda m: fx.mse(m(x), y), m)[0])
@@ -342,3 +341,17 @@ def test_a_none_state_for_a_model_with_parameters_raises(call):
             fx.train_(lambda m, x, y: fx.mse(m(x), y), m, [(x, y)], lost)
     # a model with nothing to train has a None state, and that is fine
     fx.train_(lambda m, x: fx.relu(x).sum(), fx.relu, [(x,)], fx.setup(fx.Adam(), fx.relu))
+
+
+def test_adjust_returns_the_state_it_changed():
+    # `opt = fx.adjust_(opt, lr)`, the PyTorch habit of keeping an in-place call's result, must
+    # leave a state that trains, with the new rate
+    x, y = _xy()
+    m = fx.Dense(3, 2)
+    opt = fx.setup(fx.Descent(0.1), m)
+    opt = fx.adjust_(opt, 0.5)
+    assert opt.weight.rule.eta == 0.5
+    w = m.weight.numpy().copy()
+    g = fx.gradient(lambda m: fx.mse(m(x), y), m)[0]
+    opt, m = fx.update_(opt, m, g)
+    np.testing.assert_allclose(m.weight.numpy(), w - 0.5 * g.weight.numpy(), rtol=1e-6)

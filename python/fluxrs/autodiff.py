@@ -148,11 +148,17 @@ def params(*xs: Any) -> Params:
 class no_grad:
     """Context manager (and decorator) that turns recording off on this thread.
 
+    Differentiating inside it raises, as PyTorch's ``backward`` does: nothing would be
+    recorded, so every gradient would be None and nothing would train.
+
     >>> import fluxrs as fx
     >>> x = fx.ones(2)
     >>> with fx.no_grad():
-    ...     fx.gradient(lambda x: (x * x).sum(), x)[0] is None
-    True
+    ...     y = x * 3                       # a constant: no gradient flows through y
+    >>> fx.gradient(lambda x: (x * y).sum(), x)[0].tolist()
+    [3.0, 3.0]
+    >>> fx.gradient(lambda x: (x * x).sum() + fx.no_grad()(lambda: (x * x).sum())(), x)[0].tolist()
+    [2.0, 2.0]
     """
 
     def __enter__(self):
@@ -189,7 +195,16 @@ def _as_root(y: Any, who: str) -> Tensor | None:
     raise TypeError(f"{who}: the function must return a scalar (the loss), got {type(y).__name__}")
 
 
+def check_recording(who: str) -> None:
+    """Refuse to differentiate inside `no_grad`, where every gradient would silently be None."""
+    if not _core.is_recording():
+        raise RuntimeError(f"{who}: called inside fx.no_grad(), where no operation is recorded, so every gradient "
+                           f"would be None and nothing would train (PyTorch raises here too: 'element 0 of tensors "
+                           f"does not require grad'); call {who} outside the no_grad block")
+
+
 def _check_f(f: Any, who: str) -> None:
+    check_recording(who)
     if not callable(f):
         raise TypeError(f"{who}(f, args...): f must be a function (the loss), got {type(f).__name__}; "
                         f"write {who}(lambda m: loss(m, x, y), model)")
@@ -202,13 +217,38 @@ def _value(y: Any) -> Any:
 
 
 def _prepare(a: Any) -> Any:
-    """Numbers and arrays passed straight to `gradient` become tensor leaves."""
+    """Numbers and arrays passed straight to `gradient` become tensor leaves, and so do float
+    arrays inside list, tuple and dict arguments (as JAX and Zygote differentiate them);
+    integer arrays there stay as they are (labels, indices)."""
     if isinstance(a, bool):
         return a
     if isinstance(a, numbers.Real):
         return _core.Tensor(np.asarray(float(a)), dtype="float64")
     if isinstance(a, np.ndarray) and a.dtype.kind in "fiu":
-        return _core.Tensor(a, dtype="float64" if a.dtype == np.float64 else "float32")
+        return _as_leaf(a)
+    if isinstance(a, (list, tuple, dict)):
+        return _prepare_nested(a)
+    return a
+
+
+def _as_leaf(a: np.ndarray) -> Tensor:
+    return _core.Tensor(a, dtype="float64" if a.dtype == np.float64 else "float32")
+
+
+def _prepare_nested(a: Any) -> Any:
+    """`a` with its float numpy arrays as tensors: the same object when it holds none."""
+    if type(a) is np.ndarray:
+        return _as_leaf(a) if a.dtype.kind == "f" else a
+    if isinstance(a, dict):
+        new = {k: _prepare_nested(v) for k, v in a.items()}
+        return a if all(new[k] is v for k, v in a.items()) else new
+    if isinstance(a, (list, tuple)):
+        vals = [_prepare_nested(v) for v in a]
+        if all(n is v for n, v in zip(vals, a)):
+            return a
+        if isinstance(a, list):
+            return vals
+        return type(a)(*vals) if hasattr(a, "_fields") else type(a)(vals)
     return a
 
 

@@ -18,10 +18,25 @@ import itertools
 import types
 from typing import Any, Callable, Iterator
 
+import numpy as np
+
 from fluxrs._core import Tensor
+from fluxrs._warn import warn_caller
 
 _ATOMS = (str, bytes, int, float, complex, bool, type(None), types.FunctionType, types.BuiltinFunctionType,
           types.MethodType, types.ModuleType, type)
+
+
+def as_attribute(node: Any, name: str, value: Any) -> Any:
+    """`value` as it is stored in the public attribute `name` of a layer: a float numpy array
+    becomes a tensor, so that it is a parameter as any array field is in Flux (params, setup
+    and gradient see tensors only). It keeps the dtype of the tensor it replaces; a new one
+    is float32 (numpy's float64 default is a habit, not a request). Underscore names keep
+    their arrays: constants."""
+    if type(value) is not np.ndarray or value.dtype.kind != "f" or name.startswith("_"):
+        return value
+    old = getattr(node, name, None)
+    return Tensor(value, dtype=old.dtype.name if isinstance(old, Tensor) else "float32")
 
 
 class Layer:
@@ -30,6 +45,10 @@ class Layer:
     Children are the public attributes (tensors, layers, lists, tuples, dicts). Override
     `trainable` to return the names of the children an optimiser should see, as
     ``Flux.trainable`` does; the others (running statistics, say) stay model state.
+
+    A float numpy array assigned to a public attribute is stored as a tensor (float32, or
+    the dtype of the tensor it replaces), so it trains as any parameter; keep a constant
+    array under a name starting with ``_``.
 
     >>> import fluxrs as fx
     >>> class Affine(fx.Layer):
@@ -52,7 +71,7 @@ class Layer:
     # Any change of a layer's attributes may change the tree, so it outdates the cached walks
     # (`plan`); setting attributes is rare next to reading the tree, which happens every step.
     def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
+        object.__setattr__(self, name, as_attribute(self, name, value))
         _edited()
 
     def __delattr__(self, name: str) -> None:
@@ -75,6 +94,10 @@ def layer(cls):
     1
     """
     cls.__fluxrs_layer__ = True
+    if cls.__setattr__ is object.__setattr__:  # numpy attributes become parameters, as in a Layer
+        def __setattr__(self, name: str, value: Any) -> None:
+            object.__setattr__(self, name, as_attribute(self, name, value))
+        cls.__setattr__ = __setattr__
     if not hasattr(cls, "children"):
         cls.children = Layer.children
     if not hasattr(cls, "trainable"):
@@ -200,7 +223,7 @@ class Plan:
         index: dict[int, int] = {}
         visiting: set[int] = set()
 
-        def walk(node):
+        def walk(node, parent=None, key=None):
             if isinstance(node, Tensor):
                 i = index.get(id(node))
                 if i is None:
@@ -209,6 +232,10 @@ class Plan:
                 return i
             if isinstance(node, _ATOMS) or id(node) in visiting:  # an atom, or a cycle: walk each node once
                 return None
+            if type(node) is np.ndarray:
+                if node.dtype.kind == "f":
+                    _warn_array(parent, key)
+                return None
             snap = snapshot(node, trainable_only)
             ch = snap[2]
             if not isinstance(node, tuple) and not _own_tree_methods(node):
@@ -216,7 +243,7 @@ class Plan:
             if not ch and not isinstance(node, (list, tuple, dict)):
                 return None
             visiting.add(id(node))
-            subs = [walk(v) for v in ch.values()]
+            subs = [walk(v, node, k) for k, v in ch.items()]
             visiting.discard(id(node))
             if all(v is None for v in subs):
                 return None
@@ -276,6 +303,21 @@ def _compile_build(shape: Any) -> Callable[[list[Any]], Any]:
     src = "def build(v):\n" + "\n".join(lines + [f"    return {root}"]) + "\n"
     exec(compile(src, "<fluxrs.functor.Plan.build>", "exec"), consts)
     return consts["build"]
+
+
+_warned_arrays: set[tuple[str, str]] = set()
+
+
+def _warn_array(parent: Any, key: Any) -> None:
+    """Say (once per place) that a float numpy array in a model tree is not a parameter: only
+    tensors are differentiated and updated, and a silently frozen weight costs hours."""
+    where = (type(parent).__name__, str(key))
+    if where in _warned_arrays:
+        return
+    _warned_arrays.add(where)
+    warn_caller(f"a float numpy array at {where[0]}[{key!r}] is not a parameter: gradient, params and setup "
+                f"see tensors only, so it will not train; store it as fx.tensor(array) to train it (a Layer "
+                f"attribute is converted when assigned), or keep it under a name starting with '_' as a constant")
 
 
 _PLAN_ATTRS = {False: "_fx_plan", True: "_fx_plan_trainable"}

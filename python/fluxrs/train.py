@@ -38,9 +38,9 @@ import numpy as np
 
 from fluxrs import _core
 from fluxrs._core import Tensor
-from fluxrs.autodiff import Params
+from fluxrs.autodiff import Params, check_recording
 from fluxrs.compile import record
-from fluxrs.compile import warn_caller as _warn_caller
+from fluxrs._warn import warn_caller as _warn_caller
 from fluxrs.functor import Struct
 from fluxrs.functor import leaves as leaves_of
 from fluxrs.optimise.interface import (Leaf, _gather, _implicit_update, check_state_not_none, fused_plan, setup,
@@ -198,6 +198,7 @@ def train_(loss: Callable, *args: Any, cb: Any = None, progress: Any = False, de
     >>> data = [(fx.tensor([[1.0, 2.0]]), fx.tensor([[3.0]]))] * 3
     >>> fx.train_(lambda m, x, y: fx.mse(m(x), y), m, data, fx.setup(fx.Descent(0.1), m), compile=True)
     """
+    check_recording("train_")
     if len(args) == 3:
         target, data, opt = args
         if isinstance(target, Params):

@@ -632,7 +632,7 @@ def _adjusted_rules(leaves: list[Leaf], eta: float | None, changes: dict[str, An
     return {i: r.adjust(**_for_rule(r, changes)) for i, r in rules.items()}
 
 
-def adjust_(tree: Any, eta: float | None = None, **changes: Any) -> None:
+def adjust_(tree: Any, eta: float | None = None, **changes: Any) -> Any:
     """Change hyperparameters in place, keeping the state (momenta, step counts): as
     Optimisers.adjust!, ``adjust_(opt_state, 0.001)`` sets the learning rate,
     ``adjust_(opt_state, beta=(0.8, 0.99))`` others; any part of the tree may be given. Rules
@@ -640,12 +640,16 @@ def adjust_(tree: Any, eta: float | None = None, **changes: Any) -> None:
     change); a name that no rule of the tree has raises TypeError, and a bad value raises
     ValueError before anything changes.
 
+    Returns `tree` itself (Optimisers.adjust! returns nothing), so that the PyTorch-style
+    ``opt = fx.adjust_(opt, 1e-3)`` keeps working instead of leaving ``opt`` None.
+
     >>> import fluxrs as fx
     >>> st = fx.setup(fx.OptimiserChain(fx.ClipGrad(2.0), fx.Adam()), fx.Dense(2, 1))
-    >>> fx.adjust_(st, 0.2)
+    >>> fx.adjust_(st, 0.2) is st
+    True
     >>> st.weight.rule
     OptimiserChain(ClipGrad(2.0), Adam(0.2, (0.9, 0.999), 1e-08))
-    >>> fx.adjust_(st, delta=2.5, beta=(0.8, 0.99))
+    >>> _ = fx.adjust_(st, delta=2.5, beta=(0.8, 0.99))
     >>> st.weight.rule
     OptimiserChain(ClipGrad(2.5), Adam(0.2, (0.8, 0.99), 1e-08))
     """
@@ -653,6 +657,7 @@ def adjust_(tree: Any, eta: float | None = None, **changes: Any) -> None:
     new = _adjusted_rules(leaves, eta, changes, "adjust_")
     for leaf in leaves:
         leaf.rule = new[id(leaf.rule)]
+    return tree
 
 
 def _copy_state(s: Any) -> Any:

@@ -45,7 +45,7 @@ In a training loop, set the learning rate each epoch (ParameterSchedulers' recip
 >>> model = fx.Dense(2, 1)
 >>> opt = fx.setup(fx.Momentum(), model)
 >>> for epoch, eta in zip(range(1, 4), fx.Exp(0.1, 0.5)):
-...     fx.adjust_(opt, eta)
+...     opt = fx.adjust_(opt, eta)
 ...     pass                                  # fx.train_(loss, model, data, opt)
 >>> opt.weight.rule
 Momentum(0.025, 0.9)
