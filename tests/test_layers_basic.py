@@ -76,6 +76,22 @@ def test_elu_like_gradients_stay_finite_for_large_inputs():
 
 # ---------------------------------------------------------------- Dense
 
+def test_softmax_of_infinite_logits():
+    # NNlib test/softmax.jl: the +Inf entries share the mass, and the other entries get none
+    inf = np.inf
+    assert fx.softmax(fx.tensor([2.0, inf])).tolist() == [0.0, 1.0]
+    assert fx.softmax(fx.tensor([inf, inf])).tolist() == [0.5, 0.5]
+    assert fx.softmax(fx.tensor([[inf, 2.0, inf], [1.0, 1.0, 1.0]])).numpy()[0].tolist() == [0.5, 0.0, 0.5]
+    assert fx.logsoftmax(fx.tensor([2.0, inf])).tolist() == [-inf, 0.0]
+    np.testing.assert_allclose(fx.logsoftmax(fx.tensor([inf, inf])).numpy(), [-np.log(2)] * 2, rtol=1e-6)
+    # -Inf entries (a mask) stay finite elsewhere, forward and backward
+    x = fx.tensor([[1.0, -inf, 2.0]])
+    np.testing.assert_allclose(fx.softmax(x).numpy(), [numpy_softmax(np.array([1.0, 2.0])).tolist()[:1] + [0.0] +
+                                                       numpy_softmax(np.array([1.0, 2.0])).tolist()[1:]], rtol=1e-6)
+    g = fx.gradient(lambda x: (fx.softmax(x) * fx.tensor([[1.0, 2.0, 3.0]])).sum(), x)[0].numpy()
+    assert np.isfinite(g).all() and g[0, 1] == 0.0
+
+
 def test_dense_shapes_and_default_init():
     fx.seed_(1)
     d = fx.Dense(784, 32, fx.σ)

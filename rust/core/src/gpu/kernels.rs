@@ -309,7 +309,21 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
     let base = (j / inner) * len * inner + j % inner;
     var m = bitcast<f32>(0xff800000u);
     for (var t = 0u; t < len; t++) { m = max(m, x[base + t * inner]); }
-    if (abs(m) > 3.0e38) { m = 0.0; }
+    if (m > 3.0e38) {
+        // +Inf in the lane: the +Inf entries share the mass (NNlib), as the CPU kernel does
+        var k = 0.0;
+        for (var t = 0u; t < len; t++) { if (x[base + t * inner] > 3.0e38) { k += 1.0; } }
+        for (var t = 0u; t < len; t++) {
+            let top = x[base + t * inner] > 3.0e38;
+            if (md[3] == 1u) {
+                y[base + t * inner] = select(bitcast<f32>(0xff800000u), -log(k), top);
+            } else {
+                y[base + t * inner] = select(0.0, 1.0 / k, top);
+            }
+        }
+        return;
+    }
+    if (m < -3.0e38) { m = 0.0; }
     var s = 0.0;
     for (var t = 0u; t < len; t++) { s += exp(x[base + t * inner] - m); }
     let ls = log(s) + m;

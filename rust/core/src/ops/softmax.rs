@@ -12,6 +12,9 @@ use crate::with_dtype;
 #[inline(always)]
 fn lane<T: Elem>(o: &mut [T], i: &[T], log: bool) {
     let m = fold8(i, T::NEG_INFINITY, |m, a| if a > m { a } else { m });
+    if m == T::INFINITY {
+        return infinite_lane(o, i, log);
+    }
     let m = if m.is_finite() { m } else { T::ZERO };
     // exp in a loop of its own (vectorised), then the sum.
     for (oo, &a) in o.iter_mut().zip(i) {
@@ -27,6 +30,23 @@ fn lane<T: Elem>(o: &mut [T], i: &[T], log: bool) {
         for oo in o.iter_mut() {
             *oo /= s;
         }
+    }
+}
+
+/// A lane holding +Inf, as NNlib defines it (the limit of large logits): the +Inf entries
+/// share the mass equally and the others get none, where `exp(x - max)` would give NaN.
+#[cold]
+fn infinite_lane<T: Elem>(o: &mut [T], i: &[T], log: bool) {
+    let k = i.iter().filter(|&&a| a == T::INFINITY).count();
+    let share = T::from_f64(1.0 / k as f64);
+    for (oo, &a) in o.iter_mut().zip(i) {
+        let top = a == T::INFINITY;
+        *oo = match (log, top) {
+            (false, true) => share,
+            (false, false) => T::ZERO,
+            (true, true) => share.ln(),
+            (true, false) => T::NEG_INFINITY,
+        };
     }
 }
 
