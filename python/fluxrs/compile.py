@@ -31,14 +31,12 @@ mask), ops without a replay, a model whose forward pass changes tensors (running
 from __future__ import annotations
 
 import functools
-import os
-import sys
-import warnings
 from typing import Any, Callable
 
 import numpy as np
 
 from fluxrs import _core
+from fluxrs._checks import warn_caller
 from fluxrs._core import Tensor
 from fluxrs.functor import _ATOMS, Layer, plan
 
@@ -47,17 +45,6 @@ __all__ = ["jit"]
 # A loss recorded this many times (new shapes, an edited model, static arguments that change)
 # stops recording: replays would not pay for the recordings.
 _MAX_TRACES = 16
-
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
-
-
-def warn_caller(msg: str) -> None:
-    """Warn at the first frame outside fluxrs (the user's call, however deep the loop that
-    noticed)."""
-    f, level = sys._getframe(0), 1
-    while f is not None and f.f_code.co_filename.startswith(_PACKAGE):
-        f, level = f.f_back, level + 1
-    warnings.warn(msg, stacklevel=level)
 
 
 def record(val: Any, params: list[Tensor], inputs: list[Tensor], mark: int, read: bool) -> tuple[Any, str | None]:
