@@ -210,7 +210,8 @@ def test_parallel_with_concat_joins_features_as_fluxs_vcat():
     by_hand = np.concatenate([a(x).numpy(), b(x).numpy()], axis=-1)
     np.testing.assert_array_equal(m(x).numpy(), by_hand)
     np.testing.assert_array_equal(fx.concat(a(x), b(x), axis=-1).numpy(), by_hand)
-    assert repr(m) == f"Parallel(concat, Dense(2 => 3), Dense(2 => 4))  # {sum(p.size for p in fx.params(m))} parameters"
+    n = sum(p.size for p in fx.params(m))
+    assert repr(m) == f"Parallel(concat, Dense(2 => 3), Dense(2 => 4))  # {n} parameters"
     # the sequence form keeps numpy's axis 0
     assert fx.concat([a(x), a(x)]).shape == (10, 3) and fx.concat([a(x), b(x)], 1).shape == (5, 7)
     check_gradients(lambda: m(x), m)

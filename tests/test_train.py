@@ -150,7 +150,8 @@ def test_list_datapoints_are_splatted_like_tuples():
     assert float(loss(by_list, x, y)) < before
     # a loss taking the whole list still gets it whole
     seen = []
-    fx.train_(lambda m, batch: seen.append(type(batch)) or loss(m, *batch), by_list, [[x, y]], fx.setup(fx.Descent(0.1), by_list))
+    fx.train_(lambda m, batch: seen.append(type(batch)) or loss(m, *batch), by_list, [[x, y]],
+              fx.setup(fx.Descent(0.1), by_list))
     assert seen == [list]
     with pytest.raises(TypeError, match=r"data item 0 is a list of 3 values, passed as one argument"):
         fx.train_(loss, by_list, [[x, y, y]], fx.setup(fx.Descent(0.1), by_list))
