@@ -174,6 +174,45 @@ def test_numpy_interop_zero_copy_and_ufuncs():
     assert np.allclose(np.sum(fx.ones((2, 2)), axis=0).tolist(), [2.0, 2.0])
 
 
+def test_tensors_export_through_dlpack():
+    t = fx.tensor([[1.0, 2.0], [3.0, 4.0]])
+    a = np.from_dlpack(t)
+    assert a.dtype == np.float32 and a.tolist() == t.tolist()
+    assert np.shares_memory(a, t.numpy())  # no copy
+    assert np.from_dlpack(fx.tensor([1.0], dtype="float64")).dtype == np.float64
+    column = fx.ones(3, 4)[:, 1]  # a strided view
+    assert np.from_dlpack(column).tolist() == [1.0, 1.0, 1.0]
+    assert t.__dlpack_device__() == (1, 0)  # the host
+
+
+def test_torch_tensor_of_a_fluxrs_tensor():
+    torch = pytest.importorskip("torch")
+    t = fx.tensor([[1.0, 2.0], [3.0, 4.0]])
+    x = torch.tensor(t)
+    assert x.dtype == torch.float32 and x.tolist() == t.tolist()
+    x[0, 0] = 9.0
+    assert t.tolist()[0][0] == 1.0  # torch.tensor copies
+    assert torch.tensor(fx.tensor([1.0], dtype="float64")).dtype == torch.float64
+    assert torch.as_tensor(fx.ones(3, 4)[:, 1]).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_params_repr_shows_shapes_and_count():
+    m = fx.Chain(fx.Dense(3, 4), fx.Dense(4, 2))
+    ps = fx.params(m)
+    shapes = [tuple(p.shape) for p in ps]
+    n = sum(p.size for p in ps)
+    assert repr(ps) == f"Params({shapes})  # {n} parameters"
+    assert "0." not in repr(ps)  # no values
+
+
+def test_tensor_has_a_docstring_with_a_collected_example():
+    import doctest
+    assert "fx.tensor" in fx.Tensor.__doc__
+    found = [t for t in doctest.DocTestFinder().find(fx) if t.name == "fluxrs.Tensor"]
+    assert found and found[0].examples
+    assert doctest.DocTestRunner().run(found[0]).failed == 0
+
+
 def test_float64_input_warns_once_and_converts():
     import fluxrs._core as core
     t = fx.tensor(np.ones(3))  # may or may not warn depending on earlier tests; dtype must be float32

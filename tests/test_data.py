@@ -115,3 +115,15 @@ def test_onecold_inverts_onehotbatch():
     assert fx.onecold(fx.tensor([0.1, 0.7, 0.2]), [10, 20, 30]) == 20
     with pytest.raises(ValueError, match="2 classes given for 3"):
         fx.onecold(np.ones((2, 3)), [0, 1])
+
+
+def test_dataloader_pytorch_keywords_give_fluxs_spelling():
+    X = np.arange(10.0)
+    with pytest.raises(TypeError, match=r"DataLoader: unexpected keyword batch_size=4.*write batchsize=4"):
+        fx.DataLoader(X, batch_size=4, shuffle=True)
+    with pytest.raises(TypeError, match=r"drop_last=True.*write partial=False"):
+        fx.DataLoader(X, batchsize=4, drop_last=True)
+    with pytest.raises(TypeError, match=r"collate_fn=.*write collate="):
+        fx.DataLoader(X, collate_fn=list)
+    # the spellings the messages give do what PyTorch's did
+    assert [len(b) for b in fx.DataLoader(X, batchsize=4, partial=False)] == [4, 4]

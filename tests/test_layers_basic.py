@@ -165,6 +165,60 @@ def test_dense_converts_float64_numpy_once_with_a_warning():
         d([1.0, 2.0, 3.0, 4.0])
 
 
+def test_float64_warnings_point_at_the_callers_line(monkeypatch):
+    import warnings
+    import fluxrs.layers.basic as basic
+    import sys
+    tensor_module = sys.modules["fluxrs.tensor"]  # fx.tensor is the function
+    monkeypatch.setattr(basic, "_warned_f64", False)
+    monkeypatch.setattr(tensor_module, "_warned_f64", False)
+    model = fx.Chain(fx.Chain(fx.Dense(3, 2)))  # the layer that converts is two Chains deep
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model(np.ones((4, 3)))
+        fx.tensor(np.ones(3))
+        fx.MaxPool((2,))(np.ones((1, 1, 4)))  # converted on its way into a layer without parameters
+    layer_warning, *tensor_warnings = seen
+    assert "float64 input converted" in str(layer_warning.message)
+    assert [w.filename for w in seen] == [__file__] * 2
+    assert [w.lineno for w in seen] == [layer_warning.lineno, layer_warning.lineno + 1]
+    assert len(tensor_warnings) == 1  # shown once
+
+
+# One constructor call per layer taking sizes, with a size given as a float: (call, the float)
+FLOAT_SIZES = {
+    "Dense": (lambda: fx.Dense(64.0, 10), "64.0"),
+    "Dense-pair": (lambda: fx.Dense((64, 10.0)), "10.0"),
+    "Dense-out": (lambda: fx.Dense(64, 10.0), "10.0"),
+    "Bilinear": (lambda: fx.Bilinear((5, 3.0), 2), "3.0"),
+    "Embedding": (lambda: fx.Embedding(10.0, 4), "10.0"),
+    "Scale": (lambda: fx.Scale(3.0), "3.0"),
+    "Conv": (lambda: fx.Conv((3, 3), (1.0, 6)), "1.0"),
+    "Conv-split": (lambda: fx.Conv((3, 3), 1, 6.0), "6.0"),
+    "ConvTranspose": (lambda: fx.ConvTranspose((2, 2), (4.0, 2)), "4.0"),
+    "DepthwiseConv": (lambda: fx.DepthwiseConv((3, 3), (2, 4.0)), "4.0"),
+    "RNN": (lambda: fx.RNN(3.0, 4), "3.0"),
+    "LSTM": (lambda: fx.LSTM((3, 4.0)), "4.0"),
+    "GRUCell": (lambda: fx.GRUCell(3, 4.5), "4.5"),
+    "BatchNorm": (lambda: fx.BatchNorm(16.0), "16.0"),
+    "InstanceNorm": (lambda: fx.InstanceNorm(16.0), "16.0"),
+    "GroupNorm": (lambda: fx.GroupNorm(16, 4.0), "4.0"),
+    "LayerNorm": (lambda: fx.LayerNorm(8.0), "8.0"),
+    "MultiHeadAttention": (lambda: fx.MultiHeadAttention(16.0), "16.0"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT_SIZES))
+def test_sizes_must_be_ints_for_every_layer(name):
+    make, value = FLOAT_SIZES[name]
+    with pytest.raises(TypeError) as e:
+        make()
+    msg = str(e.value)
+    assert "must be an integer (sizes are ints)" in msg and f"got {value}" in msg, msg
+    if float(value).is_integer():
+        assert f"write {int(float(value))}" in msg, msg  # the fix
+
+
 def finite_difference(f, tensors, h=1e-6):
     """Central differences of the scalar f() with respect to every element of every tensor."""
     out = []
@@ -250,6 +304,55 @@ def test_chain_repr_param_counts():
     nested = fx.Chain(fx.Chain(fx.Dense(2, 2), fx.relu), fx.Dense(2, 1))
     assert repr(nested) == "Chain(Chain(Dense(2 => 2), relu), Dense(2 => 1))  # 9 parameters"
     assert repr(fx.Chain(fx.relu)) == "Chain(relu)"
+
+
+def test_wide_models_print_as_a_tree_with_a_count_per_layer():
+    from fluxrs.layers.show import WIDTH, param_count
+    small = fx.Chain(fx.Dense(2, 3), fx.relu)
+    assert "\n" not in repr(small)
+    inner = fx.Chain(*[fx.Dense(10, 10, fx.relu) for _ in range(8)])
+    m = fx.Chain(fx.Dense(4, 10), inner, fx.BatchNorm(10), fx.softmax)
+    lines = repr(m).splitlines()
+    assert len(lines) > 1 and all(len(line) <= WIDTH for line in lines[:-1])
+    assert lines[0] == "Chain(" and lines[-1].startswith(")  # Total:")
+    assert lines[-1].endswith(f", {param_count(m)[0]:_} parameters, plus {param_count(m)[1]:_} non-trainable")
+    # inner is too wide for one line too, so it opens one level deeper
+    assert lines[2] == "  Chain(" and lines[3].startswith("    Dense(10 => 10, relu),")
+    dense_lines = [line for line in lines if "Dense(" in line]
+    assert len(dense_lines) == 9
+    for line, layer in zip(dense_lines, [m[0], *inner]):
+        assert line.rstrip().endswith(f"# {param_count(layer)[0]:_} parameters")
+    assert any(line.strip() == "softmax," for line in lines)
+
+
+def test_custom_layers_print_by_class_name_and_children():
+    class Affine(fx.Layer):
+        def __init__(self, n):
+            self.scale, self.shift, self.n = fx.ones(n), fx.zeros(n, dtype="float64"), n
+
+        def __call__(self, x):
+            return x * self.scale + self.shift
+
+    @fx.layer
+    class Block:
+        def __init__(self):
+            self.inner = fx.Dense(2, 2)
+
+        def __call__(self, x):
+            return self.inner(x)
+
+    class Printed(fx.Layer):
+        def __repr__(self):
+            return "Printed!"
+
+        def __call__(self, x):
+            return x
+
+    a = Affine(3)
+    assert repr(a) == "Affine(scale=Tensor(shape=(3,)), shift=Tensor(shape=(3,), dtype=float64), n=3)  # 6 parameters"
+    assert repr(fx.Chain(Block(), Printed())) == "Chain(Block(inner=Dense(2 => 2)), Printed!)  # 6 parameters"
+    a.parent = fx.Chain(a)  # a cycle prints, shortened
+    assert "Affine(" in repr(a) and "..." in repr(a)
 
 
 def test_chain_vector_form_and_non_callable_layer():

@@ -482,7 +482,7 @@ def lenet5():
 def test_lenet5_forward_and_backward_shapes():
     fx.seed_(3)
     m = lenet5()
-    assert repr(m).endswith("# 44_426 parameters")
+    assert repr(m).endswith(" 44_426 parameters")  # the total, ending the one-line form and the tree alike
     x = fx.rand(8, 1, 28, 28)
     h = x
     shapes = []
@@ -608,3 +608,33 @@ def test_docstring_examples():
     import fluxrs.layers.conv as mod
     res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert res.failed == 0 and res.attempted > 10
+
+
+def test_pytorch_padding_spellings_point_to_samepad():
+    with pytest.raises(TypeError, match=r"Conv: unexpected keyword padding='same'.*pad=fx\.SamePad\(\)"):
+        fx.Conv((3, 3), (1, 16), padding="same")
+    with pytest.raises(TypeError, match=r"Conv: pad='same' is PyTorch's padding string; write pad=fx\.SamePad\(\)"):
+        fx.Conv((3, 3), (1, 16), pad="same")
+    with pytest.raises(TypeError, match=r"pad='valid'.*write pad=0"):
+        fx.Conv((3,), (1, 2), pad="valid")
+    with pytest.raises(TypeError, match="pad must be an int, a tuple or fx.SamePad"):
+        fx.Conv((3,), (1, 2), pad="reflect")
+    # every conv-like layer, through the same check, named in the message
+    with pytest.raises(TypeError, match=r"CrossCor: unexpected keyword padding=1.*write pad=1"):
+        fx.CrossCor((3, 3), (1, 16), padding=1)
+    with pytest.raises(TypeError, match=r"DepthwiseConv: unexpected keyword padding='same'.*SamePad"):
+        fx.DepthwiseConv((3, 3), (2, 4), padding="same")
+    with pytest.raises(TypeError, match=r"ConvTranspose: pad='same'.*SamePad"):
+        fx.ConvTranspose((2, 2), (4, 2), pad="same")
+    with pytest.raises(TypeError, match=r"ConvTranspose: unexpected keyword output_padding=1.*outpad"):
+        fx.ConvTranspose((2, 2), (4, 2), stride=2, output_padding=1)
+    with pytest.raises(TypeError, match=r"MaxPool: unexpected keyword padding=1.*write pad=1"):
+        fx.MaxPool((2, 2), padding=1)
+    with pytest.raises(TypeError, match=r"MeanPool.*pad='same'.*SamePad"):
+        fx.MeanPool((3, 3), pad="same")
+    with pytest.raises(TypeError, match=r"Conv: unexpected keyword kernel_size=3.*first positional"):
+        fx.Conv(kernel_size=3, ch=(1, 2))
+    # what the messages advise works
+    x = fx.rand(1, 1, 7, 7)
+    assert fx.Conv((3, 3), (1, 16), pad=fx.SamePad())(x).shape == (1, 16, 7, 7)
+    assert fx.MaxPool((3, 3), pad=fx.SamePad(), stride=1)(x).shape == (1, 1, 7, 7)

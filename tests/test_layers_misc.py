@@ -201,6 +201,25 @@ def test_parallel_semantics():
     check_gradients(lambda: m(x, x2), m, x, x2)
 
 
+def test_parallel_with_concat_joins_features_as_fluxs_vcat():
+    rng = np.random.default_rng(5)
+    a, b = randomise(fx.f64(fx.Dense(2, 3)), rng), randomise(fx.f64(fx.Dense(2, 4)), rng)
+    m = fx.Parallel(fx.concat, a, b)  # Flux: Parallel(vcat, a, b)
+    x = f64(rng.normal(size=(5, 2)))
+    by_hand = np.concatenate([a(x).numpy(), b(x).numpy()], axis=-1)
+    np.testing.assert_array_equal(m(x).numpy(), by_hand)
+    np.testing.assert_array_equal(fx.concat(a(x), b(x), axis=-1).numpy(), by_hand)
+    n = sum(p.size for p in fx.params(m))
+    assert repr(m) == f"Parallel(concat, Dense(2 => 3), Dense(2 => 4))  # {n} parameters"
+    # the sequence form keeps numpy's axis 0
+    assert fx.concat([a(x), a(x)]).shape == (10, 3) and fx.concat([a(x), b(x)], 1).shape == (5, 7)
+    check_gradients(lambda: m(x), m)
+    gx = fx.gradient(lambda x: (m(x) * f64(rng.normal(size=(5, 7)))).sum(), x)[0]
+    assert gx.shape == (5, 2)
+    with pytest.raises(TypeError, match="only the axis may follow"):
+        fx.concat([a(x)], 0, 1)
+
+
 def test_skipconnection_pairwisefusion_maxout():
     rng = np.random.default_rng(5)
     d = randomise(fx.f64(fx.Dense(3, 3, fx.tanh)), rng)

@@ -1056,3 +1056,10 @@ def test_hook_overhead_bench_runs(tmp_path):
         res = report["workloads"][w]
         assert set(res) == {"hand", "public", "train_", "train_ (pre-plugin loop)", "train_+hook", "train_+4hooks"}
         assert all(r["us_per_step"] > 0 for r in res.values())
+
+
+def test_dir_lists_the_names_loaded_on_first_use():
+    names = dir(fx)
+    for name in ("hookimpl", "hookspec", "PluginError", "plugins", "callbacks", "distributed", "Dense", "train_"):
+        assert name in names, name
+    assert names == sorted(names)

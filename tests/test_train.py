@@ -130,6 +130,33 @@ def test_wrong_datapoint_arity_is_a_clear_error():
         fx.train_(lambda x, y: fx.mse(m(x), y), ps, [(x, y, y)], fx.Descent())
 
 
+def test_list_datapoints_are_splatted_like_tuples():
+    # A PyTorch DataLoader yields [x, y] lists; Flux splats only tuples
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 1), np.float32)
+
+    def loss(m, x, y):
+        return fx.mse(m(x), y)
+
+    fx.seed_(0)
+    by_tuple = fx.Dense(3, 1)
+    by_list = fx.fmap(lambda p: p * 1, by_tuple)
+    fx.train_(loss, by_tuple, [(x, y)] * 3, fx.setup(fx.Descent(0.1), by_tuple))
+    fx.train_(loss, by_list, [[x, y]] * 3, fx.setup(fx.Descent(0.1), by_list))
+    assert by_list.weight.tolist() == by_tuple.weight.tolist() != fx.Dense(3, 1).weight.tolist()
+    # the implicit style too
+    ps = fx.params(by_list)
+    before = float(loss(by_list, x, y))
+    fx.train_(lambda x, y: loss(by_list, x, y), ps, [[x, y]] * 3, fx.Descent(0.1))
+    assert float(loss(by_list, x, y)) < before
+    # a loss taking the whole list still gets it whole
+    seen = []
+    fx.train_(lambda m, batch: seen.append(type(batch)) or loss(m, *batch), by_list, [[x, y]],
+              fx.setup(fx.Descent(0.1), by_list))
+    assert seen == [list]
+    with pytest.raises(TypeError, match=r"data item 0 is a list of 3 values, passed as one argument"):
+        fx.train_(loss, by_list, [[x, y, y]], fx.setup(fx.Descent(0.1), by_list))
+
+
 def test_type_errors_inside_the_loss_are_left_alone():
     m = fx.Dense(3, 1)
     with pytest.raises(TypeError, match="unsupported operand"):

@@ -42,13 +42,22 @@ Losses = losses
 __version__ = "0.1.0"
 
 
+_LAZY_MODULES = ("plugins", "callbacks", "distributed")
+_LAZY_PLUGIN_NAMES = ("hookimpl", "hookspec", "PluginError")
+
+
 def __getattr__(name):
     # Plugins load on first use: `import fluxrs` imports neither pluggy nor any installed plugin;
     # nor mpi4py: fx.distributed loads on first use too.
-    if name in ("plugins", "callbacks", "distributed"):
+    if name in _LAZY_MODULES:
         import importlib
         return importlib.import_module(f"fluxrs.{name}")
-    if name in ("hookimpl", "hookspec", "PluginError"):
+    if name in _LAZY_PLUGIN_NAMES:
         from fluxrs import plugins
         return getattr(plugins, name)
     raise AttributeError(f"module 'fluxrs' has no attribute {name!r}")
+
+
+def __dir__():
+    # the lazy names too, so that dir(fx) and tab completion show fx.hookimpl before first use
+    return sorted(set(globals()) | set(_LAZY_MODULES) | set(_LAZY_PLUGIN_NAMES))

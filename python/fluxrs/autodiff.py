@@ -35,6 +35,8 @@ class Params:
     >>> ps = fx.Params([W, W])
     >>> len(ps), W in ps
     (1, True)
+    >>> fx.params(fx.Dense(3, 4))
+    Params([(4, 3), (4,)])  # 16 parameters
     """
 
     def __init__(self, xs: Iterable[Tensor] = ()):
@@ -64,7 +66,9 @@ class Params:
         return id(x) in self._ids
 
     def __repr__(self) -> str:
-        return "Params([" + ", ".join(repr(np.asarray(p).tolist()) for p in self._order) + "])"
+        # shapes, not values: a model's parameters are too many numbers to read
+        n = sum(p.size for p in self._order)
+        return "Params([" + ", ".join(repr(tuple(p.shape)) for p in self._order) + f"])  # {n:_} parameters"
 
 
 class Grads:

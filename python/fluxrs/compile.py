@@ -36,8 +36,8 @@ from typing import Any, Callable
 import numpy as np
 
 from fluxrs import _core
+from fluxrs._checks import warn_caller
 from fluxrs._core import Tensor
-from fluxrs._warn import warn_caller
 from fluxrs.functor import _ATOMS, Layer, plan
 
 __all__ = ["jit"]

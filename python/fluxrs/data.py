@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from fluxrs._checks import torch_keywords
 from fluxrs._core import Tensor
 from fluxrs.random import default_rng
 
@@ -73,6 +74,13 @@ class DataLoader:
     2
     """
 
+    @torch_keywords(
+        batch_size=lambda v: f"write batchsize={v!r} (Flux's spelling, one word)",
+        drop_last=lambda v: f"write partial={not v!r} (Flux's partial=False drops the last, smaller batch)",
+        collate_fn="write collate=f (a function applied to each batch; collate=True stacks observations)",
+        generator="write rng=np.random.default_rng(seed) (a numpy Generator) for the shuffling order",
+        num_workers="batches are sliced in the training thread (a numpy slice each), so there are no workers to set",
+    )
     def __init__(self, data: Any, batchsize: int = 1, shuffle: bool = False, partial: bool = True,
                  rng: np.random.Generator | None = None, collate: bool | Callable | None = None):
         if isinstance(batchsize, bool) or not isinstance(batchsize, numbers.Integral) or batchsize < 1:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import copy
 import itertools
+import reprlib
 import types
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from fluxrs._core import Tensor
-from fluxrs._warn import warn_caller
+from fluxrs._checks import warn_caller
 
 _ATOMS = (str, bytes, int, float, complex, bool, type(None), types.FunctionType, types.BuiltinFunctionType,
           types.MethodType, types.ModuleType, type)
@@ -50,6 +51,10 @@ class Layer:
     the dtype of the tensor it replaces), so it trains as any parameter; keep a constant
     array under a name starting with ``_``.
 
+    A layer prints as its class name and children, tensors by their shape, with its
+    parameter count (``fx.layers.show``); a class may print itself otherwise by defining
+    ``__repr__``, or ``_repr_inner`` for the one-line form used inside other models.
+
     >>> import fluxrs as fx
     >>> class Affine(fx.Layer):
     ...     def __init__(self, n):
@@ -59,6 +64,8 @@ class Layer:
     ...         return x * self.scale + self.shift
     >>> len(fx.params(Affine(3)))
     2
+    >>> fx.Chain(Affine(3), fx.relu)
+    Chain(Affine(scale=Tensor(shape=(3,)), shift=Tensor(shape=(3,))), relu)  # 6 parameters
     """
 
     def children(self) -> dict[str, Any]:
@@ -81,6 +88,23 @@ class Layer:
     def __getstate__(self) -> dict[str, Any]:  # copies and pickles leave the kept walks behind
         return {k: v for k, v in self.__dict__.items() if k not in _PLAN_ATTRS.values()}
 
+    def __repr__(self) -> str:
+        from fluxrs.layers.show import show  # fluxrs.layers imports this module
+        return show(self)
+
+    def _repr_parts(self) -> tuple[str, list[tuple[str, Any]], str]:
+        """How the layer prints: an opening, its children as ``(prefix, child)``, a closing.
+        The one-line form joins them; a model too wide for one line puts each on its own."""
+        return f"{type(self).__name__}(", [(f"{k}=", v) for k, v in self.children().items()], ")"
+
+    @reprlib.recursive_repr("...")  # a layer among its own descendants prints as ...
+    def _repr_inner(self) -> str:
+        """The one-line form, as the layer reads inside another's repr."""
+        if type(self).__repr__ is not Layer.__repr__:  # a class that prints itself
+            return repr(self)
+        from fluxrs.layers.show import one_line
+        return one_line(self._repr_parts())
+
 
 def layer(cls):
     """Class decorator: make a plain class a model node (like ``Functors.@functor``).
@@ -102,6 +126,11 @@ def layer(cls):
         cls.children = Layer.children
     if not hasattr(cls, "trainable"):
         cls.trainable = Layer.trainable
+    if cls.__repr__ is object.__repr__:  # printed as a Layer is, unless it prints itself
+        cls.__repr__ = Layer.__repr__
+    for name in ("_repr_parts", "_repr_inner"):
+        if not hasattr(cls, name):
+            setattr(cls, name, getattr(Layer, name))
     try:
         from fluxrs import plugins
         plugins.register_layer(cls.__name__, cls)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fluxrs import _core
+from fluxrs._checks import warn_caller
 from fluxrs._core import Tensor
 from fluxrs.random import default_rng
 
@@ -31,13 +32,26 @@ def _dtype_name(dtype) -> str | None:
     return None if dtype is None else np.dtype(dtype).name
 
 
+_warned_f64 = False
+
+
 def tensor(data: Any, dtype=None) -> Tensor:
     """A tensor from array-like data (a copy). float64 becomes float32 unless `dtype` says
     otherwise. A tensor passes through unchanged when no dtype change is asked for."""
     if isinstance(data, Tensor) and (dtype is None or np.dtype(dtype) == data.dtype):
         return data
+    name = _dtype_name(dtype)
+    if name is None and not isinstance(data, Tensor) and getattr(data, "dtype", None) == np.float64:
+        # Said here rather than by the core, which cannot tell how deep in fluxrs it was called
+        # and so would name the wrong line.
+        global _warned_f64
+        if not _warned_f64:
+            _warned_f64 = True
+            warn_caller("fluxrs converts float64 data to float32 (the default dtype); pass dtype='float64' to keep "
+                        "it. This warning is shown once.")
+        name = "float32"
     try:
-        return Tensor(data, dtype=_dtype_name(dtype))
+        return Tensor(data, dtype=name)
     except ValueError as e:
         if isinstance(data, (list, tuple)) and "inhomogeneous" in str(e):
             # ragged nesting: numpy's message does not say who asked
@@ -170,10 +184,35 @@ def _tensor_list(tensors, who: str) -> list:
     return out
 
 
-def concat(tensors, axis: int = 0) -> Tensor:
-    """Join tensors along an existing axis (numpy's concatenate)."""
+def concat(*tensors, axis: int | None = None) -> Tensor:
+    """Join tensors along an existing axis, in two spellings:
+
+    * ``concat([a, b, ...], axis=0)``: a sequence, axis 0 unless given (numpy's concatenate,
+      PyTorch's cat); the axis may also be the second positional argument.
+    * ``concat(a, b, ...)``: the tensors themselves, along the feature axis, the last one
+      (``axis=-1`` unless given): Flux's ``vcat`` of batch-first data, so ``fx.concat`` works
+      as a combiner, as in ``fx.Parallel(fx.concat, f, g)``.
+
+    >>> import fluxrs as fx
+    >>> fx.concat(fx.ones(2, 3), fx.zeros(2, 1)).shape
+    (2, 4)
+    >>> fx.concat([fx.ones(2, 3), fx.zeros(1, 3)]).shape
+    (3, 3)
+    """
+    if tensors and not _array_like(tensors[0]):  # concat(sequence[, axis])
+        if len(tensors) > 2 or len(tensors) == 2 and axis is not None:
+            raise TypeError("concat: after a sequence of tensors only the axis may follow; write "
+                            "concat([a, b], axis=0), or concat(a, b) to join along the feature axis")
+        seq = tensors[0]
+        axis = tensors[1] if len(tensors) == 2 else 0 if axis is None else axis
+    else:  # concat(a, b, ...)
+        seq, axis = tensors, -1 if axis is None else axis
     axis = _axis_arg(axis, "concat")
-    return _core.concat(_tensor_list(tensors, "concat"), axis)
+    return _core.concat(_tensor_list(seq, "concat"), axis)
+
+
+def _array_like(x) -> bool:
+    return isinstance(x, (Tensor, np.ndarray, numbers.Number))
 
 
 def stack(tensors, axis: int = 0) -> Tensor:
@@ -339,3 +378,51 @@ def _array_function(func, types, args, kwargs):
     if func is np.shape:
         return tuple(args[0].shape)
     return func(*_to_numpy_args(tuple(args)), **{k: _to_numpy_args(v) for k, v in kwargs.items()})
+
+
+# ---------------------------------------------------------------- DLPack
+
+def _dlpack(self: Tensor, *, stream=None, max_version=None, dl_device=None, copy=None):
+    # DLPack is what torch.tensor(x), torch.from_dlpack and np.from_dlpack read (torch takes
+    # neither __array__ nor __array_interface__ from a non-numpy object, only a sequence, which
+    # it walks element by element). Exported through the numpy view of the tensor's memory,
+    # which the capsule keeps alive; a GPU tensor exports a host copy.
+    kw = {k: v for k, v in (("max_version", max_version), ("dl_device", dl_device), ("copy", copy)) if v is not None}
+    return self.numpy().__dlpack__(stream=stream, **kw)
+
+
+def _dlpack_device(self: Tensor) -> tuple[int, int]:
+    return (1, 0)  # kDLCPU: the export is on the host, a GPU tensor's included
+
+
+Tensor.__dlpack__ = _dlpack
+Tensor.__dlpack_device__ = _dlpack_device
+
+
+# ---------------------------------------------------------------- the class's documentation
+
+# The class is defined in Rust, its documentation here, beside the Python parts it describes.
+Tensor.__doc__ = """An n-dimensional array of float32 (the default) or float64 numbers, on the CPU
+or, with `fx.gpu`, on the GPU. Operations on tensors are recorded while `fx.gradient` (or
+`train_`) differentiates, and only then.
+
+Make one with ``fx.tensor(data, dtype=None)`` (a copy of array-like data; float64 becomes
+float32 unless ``dtype="float64"``), `fx.zeros`, `fx.ones`, `fx.full`, `fx.rand`,
+`fx.randn`; layers, losses and `train_` accept numpy arrays where a tensor is expected.
+Arithmetic, ``@``, reductions (``t.sum(axis)``, ``t.mean(axis)``, ``t.max(axis)``),
+``reshape``/``transpose``, numpy-style indexing and numpy functions (``np.exp(t)``) all
+differentiate. Read values out with ``t.numpy()`` (a view of the same memory), ``t.tolist()``,
+``float(t)``, ``np.asarray(t)``; ``torch.tensor(t)`` and ``np.from_dlpack(t)`` read it through
+DLPack. The layout is batch-first: a batch of 32 images is ``(32, C, H, W)``.
+
+>>> import fluxrs as fx, numpy as np
+>>> x = fx.tensor([[1.0, 2.0], [3.0, 4.0]])
+>>> x.shape, x.dtype.name
+((2, 2), 'float32')
+>>> (x @ x.T + 1).sum(1).tolist()
+[18.0, 38.0]
+>>> fx.gradient(lambda t: (t * t).sum(), x)[0].tolist()
+[[2.0, 4.0], [6.0, 8.0]]
+>>> np.from_dlpack(x).tolist() == x.tolist()
+True
+"""

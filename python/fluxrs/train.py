@@ -30,7 +30,6 @@ import logging
 import math
 import threading
 import time
-import warnings
 from contextvars import ContextVar
 from typing import Any, Callable, Iterable, Iterator
 
@@ -40,7 +39,7 @@ from fluxrs import _core
 from fluxrs._core import Tensor
 from fluxrs.autodiff import Params, check_recording
 from fluxrs.compile import record
-from fluxrs._warn import warn_caller as _warn_caller
+from fluxrs._checks import warn_caller as _warn_caller
 from fluxrs.functor import Struct
 from fluxrs.functor import leaves as leaves_of
 from fluxrs.optimise.interface import (Leaf, _gather, _implicit_update, check_state_not_none, fused_plan, setup,
@@ -84,9 +83,32 @@ def skip() -> None:
 
 # ---------------------------------------------------------------- checking what the user gave
 
-def _splat(d: Any) -> tuple:
-    # Flux splats a Tuple datapoint into the loss's arguments; anything else is one argument
-    return d if isinstance(d, tuple) else (d,)
+def _splat(d: Any, arity: tuple[int, float] | None = None) -> tuple:
+    # Flux splats a Tuple datapoint into the loss's arguments; anything else is one argument.
+    # A list is splatted too when the loss (taking `arity` data arguments) cannot take it whole
+    # but can take its items: a PyTorch DataLoader's batches are [x, y] lists.
+    if isinstance(d, tuple):
+        return d
+    if type(d) is list and arity is not None and not arity[0] <= 1 <= arity[1] and arity[0] <= len(d) <= arity[1]:
+        return tuple(d)
+    return (d,)
+
+
+def _data_arity(loss: Callable, lead: int) -> tuple[int, float] | None:
+    """(fewest, most) positional arguments `loss` takes after its `lead` leading ones (the
+    model), or None when its signature cannot be read."""
+    try:
+        sig = inspect.signature(loss)
+    except (TypeError, ValueError):
+        return None
+    lo, hi = 0, 0.0
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            hi += 1
+            lo += p.default is p.empty
+        elif p.kind is p.VAR_POSITIONAL:
+            hi = math.inf
+    return lo - lead, hi - lead
 
 
 def _arity_error(loss: Callable, args: tuple, lead: int, i: int, d: Any) -> TypeError | None:
@@ -100,6 +122,8 @@ def _arity_error(loss: Callable, args: tuple, lead: int, i: int, d: Any) -> Type
         sig.bind(*args)
     except TypeError:
         what = (f"a tuple of {len(d)} values" if isinstance(d, tuple)
+                else f"a list of {len(d)} values, passed as one argument (a list is splatted like a tuple only "
+                     f"when the loss takes its {len(d)} values)" if type(d) is list
                 else f"a single {type(d).__name__} (not a tuple, so passed as one argument)")
         call = "loss(model, *item)" if lead else "loss(*item)"
         return TypeError(f"train_: data item {i} is {what}; the loss is called as {call}, i.e. with {len(args)} "
@@ -164,7 +188,9 @@ def train_(loss: Callable, *args: Any, cb: Any = None, progress: Any = False, de
     * Oldest: ``train_(loss, data, opt)`` with `opt` bound to its parameters, e.g.
       ``fx.Descent(0.1, fx.params(m))``.
 
-    A tuple datapoint is splatted into the loss's arguments; anything else is passed as one.
+    A tuple datapoint is splatted into the loss's arguments; anything else is passed as one,
+    except a list that the loss cannot take whole but can take item by item (a PyTorch
+    DataLoader's ``[x, y]`` batches), which is splatted like a tuple.
     `cb` (a function or a list of them, taking no arguments) runs after each update; in it or
     in the loss, `fx.stop()` ends training and `fx.skip()` (in the loss) skips this update.
     A NaN or infinite loss raises `NonFiniteLossError` before its update. ``progress=True``
@@ -343,7 +369,8 @@ def _group(it: Iterator, most: int) -> list:
     out, size = [], 0
     for d in it:
         out.append(d)
-        size += sum(a.size * a.dtype.itemsize for a in _splat(d) if type(a) is Tensor or type(a) is np.ndarray)
+        parts = d if isinstance(d, (tuple, list)) else (d,)  # a list counts whether or not the loss splats it
+        size += sum(a.size * a.dtype.itemsize for a in parts if type(a) is Tensor or type(a) is np.ndarray)
         if len(out) >= most or size >= _GROUP_BYTES:
             break
     return out
@@ -404,9 +431,9 @@ def _grads_and_loss(val: Any, xs: list[Tensor], i: int) -> tuple[list | None, fl
 def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, epoch=None, compile=False) -> None:
     if isinstance(opt, Rule):
         # Flux 0.14 does this too, with a warning: momentum is lost between calls.
-        warnings.warn(f"train_(loss, model, data, {opt!r}): a rule instead of the state from fx.setup; creating a "
-                      "fresh state now, so any momentum is lost after this call. Call opt = fx.setup(rule, model) "
-                      "once and pass opt.", stacklevel=3)
+        _warn_caller(f"train_(loss, model, data, {opt!r}): a rule instead of the state from fx.setup; creating a "
+                     "fresh state now, so any momentum is lost after this call. Call opt = fx.setup(rule, model) "
+                     "once and pass opt.")
         opt = setup(opt, model)
     elif not (opt is None or isinstance(opt, (Leaf, Struct, list, tuple, dict))):
         raise TypeError(f"train_(loss, model, data, opt_state): opt_state must come from fx.setup(rule, model), "
@@ -418,6 +445,7 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
     # gradient and state trees again: the same result as withgradient + update_, with less
     # Python per step.
     plan = _gather(opt, model, None, everything=True)
+    arity = _data_arity(loss, 1)
     xs = [x for x, _, _ in plan]
     leaves = [leaf for _, _, leaf in plan]
 
@@ -451,7 +479,7 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
             return []
         batches = []
         for d in ds:
-            args = _data_tensors(_splat(d), xs[0])
+            args = _data_tensors(_splat(d, arity), xs[0])
             if args is None:
                 break
             batches.append(args)
@@ -476,7 +504,7 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
         vs = replay(i, [d])
         if vs:  # None or [] when the step was not replayed
             return vs[0]
-        given = args = _splat(d)
+        given = args = _splat(d, arity)
         if compiling:  # numpy data are recorded as the tensors the replays will be given
             args = _data_tensors(args, xs[0]) or args
         saved = [t.numpy().copy() for t in buffers] if buffers else None
@@ -584,9 +612,10 @@ def _train_implicit(loss, ps, data, opt, cb, progress, desc, callbacks=None, epo
         ps = Params(ps)
 
     xs = list(ps)
+    arity = _data_arity(loss, 0)
 
     def step(i, d):
-        args = _splat(d)
+        args = _splat(d, arity)
         _core.push_watch(xs)  # as gradient(() -> loss(d...), ps), without building Grads
         try:
             val = _call_loss(loss, args, 0, i, d)

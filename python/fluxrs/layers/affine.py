@@ -12,25 +12,21 @@ Bilinear((5, 3) => 2)  # 32 parameters
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Callable
 
 import numpy as np
 
+from fluxrs._checks import size, sizes_given
 from fluxrs._core import Tensor
 from fluxrs.activations import identity
 from fluxrs.functor import Layer
 from fluxrs.layers.basic import _as_param, as_input
 from fluxrs.layers.init import glorot_uniform, ones32
-from fluxrs.layers.show import short_repr, show
+from fluxrs.layers.show import short_repr
 from fluxrs.random import default_rng
 from fluxrs.tensor import host_like
 
 __all__ = ["Scale", "Bilinear", "Embedding"]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _randn32(*dims: int) -> Tensor:
@@ -65,12 +61,12 @@ class Scale(Layer):
             act = args.pop()
         if len(args) == 1 and isinstance(args[0], (tuple, list)):
             args = list(args[0])
-        if not args or not all(_is_int(a) and a > 0 for a in args):
-            raise TypeError(f"Scale(size..., act): sizes must be positive integers, got {tuple(size_act)!r}")
-        size = tuple(int(a) for a in args)
-        scale = init(*size)
+        if not args:
+            raise TypeError(f"Scale(size..., act): give at least one size, got {tuple(size_act)!r}")
+        shape = tuple(size("Scale(size..., act)", "each size", a) for a in args)
+        scale = init(*shape)
         self.scale = scale if isinstance(scale, Tensor) else _as_param(scale)
-        self.bias = _bias(bias, size, self.scale, f"Scale{size}")
+        self.bias = _bias(bias, shape, self.scale, f"Scale{shape}")
         self.act = act
 
     def __call__(self, x: Any) -> Tensor:
@@ -93,9 +89,6 @@ class Scale(Layer):
             s += ", bias=False"
         return s + ")"
 
-    def __repr__(self) -> str:
-        return show(self)
-
 
 class Bilinear(Layer):
     """A bilinear map of two inputs: ``z[n, o] = act(Σᵢⱼ x[n, i] W[o, i, j] y[n, j] + b[o])``.
@@ -113,11 +106,12 @@ class Bilinear(Layer):
 
     def __init__(self, in_: Any, out: Any = None, act: Callable = identity, *, bias: Any = True,
                  init: Callable = glorot_uniform):
-        if isinstance(in_, (tuple, list)) and len(in_) == 2 and all(_is_int(v) for v in in_):
-            n1, n2 = int(in_[0]), int(in_[1])
+        if isinstance(in_, (tuple, list)) and sizes_given(in_):
+            n1 = size("Bilinear((in1, in2), out)", "in1", in_[0])
+            n2 = size("Bilinear((in1, in2), out)", "in2", in_[1])
             weight = None
-        elif _is_int(in_):
-            n1 = n2 = int(in_)
+        elif sizes_given(in_):
+            n1 = n2 = size("Bilinear(in, out)", "the input size", in_)
             weight = None
         else:
             weight = _as_param(in_)
@@ -127,9 +121,7 @@ class Bilinear(Layer):
                 bias = out
             n_out, n1, n2 = weight.shape
         if weight is None:
-            if not _is_int(out) or out < 1:
-                raise TypeError(f"Bilinear((in1, in2), out, act): out must be a positive integer, got {out!r}")
-            n_out = int(out)
+            n_out = size("Bilinear((in1, in2), out, act)", "out", out)
             weight = init(n_out, n1, n2)
             if not isinstance(weight, Tensor):
                 weight = Tensor(np.asarray(weight, dtype=np.float32))
@@ -173,9 +165,6 @@ class Bilinear(Layer):
             s += ", bias=False"
         return s + ")"
 
-    def __repr__(self) -> str:
-        return show(self)
-
 
 class Embedding(Layer):
     """A lookup table: integer index ``i`` (0-based) maps to column ``i`` of `weight`, of shape
@@ -195,21 +184,19 @@ class Embedding(Layer):
     """
 
     def __init__(self, in_: Any, out: Any = None, *, init: Callable = _randn32):
-        if isinstance(in_, (tuple, list)) and len(in_) == 2 and all(_is_int(v) for v in in_) and out is None:
-            n_in, n_out = int(in_[0]), int(in_[1])
+        if isinstance(in_, (tuple, list)) and sizes_given(in_) and out is None:
+            n_in = size("Embedding((in, out))", "in", in_[0])
+            n_out = size("Embedding((in, out))", "out", in_[1])
             weight = None
-        elif _is_int(in_):
-            if not _is_int(out):
-                raise TypeError(f"Embedding(in, out): out must be an integer, got {out!r}")
-            n_in, n_out = int(in_), int(out)
+        elif sizes_given(in_):
+            n_in = size("Embedding(in, out)", "in", in_)
+            n_out = size("Embedding(in, out)", "out", out)
             weight = None
         else:
             weight = _as_param(in_)
             if weight.ndim != 2:
                 raise ValueError(f"Embedding(W): the weight must be a matrix (out, in), got {tuple(weight.shape)}")
         if weight is None:
-            if n_in < 1 or n_out < 1:
-                raise ValueError(f"Embedding({n_in} => {n_out}): sizes must be positive")
             weight = init(n_out, n_in)
             if not isinstance(weight, Tensor):
                 weight = Tensor(np.asarray(weight, dtype=np.float32))
@@ -246,6 +233,3 @@ class Embedding(Layer):
     def _repr_inner(self) -> str:
         n_out, n_in = self.weight.shape
         return f"Embedding({n_in} => {n_out})"
-
-    def __repr__(self) -> str:
-        return show(self)

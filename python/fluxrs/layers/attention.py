@@ -15,17 +15,16 @@ MultiHeadAttention(16, nheads=4)  # 1_024 parameters
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Callable
 
 import numpy as np
 
+from fluxrs._checks import size
 from fluxrs._core import Tensor
 from fluxrs.functor import Layer
 from fluxrs.layers.basic import Dense, as_input
 from fluxrs.layers.dropout import Dropout
 from fluxrs.layers.init import glorot_uniform
-from fluxrs.layers.show import show
 from fluxrs.tensor import host_like
 
 __all__ = ["MultiHeadAttention", "make_causal_mask", "dot_product_attention"]
@@ -76,16 +75,12 @@ class MultiHeadAttention(Layer):
     def __init__(self, dim: int, nheads: int = 8, *, bias: bool = False, init: Callable = glorot_uniform,
                  dropout_prob: float = 0.0, qk_dim: int | None = None, v_dim: int | None = None,
                  out_dim: int | None = None, kv_dim: int | None = None):
-        def pos(v, what):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"MultiHeadAttention: {what} must be a positive integer, got {v!r}")
-            return int(v)
-        dim = pos(dim, "dim")
-        nheads = pos(nheads, "nheads")
-        qk = pos(qk_dim if qk_dim is not None else dim, "qk_dim")
-        vd = pos(v_dim if v_dim is not None else dim, "v_dim")
-        od = pos(out_dim if out_dim is not None else dim, "out_dim")
-        kv = pos(kv_dim if kv_dim is not None else dim, "kv_dim")
+        dim = size("MultiHeadAttention", "dim", dim)
+        nheads = size("MultiHeadAttention", "nheads", nheads)
+        qk = size("MultiHeadAttention", "qk_dim", qk_dim if qk_dim is not None else dim)
+        vd = size("MultiHeadAttention", "v_dim", v_dim if v_dim is not None else dim)
+        od = size("MultiHeadAttention", "out_dim", out_dim if out_dim is not None else dim)
+        kv = size("MultiHeadAttention", "kv_dim", kv_dim if kv_dim is not None else dim)
         if qk % nheads or vd % nheads:
             raise ValueError(f"MultiHeadAttention({dim}, nheads={nheads}): qk_dim ({qk}) and v_dim ({vd}) must be "
                              "divisible by nheads")
@@ -140,6 +135,3 @@ class MultiHeadAttention(Layer):
         if self.attn_drop.p:
             s += f", dropout_prob={self.attn_drop.p:g}"
         return s + ")"
-
-    def __repr__(self) -> str:
-        return show(self)

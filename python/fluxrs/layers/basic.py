@@ -15,18 +15,17 @@ Chain(Dense(784 => 32, σ), Dense(32 => 10), softmax)  # 25_450 parameters
 from __future__ import annotations
 
 import math
-import numbers
-import warnings
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from fluxrs import _core
+from fluxrs._checks import size, sizes_given, warn_caller
 from fluxrs._core import Tensor
 from fluxrs.activations import identity
 from fluxrs.functor import Layer
 from fluxrs.layers.init import glorot_uniform
-from fluxrs.layers.show import short_repr, show
+from fluxrs.layers.show import short_repr
 from fluxrs.tensor import host_like
 
 __all__ = ["Dense", "Chain"]
@@ -45,9 +44,9 @@ def _warn_f64(who: Any) -> None:
     global _warned_f64
     if not _warned_f64:
         _warned_f64 = True
-        warnings.warn(f"{_who(who)}: float64 input converted to float32 to match the layer's parameters "
-                      "(convert the data once with fx.tensor(x) or x.astype(np.float32) to avoid the copy; "
-                      "this warning is shown once)", stacklevel=4)
+        warn_caller(f"{_who(who)}: float64 input converted to float32 to match the layer's parameters "
+                    "(convert the data once with fx.tensor(x) or x.astype(np.float32) to avoid the copy; "
+                    "this warning is shown once)")
 
 
 def _who(who: Any) -> str:
@@ -109,18 +108,20 @@ class Dense(Layer):
 
     def __init__(self, in_: Any, out: Any = None, act: Callable = identity, *, bias: Any = True,
                  init: Callable = glorot_uniform):
-        if isinstance(in_, (tuple, list)) and len(in_) == 2 and all(isinstance(v, numbers.Integral) for v in in_):
+        if isinstance(in_, (tuple, list)) and sizes_given(in_):
             # Dense(in => out, act): the pair form, with act in the second slot
             if out is not None:
                 if act is not identity:
                     raise TypeError("Dense((in, out), act): too many positional arguments")
                 act = out
-            (n_in, n_out), weight = in_, None
-        elif isinstance(in_, numbers.Integral) and not isinstance(in_, bool):
-            if not isinstance(out, numbers.Integral):
-                raise TypeError(f"Dense(in, out, act): out must be an integer, got {out!r}; "
-                                "write Dense(784, 32) or Dense((784, 32))")
-            n_in, n_out, weight = int(in_), int(out), None
+            n_in = size("Dense((in, out))", "the input size", in_[0], 0)
+            n_out = size("Dense((in, out))", "the output size", in_[1], 0)
+            weight = None
+        elif sizes_given(in_):
+            n_in = size("Dense(in, out, act)", "the input size", in_, 0)
+            n_out = size("Dense(in, out, act)", "out", out, 0,
+                         hint="write Dense(784, 32) or Dense((784, 32))" if out is None else "")
+            weight = None
         else:
             # Dense(W, bias=True, act=identity): Flux's matrix constructor
             weight = _as_param(in_)
@@ -129,8 +130,6 @@ class Dense(Layer):
             if out is not None:
                 bias = out
             n_out, n_in = weight.shape
-        if n_in < 0 or n_out < 0:
-            raise ValueError(f"Dense({n_in} => {n_out}): sizes must be non-negative")
         if not callable(act):
             raise TypeError(f"Dense: the activation must be callable, got {act!r}")
         if weight is None:
@@ -192,9 +191,6 @@ class Dense(Layer):
         if self.bias is None:
             s += ", bias=False"
         return s + ")"
-
-    def __repr__(self) -> str:
-        return show(self)
 
 
 class Chain(Layer):
@@ -260,14 +256,9 @@ class Chain(Layer):
             return Chain(*self.layers[key])
         return self.layers[key]
 
-    def _repr_inner(self) -> str:
+    def _repr_parts(self) -> tuple[str, list[tuple[str, Any]], str]:
         if isinstance(self.layers, dict):
-            body = ", ".join(f"{k}={short_repr(v)}" for k, v in self.layers.items())
-        else:
-            body = ", ".join(short_repr(v) for v in self.layers)
-            if isinstance(self.layers, list):
-                body = f"[{body}]"
-        return f"Chain({body})"
-
-    def __repr__(self) -> str:
-        return show(self)
+            return "Chain(", [(f"{k}=", v) for k, v in self.layers.items()], ")"
+        if isinstance(self.layers, list):
+            return "Chain([", [("", v) for v in self.layers], "])"
+        return "Chain(", [("", v) for v in self.layers], ")"

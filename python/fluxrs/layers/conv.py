@@ -31,13 +31,15 @@ from typing import Any, Callable
 import numpy as np
 
 from fluxrs import _core
+from fluxrs._checks import is_int as _is_int
+from fluxrs._checks import size, sizes_given, torch_keywords
 from fluxrs._core import Tensor
 from fluxrs.activations import identity
 from fluxrs.functor import Layer
 from fluxrs.layers.basic import _as_param, _who, as_input
 from fluxrs.layers.init import glorot_uniform
-from fluxrs.layers.show import short_repr, show
-from fluxrs.tensor import host_like
+from fluxrs.layers.show import short_repr
+from fluxrs.tensor import host_like, tensor
 
 __all__ = ["SamePad", "Conv", "ConvTranspose", "CrossCor", "DepthwiseConv", "MaxPool", "MeanPool",
            "AdaptiveMaxPool", "AdaptiveMeanPool", "GlobalMaxPool", "GlobalMeanPool", "Flatten", "flatten",
@@ -66,8 +68,24 @@ class SamePad:
         return hash(SamePad)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+def _pad_hint(pad: Any) -> str:
+    """The fix for padding written as PyTorch writes it (``padding="same"``, ``padding=1``)."""
+    if isinstance(pad, str) and pad.lower() == "same":
+        return "write pad=fx.SamePad() (Flux's SamePad(): at stride 1 the output keeps the input's size)"
+    if isinstance(pad, str) and pad.lower() == "valid":
+        return "write pad=0 (no padding, the default)"
+    return f"write pad={pad!r}"
+
+
+# The keywords PyTorch's conv and pool layers take that fluxrs spells as Flux does.
+_torch_conv_keywords = torch_keywords(
+    padding=lambda v: f"fluxrs calls it pad, as Flux does: {_pad_hint(v)}",
+    kernel_size="the kernel size is the first positional argument, a tuple such as (3, 3)",
+    in_channels="the channels are positional, after the kernel size: (in, out), as Flux's in => out",
+    out_channels="the channels are positional, after the kernel size: (in, out), as Flux's in => out",
+    output_padding="ConvTranspose calls it outpad",
+    padding_mode="fluxrs pads with zeros only",
+)
 
 
 def _kernel(who: str, k: Any) -> tuple[int, ...]:
@@ -103,6 +121,10 @@ def _expand(who: str, name: str, v: Any, n: int, positive: bool = True) -> tuple
 def _padding(who: str, pad: Any, k: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
     """`pad` as Flux stores it: (before, after) per spatial axis, flattened."""
     d = len(k)
+    if isinstance(pad, str):
+        if pad.lower() in ("same", "valid"):
+            raise TypeError(f"{who}: pad={pad!r} is PyTorch's padding string; {_pad_hint(pad)}")
+        raise TypeError(f"{who}: pad must be an int, a tuple or fx.SamePad(), got {pad!r}")
     if isinstance(pad, SamePad):
         # Flux's calc_padding(SamePad): the dilated kernel's size minus 1, the odd element after.
         out: list[int] = []
@@ -196,13 +218,17 @@ def _check_groups(who: str, groups: Any, cin: int, cout: int) -> None:
 
 def _parse(who: str, k: Any, ch: Any, args: tuple, act: Any) -> tuple[Any, Any, Any, Any]:
     """(k, ch_in, ch_out, act) from ``(k, (in, out), act)`` or ``(k, in, out, act)``."""
-    if isinstance(ch, (tuple, list)) and len(ch) == 2 and all(_is_int(v) for v in ch):
-        (cin, cout), rest = ch, args
-    elif _is_int(ch):
-        if not args or not _is_int(args[0]):
+    if isinstance(ch, (tuple, list)) and sizes_given(ch):
+        cin = size(f"{who}(k, (in, out))", "the input channels", ch[0])
+        cout = size(f"{who}(k, (in, out))", "the output channels", ch[1])
+        rest = args
+    elif sizes_given(ch):
+        if not args or not sizes_given(args[0]):
             raise TypeError(f"{who}(k, in, out, act): out must be an integer; write {who}((3, 3), 1, 6) "
                             f"or {who}((3, 3), (1, 6)) (Flux's 1 => 6)")
-        cin, cout, rest = ch, args[0], args[1:]
+        cin = size(f"{who}(k, in, out)", "the input channels", ch)
+        cout = size(f"{who}(k, in, out)", "the output channels", args[0])
+        rest = args[1:]
     else:
         raise TypeError(f"{who}: expected channels as (in, out) or in, out after the kernel size, got {ch!r}")
     if len(rest) > 1:
@@ -214,9 +240,7 @@ def _parse(who: str, k: Any, ch: Any, args: tuple, act: Any) -> tuple[Any, Any, 
     act = identity if act is None else act
     if not callable(act):
         raise TypeError(f"{who}: the activation must be callable, got {act!r}")
-    if cin < 1 or cout < 1:
-        raise ValueError(f"{who}: channel counts must be positive, got {cin} => {cout}")
-    return _kernel(who, k), int(cin), int(cout), act
+    return _kernel(who, k), cin, cout, act
 
 
 def _fused(act: Callable) -> str | None:
@@ -244,6 +268,7 @@ class Conv(Layer):
     _flip = True
     _name = "Conv"
 
+    @_torch_conv_keywords
     def __init__(self, k: Any, ch: Any = None, *args: Any, act: Any = None, stride: Any = 1, pad: Any = 0,
                  dilation: Any = 1, groups: int = 1, bias: Any = True, init: Callable = glorot_uniform):
         who = self._name
@@ -304,9 +329,6 @@ class Conv(Layer):
         cin, cout = self._channels()
         return f"{self._name}({tuple(self.weight.shape[2:])}, {cin} => {cout}{self._opts()})"
 
-    def __repr__(self) -> str:
-        return show(self)
-
 
 class CrossCor(Conv):
     """Like `Conv` but without flipping the kernel: cross-correlation, which is what
@@ -323,6 +345,7 @@ class CrossCor(Conv):
     _name = "CrossCor"
 
 
+@_torch_conv_keywords
 def DepthwiseConv(k: Any, ch: Any = None, *args: Any, act: Any = None, stride: Any = 1, pad: Any = 0,
                   dilation: Any = 1, bias: Any = True, init: Callable = glorot_uniform) -> Conv:
     """A `Conv` with ``groups = in`` channels: each input channel is convolved with its own
@@ -358,6 +381,7 @@ class ConvTranspose(Layer):
     (1, 2, 10, 10)
     """
 
+    @_torch_conv_keywords
     def __init__(self, k: Any, ch: Any = None, *args: Any, act: Any = None, stride: Any = 1, pad: Any = 0,
                  dilation: Any = 1, groups: int = 1, outpad: Any = 0, bias: Any = True,
                  init: Callable = glorot_uniform):
@@ -414,14 +438,12 @@ class ConvTranspose(Layer):
             s += f", outpad={_maybetuple(self.outpad)}"
         return f"ConvTranspose({tuple(self.weight.shape[2:])}, {cin} => {cout}{s})"
 
-    def __repr__(self) -> str:
-        return show(self)
-
 
 class _Pool(Layer):
     _name = ""
     _op = "maxpool"  # the _core function (looked up per call)
 
+    @_torch_conv_keywords
     def __init__(self, k: Any, *, pad: Any = 0, stride: Any = None):
         who = f"{self._name}({k!r})"
         self.k = _kernel(self._name, k)
@@ -446,9 +468,6 @@ class _Pool(Layer):
             s += f", stride={_maybetuple(self.stride)}"
         return s + ")"
 
-    def __repr__(self) -> str:
-        return show(self)
-
 
 def _as_tensor(x: Any) -> Tensor:
     if isinstance(x, Tensor):
@@ -456,7 +475,7 @@ def _as_tensor(x: Any) -> Tensor:
     a = np.asarray(x)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"expected a tensor or numeric array, got {type(x).__name__} of dtype {a.dtype}")
-    return Tensor(a)
+    return tensor(a)
 
 
 class MaxPool(_Pool):
@@ -510,9 +529,6 @@ class _AdaptivePool(Layer):
     def _repr_inner(self) -> str:
         return f"{self._name}({self.out})"
 
-    def __repr__(self) -> str:
-        return show(self)
-
 
 class AdaptiveMaxPool(_AdaptivePool):
     """Max pooling to a fixed output size `out` (a tuple), whatever the input size,
@@ -546,9 +562,6 @@ class _GlobalPool(Layer):
 
     def _repr_inner(self) -> str:
         return f"{self._name}()"
-
-    def __repr__(self) -> str:
-        return show(self)
 
 
 class GlobalMaxPool(_GlobalPool):
@@ -599,9 +612,6 @@ class Flatten(Layer):
 
     def _repr_inner(self) -> str:
         return "Flatten()"
-
-    def __repr__(self) -> str:
-        return show(self)
 
 
 _MODES = {"nearest": None, "linear": 1, "bilinear": 2, "trilinear": 3}
@@ -722,6 +732,3 @@ class Upsample(Layer):
         if self.size is not None:
             s += f", size={self.size}"
         return s + ")"
-
-    def __repr__(self) -> str:
-        return show(self)

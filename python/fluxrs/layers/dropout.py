@@ -26,7 +26,6 @@ import numpy as np
 
 from fluxrs._core import Tensor
 from fluxrs.layers.mode import ModalLayer
-from fluxrs.layers.show import show
 from fluxrs.random import default_rng
 from fluxrs.tensor import host_like, tensor
 
@@ -101,9 +100,6 @@ class Dropout(ModalLayer):
             s += f", dims={self.dims[0] if len(self.dims) == 1 else self.dims}"
         return s + self._mode_repr() + ")"
 
-    def __repr__(self) -> str:
-        return show(self)
-
 
 _ALPHA_PRIME = -1.7580993408473766  # selu(-inf) = -λα
 
@@ -139,6 +135,3 @@ class AlphaDropout(ModalLayer):
 
     def _repr_inner(self) -> str:
         return f"AlphaDropout({self.p:g}{self._mode_repr()})"
-
-    def __repr__(self) -> str:
-        return show(self)

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fluxrs._checks import size
 from fluxrs._core import Tensor
 from fluxrs.activations import identity
 from fluxrs.autodiff import no_grad
@@ -34,16 +35,10 @@ from fluxrs.layers.basic import as_input
 from fluxrs.layers.init import ones32, zeros32
 from fluxrs.functor import Layer
 from fluxrs.layers.mode import ModalLayer
-from fluxrs.layers.show import short_repr, show
+from fluxrs.layers.show import short_repr
 from fluxrs.tensor import tensor
 
 __all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm"]
-
-
-def _check_count(n: Any, what: str, who: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"{who}: {what} must be a positive integer, got {n!r}")
-    return int(n)
 
 
 def _check_real(v: Any, what: str, who: str, lo: float = 0.0, hi: float = math.inf) -> float:
@@ -115,9 +110,6 @@ class _Norm(Layer):
             s += f", affine={self.affine}"
         return s
 
-    def __repr__(self) -> str:
-        return show(self)
-
 
 class _Stats(_Norm, ModalLayer):
     """A normalisation layer with running statistics ``running_mean`` (μ) and
@@ -184,7 +176,7 @@ class BatchNorm(_Stats):
     def __init__(self, ch: int, act: Callable = identity, *, affine: bool = True, track_stats: bool = True,
                  eps: float = 1e-5, momentum: float = 0.1, init_bias: Callable = zeros32,
                  init_scale: Callable = ones32, active: bool | None = None):
-        ch = _check_count(ch, "the number of channels", "BatchNorm")
+        ch = size("BatchNorm", "the number of channels", ch)
         who = f"BatchNorm({ch})"
         self._init_common((ch,), act, affine, eps, init_bias, init_scale, who)
         self._init_stats(ch, track_stats, momentum, active, who)
@@ -230,7 +222,7 @@ class InstanceNorm(_Stats):
     def __init__(self, ch: int, act: Callable = identity, *, affine: bool = False, track_stats: bool = False,
                  eps: float = 1e-5, momentum: float = 0.1, init_bias: Callable = zeros32,
                  init_scale: Callable = ones32, active: bool | None = None):
-        ch = _check_count(ch, "the number of channels", "InstanceNorm")
+        ch = size("InstanceNorm", "the number of channels", ch)
         who = f"InstanceNorm({ch})"
         self._init_common((ch,), act, affine, eps, init_bias, init_scale, who)
         self._init_stats(ch, track_stats, momentum, active, who)
@@ -273,8 +265,8 @@ class GroupNorm(_Norm):
 
     def __init__(self, ch: int, groups: int, act: Callable = identity, *, affine: bool = True,
                  eps: float = 1e-5, init_bias: Callable = zeros32, init_scale: Callable = ones32):
-        ch = _check_count(ch, "the number of channels", "GroupNorm")
-        groups = _check_count(groups, "the number of groups", "GroupNorm")
+        ch = size("GroupNorm", "the number of channels", ch)
+        groups = size("GroupNorm", "the number of groups", groups)
         if ch % groups:
             raise ValueError(f"GroupNorm({ch}, {groups}): the number of channels must be divisible by the "
                              "number of groups")
@@ -326,9 +318,9 @@ class LayerNorm(_Norm):
             args = list(args[0])
         if not args:
             raise TypeError("LayerNorm(size...): give the size of the normalised axes, e.g. LayerNorm(64)")
-        size = tuple(_check_count(s, "each size", "LayerNorm") for s in args)
-        self._init_common(size, act, affine, eps, init_bias, init_scale, f"LayerNorm{size}")
-        self.size = size
+        shape = tuple(size("LayerNorm(size...)", "each size", s) for s in args)
+        self._init_common(shape, act, affine, eps, init_bias, init_scale, f"LayerNorm{shape}")
+        self.size = shape
 
     def __call__(self, x: Any) -> Tensor:
         x = self._input(x)

@@ -25,18 +25,18 @@ GRU(3 => 5)  # 135 parameters
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Callable
 
 import numpy as np
 
 from fluxrs import _core
+from fluxrs._checks import size, sizes_given
 from fluxrs._core import Tensor
 from fluxrs.activations import identity, tanh
 from fluxrs.functor import Layer, fmap
 from fluxrs.layers.basic import as_input
 from fluxrs.layers.init import glorot_uniform
-from fluxrs.layers.show import short_repr, show
+from fluxrs.layers.show import short_repr
 from fluxrs.tensor import concat, host_like
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "Recurrence", "RNN", "LSTM", "GRU", "Bidirectional"]
@@ -47,21 +47,16 @@ _gru_sequence = getattr(_core, "gru_sequence", None)
 
 def _in_out(who: str, in_: Any, out: Any, act: Any, default_act: Any) -> tuple[int, int, Any]:
     """Flux's ``in => out`` as ``(in, out)`` (activation may follow) or as ``in, out``."""
-    def is_int(v):
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-    if isinstance(in_, (tuple, list)) and len(in_) == 2 and all(is_int(v) for v in in_):
+    if isinstance(in_, (tuple, list)) and sizes_given(in_):
         if out is not None:
             if act is not default_act:
                 raise TypeError(f"{who}((in, out), act): too many positional arguments")
             act = out
-        n_in, n_out = int(in_[0]), int(in_[1])
-    elif is_int(in_) and is_int(out):
-        n_in, n_out = int(in_), int(out)
-    else:
+        return size(f"{who}((in, out))", "in", in_[0]), size(f"{who}((in, out))", "out", in_[1]), act
+    if not sizes_given(in_):
         raise TypeError(f"{who}: give the sizes as {who}((in, out)) or {who}(in, out), got {in_!r}, {out!r}")
-    if n_in < 1 or n_out < 1:
-        raise ValueError(f"{who}({n_in} => {n_out}): sizes must be positive")
-    return n_in, n_out, act
+    hint = f"give the sizes as {who}((in, out)) or {who}(in, out)" if out is None else ""
+    return size(f"{who}(in, out)", "in", in_), size(f"{who}(in, out)", "out", out, hint=hint), act
 
 
 def _param(init: Callable, shape: tuple[int, int], who: str) -> Tensor:
@@ -154,9 +149,6 @@ class _Cell(Layer):
 
     def _repr_inner(self) -> str:
         return f"{self.name}({self._sizes()})"
-
-    def __repr__(self) -> str:
-        return show(self)
 
 
 class RNNCell(_Cell):
@@ -325,9 +317,6 @@ class Recurrence(Layer):
         s = f"Recurrence({short_repr(self.cell)}"
         return s + (", return_state=True)" if self.return_state else ")")
 
-    def __repr__(self) -> str:
-        return show(self)
-
 
 class _SeqLayer(Recurrence):
     cell_type: type = _Cell
@@ -431,9 +420,6 @@ class Bidirectional(Layer):
         if self.merge is not _concat_features:
             s += f", merge={short_repr(self.merge)}"
         return s + (", return_state=True)" if self.return_state else ")")
-
-    def __repr__(self) -> str:
-        return show(self)
 
 
 def _twin(layer: Recurrence) -> Recurrence:

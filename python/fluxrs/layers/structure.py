@@ -16,7 +16,6 @@ from typing import Any, Callable, Iterator
 
 from fluxrs._core import Tensor
 from fluxrs.functor import Layer
-from fluxrs.layers.show import short_repr, show
 
 __all__ = ["Parallel", "SkipConnection", "PairwiseFusion", "Maxout"]
 
@@ -54,13 +53,10 @@ class _Multi(Layer):
             raise KeyError(f"this {type(self).__name__}'s layers are not named; index it by position")
         return self.layers[key]
 
-    def _body(self) -> str:
+    def _layer_parts(self) -> list[tuple[str, Any]]:
         if isinstance(self.layers, dict):
-            return ", ".join(f"{k}={short_repr(v)}" for k, v in self.layers.items())
-        return ", ".join(short_repr(v) for v in self.layers)
-
-    def __repr__(self) -> str:
-        return show(self)
+            return [(f"{k}=", v) for k, v in self.layers.items()]
+        return [("", v) for v in self.layers]
 
 
 class Parallel(_Multi):
@@ -100,8 +96,8 @@ class Parallel(_Multi):
             raise ValueError(f"Parallel with {len(layers)} layers takes 1 or {len(layers)} inputs, got {len(xs)}")
         return tuple(ys) if self.connection is None else self.connection(*ys)
 
-    def _repr_inner(self) -> str:
-        return f"Parallel({short_repr(self.connection) if self.connection is not None else 'None'}, {self._body()})"
+    def _repr_parts(self) -> tuple[str, list[tuple[str, Any]], str]:
+        return "Parallel(", [("", self.connection)] + self._layer_parts(), ")"
 
 
 class SkipConnection(Layer):
@@ -122,11 +118,8 @@ class SkipConnection(Layer):
     def __call__(self, x: Any) -> Any:
         return self.connection(self.layers(x), x)
 
-    def _repr_inner(self) -> str:
-        return f"SkipConnection({short_repr(self.layers)}, {short_repr(self.connection)})"
-
-    def __repr__(self) -> str:
-        return show(self)
+    def _repr_parts(self) -> tuple[str, list[tuple[str, Any]], str]:
+        return "SkipConnection(", [("", self.layers), ("", self.connection)], ")"
 
 
 class PairwiseFusion(_Multi):
@@ -162,8 +155,8 @@ class PairwiseFusion(_Multi):
             ys.append(l(self.connection(ys[-1], x)))
         return tuple(ys)
 
-    def _repr_inner(self) -> str:
-        return f"PairwiseFusion({short_repr(self.connection)}, {self._body()})"
+    def _repr_parts(self) -> tuple[str, list[tuple[str, Any]], str]:
+        return "PairwiseFusion(", [("", self.connection)] + self._layer_parts(), ")"
 
 
 class Maxout(_Multi):
@@ -194,5 +187,5 @@ class Maxout(_Multi):
             y = z if y is None else y.maximum(z)
         return y
 
-    def _repr_inner(self) -> str:
-        return f"Maxout({self._body()})"
+    def _repr_parts(self) -> tuple[str, list[tuple[str, Any]], str]:
+        return "Maxout(", self._layer_parts(), ")"
