@@ -268,7 +268,11 @@ class ModelCheckpoint(_Monitor):
     ``best`` when `monitor` improved. Files go to `dirpath`, named by `filename` (formatted
     with `kind`, `epoch` and `step`), written with ``fx.save`` (safetensors, atomically: a
     crash mid-save leaves the previous file whole). The epoch, step, kind and metric are saved
-    as metadata. After each save, every plugin's ``on_checkpoint`` hook is called.
+    as metadata, with this thread's random-generator state (``rng``, as
+    ``fx.random.get_state()`` at the epoch's end), so that
+    ``fx.epochs(n, start=fx.load_checkpoint(last_path, model, opt))`` continues the run
+    exactly: same shuffles, same Dropout masks. After each save, every plugin's
+    ``on_checkpoint`` hook is called.
 
     >>> import fluxrs as fx, tempfile, os
     >>> model = fx.Dense(2, 1); opt = fx.setup(fx.Adam(0.01), model)
@@ -320,6 +324,7 @@ class ModelCheckpoint(_Monitor):
                 self.best_path = self._write(run, "best", epoch, v, target)
 
     def _write(self, run, kind, epoch, metric, target) -> str:
+        from fluxrs import random
         from fluxrs.io import save
         from fluxrs.optimise.rules import Rule
 
@@ -329,7 +334,8 @@ class ModelCheckpoint(_Monitor):
         if not isinstance(target, (list, tuple, dict)) and run.model is None:
             target = list(target)  # Params
         save(path, target, opt, epoch=epoch, step=run.step, kind=kind,
-             metric=None if metric is None or not math.isfinite(metric) else metric, monitor=self.monitor)
+             metric=None if metric is None or not math.isfinite(metric) else metric, monitor=self.monitor,
+             rng=random.get_state())
         self.saved.append((kind, path, epoch))
         run.call("on_checkpoint", path=path, kind=kind, epoch=epoch, step=run.step, metric=metric)
         return path
