@@ -252,7 +252,7 @@ def _rule_desc(rule: Any) -> dict:
 def _restore_rule(rule: Any, desc: dict, where: str) -> Any:
     """`rule` with the saved hyperparameters (adjust_ may have changed them), after checking
     that it is the same kind of rule."""
-    from fluxrs.optimise.rules import OptimiserChain
+    from fluxrs.optimise.rules import _REQUIRED, OptimiserChain
     if type(rule).__name__ != desc.get("type"):
         raise CheckpointError(f"loadmodel_: the checkpoint's optimiser at {where!r} is {desc.get('type')}, the "
                               f"opt_state given uses {rule!r}; set it up with the same rule")
@@ -269,6 +269,11 @@ def _restore_rule(rule: Any, desc: dict, where: str) -> Any:
         return out
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in desc.get("fields", {}).items()}
     current = {k: getattr(rule, k) for k in getattr(rule, "fields", ())}
+    # a hyperparameter added to the rule since the file was written (Scheduler's eta_scale)
+    # takes its default, which is how that file's rule behaved
+    defaults = dict(zip(type(rule).fields, type(rule).defaults))
+    saved.update({k: defaults[k] for k in set(current) - set(saved)
+                  if defaults.get(k, _REQUIRED) is not _REQUIRED})
     if set(saved) != set(current):
         raise CheckpointError(f"loadmodel_: the checkpoint's {desc.get('type')} at {where!r} has hyperparameters "
                               f"{sorted(saved)}, the opt_state's has {sorted(current)}")
