@@ -483,3 +483,143 @@ def test_200_steps_equal_100_then_save_load_in_a_new_process_then_100(tmp_path):
         lb = json.load(f)
     assert len(la) == 200 and len(lb) == 100
     assert la[100:] == lb  # the same loss trajectory, bit for bit
+
+
+# ---------------------------------------------------------------- resuming: load_checkpoint and epochs(start)
+
+class EpochLosses:
+    """Each epoch's mean training loss, by epoch."""
+
+    def __init__(self):
+        self.losses = {}
+
+    @fx.hookimpl
+    def on_epoch_end(self, epoch, logs):
+        self.losses[epoch] = logs["loss"]
+
+
+def _resumable_run(seed):
+    """Model, optimiser state, loss and a shuffling loader: Dropout masks and the order of the
+    batches come from this thread's generator, so resuming is exact only if it is restored."""
+    fx.seed_(seed)
+    model = fx.Chain(fx.Dense(3, 8, fx.relu), fx.Dropout(0.3), fx.Dense(8, 2))
+    opt = fx.setup(fx.Adam(0.01), model)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 3)).astype(np.float32)
+    y = rng.normal(size=(24, 2)).astype(np.float32)
+    loader = fx.DataLoader((x, y), batchsize=6, shuffle=True)
+    return model, opt, loader, lambda m, x, y: fx.mse(m(x), y)
+
+
+def _run_epochs(model, opt, loader, loss, n, dirpath, start=0):
+    losses = EpochLosses()
+    ckpt = fx.callbacks.ModelCheckpoint(dirpath)
+    seen = []
+    for epoch in fx.epochs(n, start=start, callbacks=[ckpt, losses]):
+        seen.append(epoch)
+        fx.train_(loss, model, loader, opt)
+    return seen, losses.losses, ckpt
+
+
+def test_load_checkpoint_and_epochs_start_resume_a_model_checkpoint_run_exactly(tmp_path):
+    N, k = 4, 2
+    model, opt, loader, loss = _resumable_run(0)
+    seen, straight, _ = _run_epochs(model, opt, loader, loss, N, tmp_path / "straight")
+    assert seen == [1, 2, 3, 4]
+
+    first, opt1, loader1, _ = _resumable_run(0)
+    _run_epochs(first, opt1, loader1, loss, k, tmp_path / "first")
+    stopped = tmp_path / "first" / "last.safetensors"
+    meta = fx.load(stopped).meta
+    assert meta["epoch"] == k and meta["rng"]["bit_generator"] == "PCG64"
+
+    # as in a new process: another initialisation, another generator state, a new loader
+    resumed, opt2, loader2, _ = _resumable_run(99)
+    start = fx.load_checkpoint(stopped, resumed, opt2)
+    assert start == k
+    seen, after, ckpt = _run_epochs(resumed, opt2, loader2, loss, N, tmp_path / "resumed", start=start)
+    assert seen == [3, 4]
+    assert fx.load(ckpt.last_path).meta["epoch"] == N  # new checkpoints carry the true epoch
+    # the same arithmetic in the same order: bit for bit
+    assert after == {e: straight[e] for e in (3, 4)}
+    assert_same_model(model, resumed)
+    oa, ob = opt_arrays(opt), opt_arrays(opt2)
+    assert list(oa) == list(ob)
+    for key in oa:
+        assert oa[key][1:] == ob[key][1:]
+        for pa, pb in zip(oa[key][0], ob[key][0]):
+            for a, b in zip(pa, pb):
+                np.testing.assert_array_equal(a, b)
+
+    # the same resume with weights and optimiser state but not the generator's state goes
+    # elsewhere: in this run the RNG state is what makes resuming exact
+    control, opt3, loader3, _ = _resumable_run(99)
+    fx.loadmodel_(control, stopped, opt_state=opt3)
+    _, unrestored, _ = _run_epochs(control, opt3, loader3, loss, N, tmp_path / "control", start=k)
+    assert unrestored[N] != straight[N]
+    assert any(not np.array_equal(a.numpy(), b.numpy())
+               for a, b in zip(all_tensors(model).values(), all_tensors(control).values()))
+
+
+def test_load_checkpoint_checks_everything_before_changing_anything(tmp_path):
+    a = make_model(0)
+    opt_a = fx.setup(fx.Adam(0.01), a)
+    train(a, opt_a, 2)
+    bad_rng = tmp_path / "bad_rng.safetensors"
+    fx.save(bad_rng, a, opt_a, epoch=3, rng={"bit_generator": "PCG64", "state": "garbled"})
+    no_opt = tmp_path / "no_opt.safetensors"
+    fx.save(no_opt, a, epoch=3, rng=fx.random.get_state())
+
+    b = make_model(5)
+    opt_b = fx.setup(fx.Adam(0.01), b)
+    before, rng_before = fx.state(b), fx.random.get_state()
+    with pytest.raises(CheckpointError, match="its RNG state cannot be restored"):
+        fx.load_checkpoint(bad_rng, b, opt_b)
+    with pytest.raises(CheckpointError, match=r"holds no optimiser state \(save it with"):
+        fx.load_checkpoint(no_opt, b, opt_b)
+    after = fx.state(b)
+    for layer_before, layer_after in zip(before["layers"], after["layers"]):
+        for key in layer_before or {}:
+            np.testing.assert_array_equal(layer_before[key], layer_after[key])
+    assert fx.random.get_state() == rng_before
+    fresh = fx.setup(fx.Adam(0.01), make_model(5))
+    assert opt_b.layers[0].weight.state.scalars == fresh.layers[0].weight.state.scalars
+
+
+def test_load_checkpoint_warns_at_the_callers_line_about_what_it_cannot_restore(tmp_path):
+    a = make_model(0)
+    opt_a = fx.setup(fx.Adam(0.01), a)
+    plain = tmp_path / "plain.safetensors"
+    fx.save(plain, a)  # no epoch, no RNG state, no optimiser state
+    with pytest.warns(UserWarning, match=r"holds no RNG state.*rng=fx\.random\.get_state\(\)") as rec:
+        assert fx.load_checkpoint(plain, make_model(1)) == 0  # no epoch recorded: start from the beginning
+    assert len(rec) == 1 and rec[0].filename == __file__
+
+    full = tmp_path / "full.safetensors"
+    fx.save(full, a, opt_a, epoch=2, rng=fx.random.get_state())
+    with pytest.warns(UserWarning, match=r"optimiser state, which was not restored") as rec:
+        assert fx.load_checkpoint(full, make_model(1)) == 2
+    assert len(rec) == 1 and rec[0].filename == __file__
+
+
+def test_loadmodel_warns_when_it_leaves_a_checkpoints_optimiser_state_out(tmp_path):
+    import warnings
+
+    a = make_model(0)
+    opt_a = fx.setup(fx.Adam(0.01), a)
+    train(a, opt_a, 2)
+    path = tmp_path / "ck.safetensors"
+    fx.save(path, a, opt_a)
+    b = make_model(3)
+    with pytest.warns(UserWarning, match=r"fx\.load_checkpoint\(path, model, opt_state\)") as rec:
+        fx.loadmodel_(b, path)
+    assert len(rec) == 1 and rec[0].filename == __file__  # points at the caller's line
+    assert "fx.load(path).model" in str(rec[0].message)
+    assert_same_model(a, b)  # the weights are loaded all the same
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fx.loadmodel_(make_model(3), path, opt_state=fx.setup(fx.Adam(0.01), make_model(3)))  # the state restored
+        fx.loadmodel_(make_model(3), fx.load(path).model)  # only the weights, explicitly
+        weights_only = tmp_path / "weights.safetensors"
+        fx.save(weights_only, a)
+        fx.loadmodel_(make_model(3), weights_only)  # nothing left out

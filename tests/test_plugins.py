@@ -752,6 +752,31 @@ def test_reduce_lr_on_plateau(style):
     assert fx.callbacks.get_lr(target) == pytest.approx(0.02)
 
 
+@pytest.mark.parametrize("style", ["explicit", "implicit"])
+def test_reduce_lr_on_plateau_scales_a_scheduled_rate(style):
+    sched = fx.CosAnneal(l0=1e-2, l1=1e-4, period=10)
+    m, _ = model_and_opt()
+    rule = fx.Scheduler(fx.Adam, sched)
+    opt = fx.setup(rule, m) if style == "explicit" else rule
+    assert fx.callbacks.get_lr(opt) == sched(1)
+    plateau = fx.callbacks.ReduceLROnPlateau(factor=0.5, patience=1)
+    data = regression(2)
+    for epoch in fx.epochs(3, callbacks=[plateau]):
+        if style == "explicit":
+            fx.train_(mse_loss, m, data, opt)
+        else:
+            fx.train_(lambda x, y: fx.mse(m(x), y), fx.params(m), data, opt)
+        fx.plugins.log(loss=1.0)  # never improves: reduce after epochs 2 and 3
+    current = opt.weight.rule if style == "explicit" else opt
+    assert current.t == 7  # the schedule went on, 2 steps per epoch
+    # each reduction halves the rate the schedule gives at that step: the schedule, scaled
+    assert plateau.lrs == [(2, pytest.approx(0.5 * sched(5))), (3, pytest.approx(0.25 * sched(7)))]
+    assert current.eta_scale == pytest.approx(0.25)
+    assert fx.callbacks.get_lr(opt) == pytest.approx(0.25 * sched(7))
+    if style == "explicit":
+        assert opt.weight.rule is opt.bias.rule  # still one step counter for the model
+
+
 def test_reduce_lr_really_changes_the_steps():
     data = regression(2)
     m, opt = model_and_opt(eta=0.1)

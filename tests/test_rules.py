@@ -1067,6 +1067,40 @@ def test_scheduler_t_survives_a_checkpoint(tmp_path):
     assert opt2.layers[0].weight.rule.t == 4
 
 
+def test_scheduler_eta_scale_scales_the_scheduled_rate_and_survives_a_checkpoint(tmp_path, monkeypatch):
+    sched = fx.Step(1.0, 0.5, 2)
+    x = t64([0.0])
+    st = fx.setup(fx.Scheduler(fx.Descent, sched, eta_scale=0.1), x)
+    want = 0.0
+    for t in range(1, 5):
+        fx.update_(st, x, t64([1.0]))
+        want -= 0.1 * sched(t)
+        assert x.item() == pytest.approx(want, rel=1e-13)
+    fx.adjust_(st, eta_scale=0.5)
+    assert st.rule.current() == fx.Descent(0.5 * sched(5)) and st.rule.t == 5
+    assert repr(st.rule) == "Scheduler(Descent, Step(1.0, 0.5, 2), eta_scale=0.5)"
+    # each rule of a scheduled chain that has a learning rate
+    chain = fx.Scheduler(lambda eta: fx.OptimiserChain(fx.ClipGrad(1.0), fx.Descent(eta)), 0.2, eta_scale=0.5)
+    assert chain.current() == fx.OptimiserChain(fx.ClipGrad(1.0), fx.Descent(0.1))
+    with pytest.raises(ValueError, match="eta_scale .* must be > 0"):
+        fx.Scheduler(fx.Descent, sched, eta_scale=0.0)
+
+    m = chain_model()
+    opt = fx.setup(fx.Scheduler(fx.Adam, fx.Exp(0.1, 0.5), eta_scale=0.25), m)
+    fx.save(tmp_path / "ck.safetensors", m, opt)
+    opt2 = fx.setup(fx.Scheduler(fx.Adam, fx.Exp(0.1, 0.5)), chain_model())
+    fx.loadmodel_(chain_model(), tmp_path / "ck.safetensors", opt_state=opt2)
+    assert opt2.layers[0].weight.rule.eta_scale == 0.25
+
+    # a file written before Scheduler had eta_scale loads with the default
+    monkeypatch.setattr(fx.Scheduler, "fields", ("t",))
+    fx.save(tmp_path / "old.safetensors", m, opt)
+    monkeypatch.undo()
+    opt3 = fx.setup(fx.Scheduler(fx.Adam, fx.Exp(0.1, 0.5), eta_scale=3.0), chain_model())
+    fx.loadmodel_(chain_model(), tmp_path / "old.safetensors", opt_state=opt3)
+    assert opt3.layers[0].weight.rule.eta_scale == 1.0
+
+
 # ---------------------------------------------------------------- convergence (Optimisers.jl test/rules.jl)
 #
 # Optimisers.jl's "independence" (a convex least-squares problem, 10^5 steps), "simple sum"

@@ -314,6 +314,27 @@ def test_epochs_logs(caplog):
     assert [r.getMessage() for r in caplog.records if r.name == "fluxrs"] == ["Epoch 1", "Epoch 2"]
 
 
+def test_epochs_start_counts_on_from_the_epochs_done(caplog):
+    seen_by_hooks = []
+
+    class Epochs:
+        @fx.hookimpl
+        def on_epoch_begin(self, run, epoch):
+            seen_by_hooks.append((epoch, run.epochs))
+
+    with caplog.at_level(logging.INFO, logger="fluxrs"):
+        seen = list(fx.epochs(5, callbacks=[Epochs()], start=3))
+    assert seen == [4, 5] and seen_by_hooks == [(4, 5), (5, 5)]
+    assert [r.getMessage() for r in caplog.records if r.name == "fluxrs"] == ["Epoch 4", "Epoch 5"]
+    assert list(fx.epochs(3, start=3)) == []  # a run resumed after its last epoch: nothing left
+    assert list(fx.epochs(2, start=0)) == [1, 2]
+    with pytest.raises(ValueError, match=r"start is past n; n is the last epoch, not the number of epochs left"):
+        fx.epochs(2, start=3)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="start \\(the epochs already done\\) must be a whole number >= 0"):
+            fx.epochs(5, start=bad)
+
+
 def test_ncycle():
     assert list(fx.ncycle([1, 2], 2)) == [1, 2, 1, 2]
     assert list(fx.ncycle(iter([1, 2]), 2)) == [1, 2, 1, 2]

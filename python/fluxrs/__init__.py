@@ -33,7 +33,7 @@ from fluxrs.optimise import Constant, CosAnneal, Exp, Inv, Poly, Sequence, State
 from fluxrs.train import NonFiniteLossError, epochs, ncycle, skip, stop, throttle, train_
 from fluxrs.compile import jit
 from fluxrs.data import DataLoader, onecold, onehot, onehotbatch
-from fluxrs.io import Checkpoint, CheckpointError, load, loadmodel_, save, state
+from fluxrs.io import Checkpoint, CheckpointError, load, load_checkpoint, loadmodel_, save, state
 
 from fluxrs import losses
 from fluxrs.losses import crossentropy, logitcrossentropy, mse

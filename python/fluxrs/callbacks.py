@@ -155,6 +155,11 @@ class ReduceLROnPlateau(_Monitor):
     Works on an explicit-style state (via ``fx.adjust_``) and on an implicit-style rule (set in
     place). ``lrs`` lists ``(epoch, new_lr)`` of every reduction.
 
+    With a `fx.Scheduler`, the rate it reads is the scheduled one for the next step, and a
+    reduction scales the whole schedule by `factor` (the Scheduler's ``eta_scale``): the
+    schedule goes on, lower, as when PyTorch's ReduceLROnPlateau follows another scheduler.
+    `min_lr` bounds the rate at the reduction; the schedule may take it lower later.
+
     >>> import fluxrs as fx
     >>> model = fx.Dense(1, 1); opt = fx.setup(fx.Descent(0.1), model)
     >>> plateau = fx.callbacks.ReduceLROnPlateau(factor=0.5, patience=1)
@@ -216,11 +221,14 @@ class ReduceLROnPlateau(_Monitor):
 
 def get_lr(opt: Any) -> float | None:
     """The learning rate (``eta``) of an optimiser state from `fx.setup`, or of a rule (the
-    first rule of a chain that has one)."""
-    from fluxrs.optimise.rules import OptimiserChain, Rule
+    first rule of a chain that has one); for a `fx.Scheduler`, the rate the next update will
+    use (the schedule's value now, times its ``eta_scale``). None when no rule has one."""
+    from fluxrs.optimise.rules import OptimiserChain, Rule, Scheduler
 
     rules = [opt] if isinstance(opt, Rule) else [leaf.rule for leaf in _leaves(opt)]
     for r in rules:
+        if isinstance(r, Scheduler):
+            r = r.current()
         for sub in (r.rules if isinstance(r, OptimiserChain) else (r,)):
             if "eta" in sub.fields:
                 return float(sub.eta)
@@ -251,16 +259,43 @@ def _leaves(tree: Any) -> list[Any]:
 
 def set_lr(opt: Any, lr: float) -> None:
     """Set the learning rate: ``fx.adjust_(opt, lr)`` for a state from `fx.setup`; in place for
-    a rule (the implicit style keeps its state in the rule, so it cannot be replaced)."""
+    a rule (the implicit style keeps its state in the rule, so it cannot be replaced). A
+    `fx.Scheduler` keeps its schedule and scales it (its ``eta_scale``) so that the rate of
+    the next update is `lr`; later steps follow the schedule's shape from there."""
     from fluxrs.optimise import adjust_
-    from fluxrs.optimise.rules import OptimiserChain, Rule
+    from fluxrs.optimise.rules import OptimiserChain, Rule, Scheduler
 
     if isinstance(opt, Rule):
+        if isinstance(opt, Scheduler):
+            object.__setattr__(opt, "eta_scale", _rescaled(opt, lr).eta_scale)
+            return
         for sub in (opt.rules if isinstance(opt, OptimiserChain) else (opt,)):
             if "eta" in sub.fields:
                 object.__setattr__(sub, "eta", sub._check("eta", lr))
-    else:
+        return
+    leaves = _leaves(opt)
+    if not any(isinstance(leaf.rule, Scheduler) for leaf in leaves):
         adjust_(opt, lr)
+        return
+    new: dict[int, Any] = {}  # rules shared by several parameters stay shared
+    for leaf in leaves:
+        r = leaf.rule
+        if id(r) not in new:
+            new[id(r)] = _rescaled(r, lr) if isinstance(r, Scheduler) else \
+                r.adjust(eta=lr) if get_lr(r) is not None else r
+    for leaf in leaves:
+        leaf.rule = new[id(leaf.rule)]
+
+
+def _rescaled(sched: Any, lr: float) -> Any:
+    """`sched` (a Scheduler) with the eta_scale that makes its current rate `lr`."""
+    now = get_lr(sched)
+    if now is None:
+        return sched
+    if not now > 0:
+        raise ValueError(f"set_lr: {sched!r} schedules a learning rate of {now} at step {sched.t}, which no factor "
+                         "can scale to a new rate; schedule a rate > 0 (or adjust_ its schedule)")
+    return sched.adjust(eta_scale=sched.eta_scale * lr / now)
 
 
 class ModelCheckpoint(_Monitor):
@@ -268,7 +303,11 @@ class ModelCheckpoint(_Monitor):
     ``best`` when `monitor` improved. Files go to `dirpath`, named by `filename` (formatted
     with `kind`, `epoch` and `step`), written with ``fx.save`` (safetensors, atomically: a
     crash mid-save leaves the previous file whole). The epoch, step, kind and metric are saved
-    as metadata. After each save, every plugin's ``on_checkpoint`` hook is called.
+    as metadata, with this thread's random-generator state (``rng``, as
+    ``fx.random.get_state()`` at the epoch's end), so that
+    ``fx.epochs(n, start=fx.load_checkpoint(last_path, model, opt))`` continues the run
+    exactly: same shuffles, same Dropout masks. After each save, every plugin's
+    ``on_checkpoint`` hook is called.
 
     >>> import fluxrs as fx, tempfile, os
     >>> model = fx.Dense(2, 1); opt = fx.setup(fx.Adam(0.01), model)
@@ -320,6 +359,7 @@ class ModelCheckpoint(_Monitor):
                 self.best_path = self._write(run, "best", epoch, v, target)
 
     def _write(self, run, kind, epoch, metric, target) -> str:
+        from fluxrs import random
         from fluxrs.io import save
         from fluxrs.optimise.rules import Rule
 
@@ -329,7 +369,8 @@ class ModelCheckpoint(_Monitor):
         if not isinstance(target, (list, tuple, dict)) and run.model is None:
             target = list(target)  # Params
         save(path, target, opt, epoch=epoch, step=run.step, kind=kind,
-             metric=None if metric is None or not math.isfinite(metric) else metric, monitor=self.monitor)
+             metric=None if metric is None or not math.isfinite(metric) else metric, monitor=self.monitor,
+             rng=random.get_state())
         self.saved.append((kind, path, epoch))
         run.call("on_checkpoint", path=path, kind=kind, epoch=epoch, step=run.step, metric=metric)
         return path

@@ -823,12 +823,12 @@ def root_only(callbacks: Any) -> list:
     return [c for c in cbs if not _root_only(c)]
 
 
-def epochs(n: int, callbacks: Any = None) -> Iterator[int]:
-    """``fx.epochs(n, callbacks)`` with `root_only` applied to `callbacks`: the epoch loop of a
-    distributed run (its "Epoch k" log lines show on rank 0 only, as all of fluxrs's INFO
-    logging after `init`)."""
+def epochs(n: int, callbacks: Any = None, *, start: int = 0) -> Iterator[int]:
+    """``fx.epochs(n, callbacks, start=start)`` with `root_only` applied to `callbacks`: the
+    epoch loop of a distributed run (its "Epoch k" log lines show on rank 0 only, as all of
+    fluxrs's INFO logging after `init`)."""
     from fluxrs.train import epochs as plain_epochs
-    return plain_epochs(n, root_only(callbacks) if callbacks is not None else None)
+    return plain_epochs(n, root_only(callbacks) if callbacks is not None else None, start=start)
 
 
 def train_(loss: Callable, *args: Any, progress: Any = False, callbacks: Any = None, reducer: Callable | None = None,

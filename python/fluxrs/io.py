@@ -1,4 +1,4 @@
-"""Model state and checkpoints: `state`, `loadmodel_`, `save`, `load`.
+"""Model state and checkpoints: `state`, `loadmodel_`, `save`, `load`, `load_checkpoint`.
 
 `state(model)` is every tensor of a model (trainable parameters and non-trainable state
 such as BatchNorm's running statistics) as numpy arrays, in a nested dict that mirrors the
@@ -43,7 +43,8 @@ from fluxrs import _core
 from fluxrs._core import Tensor
 from fluxrs.functor import _ATOMS, Struct, children
 
-__all__ = ["state", "loadmodel_", "save", "load", "Checkpoint", "CheckpointError", "FORMAT_VERSION"]
+__all__ = ["state", "loadmodel_", "load_checkpoint", "save", "load", "Checkpoint", "CheckpointError",
+           "FORMAT_VERSION"]
 
 FORMAT = "fluxrs"
 FORMAT_VERSION = 1
@@ -251,7 +252,7 @@ def _rule_desc(rule: Any) -> dict:
 def _restore_rule(rule: Any, desc: dict, where: str) -> Any:
     """`rule` with the saved hyperparameters (adjust_ may have changed them), after checking
     that it is the same kind of rule."""
-    from fluxrs.optimise.rules import OptimiserChain
+    from fluxrs.optimise.rules import _REQUIRED, OptimiserChain
     if type(rule).__name__ != desc.get("type"):
         raise CheckpointError(f"loadmodel_: the checkpoint's optimiser at {where!r} is {desc.get('type')}, the "
                               f"opt_state given uses {rule!r}; set it up with the same rule")
@@ -268,6 +269,11 @@ def _restore_rule(rule: Any, desc: dict, where: str) -> Any:
         return out
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in desc.get("fields", {}).items()}
     current = {k: getattr(rule, k) for k in getattr(rule, "fields", ())}
+    # a hyperparameter added to the rule since the file was written (Scheduler's eta_scale)
+    # takes its default, which is how that file's rule behaved
+    defaults = dict(zip(type(rule).fields, type(rule).defaults))
+    saved.update({k: defaults[k] for k in set(current) - set(saved)
+                  if defaults.get(k, _REQUIRED) is not _REQUIRED})
     if set(saved) != set(current):
         raise CheckpointError(f"loadmodel_: the checkpoint's {desc.get('type')} at {where!r} has hyperparameters "
                               f"{sorted(saved)}, the opt_state's has {sorted(current)}")
@@ -486,9 +492,9 @@ def save(path: str | os.PathLike, model: Any, opt_state: Any = None, **meta: Any
     """Save `model` (all its tensors), the optimiser state `opt_state` (from `fx.setup`) if
     given, and `meta` (JSON-serialisable values) to a safetensors file at `path`, atomically.
 
-    Exact resumption: ``fx.save(path, model, opt, step=step, rng=fx.random.get_state())``,
-    then ``ck = fx.load(path)``, ``fx.loadmodel_(model, ck, opt_state=opt)``,
-    ``fx.random.set_state(ck.meta["rng"])``.
+    Exact resumption: ``fx.save(path, model, opt, epoch=epoch, rng=fx.random.get_state())``
+    (what `fx.callbacks.ModelCheckpoint` writes), then
+    ``epoch = fx.load_checkpoint(path, model, opt)``.
     """
     from safetensors.numpy import save as st_save
 
@@ -627,17 +633,10 @@ def load(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(path, tensors, metadata)
 
 
-def loadmodel_(model: Any, src: Any, *, opt_state: Any = None, strict: bool = True) -> Any:
-    """Write the tensors of `src` into `model` in place (``Flux.loadmodel!(model, src)``).
-
-    `src` is a state (from `state`: nested dicts and lists of arrays, or a flat dict with
-    dotted names), a `Checkpoint`, or the path of a checkpoint file. Every tensor of the
-    model must have an entry of the same shape (values are converted to the model's dtype)
-    and, with `strict`, the state no others; otherwise `CheckpointError` names the key and
-    the shapes, and nothing is changed. With a checkpoint, `opt_state` (from ``fx.setup``
-    for this model) is restored too: moments, step counts, frozen flags and
-    hyperparameters. Returns `model`.
-    """
+def _plan_load(model: Any, src: Any, opt_state: Any, strict: bool,
+               caller: str = "loadmodel_") -> tuple[Checkpoint | None, list, list]:
+    """Check `src` (and `opt_state`) against `model`: the checkpoint (None for a plain state),
+    the model writes and the optimiser-state actions. Nothing is changed here."""
     ckpt = None
     if isinstance(src, (str, os.PathLike)):
         ckpt = load(src)
@@ -645,7 +644,7 @@ def loadmodel_(model: Any, src: Any, *, opt_state: Any = None, strict: bool = Tr
         ckpt = src
     if ckpt is not None:
         flat = ckpt._model_flat
-        who = f"loadmodel_({ckpt.path!r})"
+        who = f"{caller}({ckpt.path!r})"
     else:
         if opt_state is not None:
             raise TypeError("loadmodel_: opt_state can be restored from a checkpoint (a path or fx.load's result), "
@@ -659,8 +658,111 @@ def loadmodel_(model: Any, src: Any, *, opt_state: Any = None, strict: bool = Tr
             raise CheckpointError(f"{who}: the checkpoint holds no optimiser state (save it with "
                                   "fx.save(path, model, opt_state))")
         actions = _plan_opt_load(opt_state, ckpt._opt_manifest, ckpt._tensors)
-    # everything checked: now write
+    return ckpt, writes, actions
+
+
+def _commit(writes: list, actions: list) -> None:
     _apply_writes(writes)
     for act in actions:
         act()
+
+
+def _warn_opt_left(ckpt: Checkpoint, who: str) -> None:
+    """A checkpoint's optimiser state that the caller did not ask for: say so (as Python does
+    by default, once per calling line), since resuming without it restarts the moments."""
+    import warnings
+    warnings.warn(f"{who}: {ckpt.path} holds optimiser state, which was not restored (no opt_state given). To "
+                  f"resume training, pass it: fx.load_checkpoint(path, model, opt_state) or "
+                  f"fx.loadmodel_(model, path, opt_state=opt_state) with opt_state from fx.setup; to load only the "
+                  f"weights, pass fx.load(path).model", UserWarning, stacklevel=3)
+
+
+def loadmodel_(model: Any, src: Any, *, opt_state: Any = None, strict: bool = True) -> Any:
+    """Write the tensors of `src` into `model` in place (``Flux.loadmodel!(model, src)``).
+
+    `src` is a state (from `state`: nested dicts and lists of arrays, or a flat dict with
+    dotted names), a `Checkpoint`, or the path of a checkpoint file. Every tensor of the
+    model must have an entry of the same shape (values are converted to the model's dtype)
+    and, with `strict`, the state no others; otherwise `CheckpointError` names the key and
+    the shapes, and nothing is changed. With a checkpoint, `opt_state` (from ``fx.setup``
+    for this model) is restored too: moments, step counts, frozen flags and
+    hyperparameters. Returns `model`.
+
+    A checkpoint that holds optimiser state loaded without `opt_state` loads the weights and
+    warns (a UserWarning, once per calling line) that the optimiser state was left out: pass
+    ``opt_state=`` to resume training, or the model part alone (``fx.load(path).model``) to
+    say that the weights are all you want. The RNG state is not touched: for an exact resume
+    use `load_checkpoint`.
+    """
+    ckpt, writes, actions = _plan_load(model, src, opt_state, strict)
+    if ckpt is not None and opt_state is None and ckpt._opt_manifest is not None:
+        _warn_opt_left(ckpt, "loadmodel_")
+    _commit(writes, actions)
     return model
+
+
+def load_checkpoint(path: str | os.PathLike | Checkpoint, model: Any, opt_state: Any = None, *,
+                    strict: bool = True) -> int:
+    """Resume training from a checkpoint in one call: restore `model`'s tensors, the
+    optimiser state `opt_state` (from ``fx.setup`` for this model; it must be in the file),
+    and this thread's random generator (`fx.random`), then return the epoch to continue
+    from: the epoch the checkpoint was saved after (``fx.callbacks.ModelCheckpoint``
+    records it; 0 when the file has none). Hand it to ``fx.epochs(n, start=...)``.
+
+    `path` is a file or `fx.load`'s result. Everything is checked before anything changes,
+    so an error (`CheckpointError`) leaves model, optimiser and generator as they were. A
+    file without RNG state (a plain ``fx.save`` without ``rng=``) loads with a warning that
+    the random stream (shuffling, Dropout) is not restored, so the run will not continue
+    exactly as it would have; layers or loaders given their own generator (``rng=``) are
+    not saved either.
+
+    Build the model, optimiser state and data loader first (they may draw random numbers),
+    then call it, as in PyTorch's ``model.load_state_dict(...); opt.load_state_dict(...)``
+    or Keras' ``initial_epoch``:
+
+    >>> import fluxrs as fx, tempfile
+    >>> def fresh():
+    ...     m = fx.Chain(fx.Dense(2, 8, fx.relu), fx.Dropout(0.5), fx.Dense(8, 1))
+    ...     return m, fx.setup(fx.Adam(0.01), m)
+    >>> data = [(fx.ones((4, 2)), fx.zeros((4, 1)))]
+    >>> loss = lambda m, x, y: fx.mse(m(x), y)
+    >>> fx.seed_(0); model, opt = fresh()
+    >>> ckpt = fx.callbacks.ModelCheckpoint(tempfile.mkdtemp())
+    >>> for epoch in fx.epochs(2, callbacks=[ckpt]):      # stopped after epoch 2 of 4
+    ...     fx.train_(loss, model, data, opt)
+    >>> model, opt = fresh()                               # later, in a new process
+    >>> start = fx.load_checkpoint(ckpt.last_path, model, opt)
+    >>> start
+    2
+    >>> for epoch in fx.epochs(4, start=start, callbacks=[ckpt]):
+    ...     fx.train_(loss, model, data, opt)
+    >>> epoch, fx.load(ckpt.last_path).meta["epoch"]
+    (4, 4)
+    """
+    import warnings
+
+    from fluxrs import random
+
+    ckpt = path if isinstance(path, Checkpoint) else load(path)
+    _, writes, actions = _plan_load(model, ckpt, opt_state, strict, "load_checkpoint")
+    rng = ckpt.meta.get("rng")
+    if rng is not None:
+        try:
+            random.check_state(rng)
+        except ValueError as e:
+            raise CheckpointError(f"load_checkpoint({ckpt.path!r}): its RNG state cannot be restored: {e}") from None
+    epoch = ckpt.meta.get("epoch")
+    epoch = 0 if epoch is None else epoch
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"load_checkpoint({ckpt.path!r}): its epoch {epoch!r} is not a whole number >= 0")
+    if opt_state is None and ckpt._opt_manifest is not None:
+        _warn_opt_left(ckpt, "load_checkpoint")
+    if rng is None:
+        warnings.warn(f"load_checkpoint: {ckpt.path} holds no RNG state, so the random stream (shuffling, Dropout) "
+                      "is not restored and training will not continue exactly as it would have; save with "
+                      "fx.callbacks.ModelCheckpoint, or fx.save(..., rng=fx.random.get_state())", UserWarning,
+                      stacklevel=2)
+    _commit(writes, actions)
+    if rng is not None:
+        random.set_state(rng)
+    return epoch

@@ -11,6 +11,7 @@ True
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +32,23 @@ def seed_(seed: int) -> None:
 
 
 def get_state() -> dict:
-    """The generator's state, for exact resumption."""
+    """This thread's generator's state (a JSON-serialisable dict), for exact resumption:
+    `fx.save` takes it as ``rng=``, and `fx.callbacks.ModelCheckpoint` saves it."""
     return default_rng().bit_generator.state
 
 
+def check_state(state: Any) -> None:
+    """Raise ValueError unless `state` is one `set_state` can restore (tried on a scratch
+    generator, so nothing changes here)."""
+    try:
+        np.random.default_rng().bit_generator.state = state
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"not a random-generator state from fx.random.get_state() "
+                         f"({type(e).__name__}: {e})") from None
+
+
 def set_state(state: dict) -> None:
+    """Put this thread's generator back in `state` (from `get_state`). The generator object
+    stays the same, so references to it see the restored stream."""
+    check_state(state)
     default_rng().bit_generator.state = state

@@ -28,6 +28,7 @@ import contextlib
 import inspect
 import logging
 import math
+import numbers
 import threading
 import time
 from contextvars import ContextVar
@@ -705,10 +706,15 @@ class throttle:
                 self._timer = None
 
 
-def epochs(n: int, callbacks: Any = None) -> Iterator[int]:
+def epochs(n: int, callbacks: Any = None, *, start: int = 0) -> Iterator[int]:
     """``for epoch in fx.epochs(n)``: yields 1..n, logging "Epoch 1", "Epoch 2", ... at INFO
     on the "fluxrs" logger, as Flux's `@epochs` did (show them with
     ``logging.basicConfig(level=logging.INFO)``).
+
+    `start` is the number of epochs already done (Keras' ``initial_epoch``): the loop yields
+    start+1..n, so a resumed run counts on from where it stopped and its hooks and
+    checkpoints see the true epoch; `n` stays the last epoch, not the number left.
+    ``fx.epochs(n, start=fx.load_checkpoint(path, model, opt))`` resumes a run.
 
     The loop is one training run for plugins (`fx.plugins`): ``on_train_begin`` before the
     first epoch, ``on_epoch_begin``/``on_epoch_end`` around each, ``on_train_end`` after the
@@ -718,9 +724,18 @@ def epochs(n: int, callbacks: Any = None) -> Iterator[int]:
     >>> import fluxrs as fx
     >>> list(fx.epochs(2))
     [1, 2]
+    >>> list(fx.epochs(5, start=3))
+    [4, 5]
     """
     from fluxrs.plugins._run import epochs as run_epochs
-    return run_epochs(int(n), callbacks, log)
+    n = int(n)
+    if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
+        raise ValueError(f"epochs: start (the epochs already done) must be a whole number >= 0, got {start!r}")
+    if start > n:
+        raise ValueError(f"epochs(n={n}, start={start}): start is past n; n is the last epoch, not the number of "
+                         f"epochs left (as Keras' epochs and initial_epoch), so resuming after epoch {start} to train "
+                         f"k more is epochs({start} + k, start={start})")
+    return run_epochs(n, callbacks, log, int(start))
 
 
 def ncycle(data: Iterable, n: int) -> Iterator[Any]:

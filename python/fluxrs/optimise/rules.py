@@ -890,6 +890,12 @@ class Scheduler(Rule):
     kernel. Its state is the scheduled rule's, so the rule must keep the same kind at every t.
     ``adjust_(state, t=...)`` moves the schedule; a saved checkpoint keeps `t`.
 
+    `eta_scale` multiplies the learning rate of the scheduled rule (of each rule of a chain
+    that has one) at every step: the schedule keeps its shape, scaled. It is how
+    ``fx.callbacks.set_lr`` and ``ReduceLROnPlateau`` lower the rate of a scheduled
+    optimiser (as PyTorch's plateau reduction multiplies a scheduled rate);
+    ``adjust_(state, eta_scale=...)`` sets it, and a checkpoint keeps it.
+
     >>> import fluxrs as fx
     >>> x = fx.tensor([0.0, 0.0], dtype="float64")
     >>> opt = fx.Scheduler(fx.Descent, fx.Step(1.0, 0.5, 2))
@@ -900,11 +906,13 @@ class Scheduler(Rule):
     [-3.0, -3.0]
     >>> st.rule.t, st.rule.current()
     (5, Descent(0.25))
+    >>> fx.adjust_(st, eta_scale=0.1); st.rule.current()
+    Descent(0.025)
     """
 
-    fields, defaults = ("t",), (1,)
+    fields, defaults = ("t", "eta_scale"), (1, 1.0)
 
-    def __init__(self, constructor: Any, *schedules: Any, t: int = 1, **kw_schedules: Any):
+    def __init__(self, constructor: Any, *schedules: Any, t: int = 1, eta_scale: float = 1.0, **kw_schedules: Any):
         if isinstance(constructor, Scheduler):
             raise TypeError("Scheduler: cannot schedule a Scheduler")
         if isinstance(constructor, Rule):
@@ -929,6 +937,7 @@ class Scheduler(Rule):
         self.schedules = tuple(schedules)
         self.kw_schedules = dict(kw_schedules)
         self.t = self._check("t", t)
+        self.eta_scale = self._check("eta_scale", eta_scale)
         self.params = None
         self._implicit = {}
         first = self.rule_at(1)
@@ -938,6 +947,12 @@ class Scheduler(Rule):
             raise TypeError("Scheduler: cannot schedule a Scheduler")
 
     def _check(self, key, value):
+        if key == "eta_scale":
+            value = _real("Scheduler", key, value)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"Scheduler: eta_scale (the factor on the scheduled learning rate) must be > 0, "
+                                 f"got {value!r}")
+            return value
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"Scheduler: the step t must be a whole number >= 1, got {value!r}")
         return int(value)
@@ -947,12 +962,14 @@ class Scheduler(Rule):
         return s if isinstance(s, numbers.Real) else s(t)
 
     def rule_at(self, t: int) -> Rule:
-        """The rule used at step `t`."""
+        """The rule used at step `t` (its learning rate times `eta_scale`)."""
         pos = [self._value(s, t) for s in self.schedules]
         kws = {k: self._value(s, t) for k, s in self.kw_schedules.items()}
         if isinstance(self.constructor, Rule):
-            return self.constructor.adjust(**kws)
-        return self.constructor(*pos, **kws)
+            rule = self.constructor.adjust(**kws)
+        else:
+            rule = self.constructor(*pos, **kws)
+        return rule if self.eta_scale == 1.0 else _scale_eta(rule, self.eta_scale)
 
     def current(self) -> Rule:
         """The rule the next update will use."""
@@ -979,7 +996,19 @@ class Scheduler(Rule):
         c = self.constructor
         name = repr(c) if isinstance(c, Rule) else getattr(c, "__name__", repr(c))
         parts = [name] + [repr(s) for s in self.schedules] + [f"{k}={s!r}" for k, s in self.kw_schedules.items()]
+        if self.eta_scale != 1.0:
+            parts.append(f"eta_scale={self.eta_scale:g}")
         return "Scheduler(" + ", ".join(parts) + ")"
+
+
+def _scale_eta(rule: Rule, scale: float) -> Rule:
+    """`rule` with its learning rate (each rule's of a chain) multiplied by `scale`."""
+    if isinstance(rule, OptimiserChain):
+        new = copy.copy(rule)
+        new._implicit = {}
+        new.rules = tuple(_scale_eta(r, scale) for r in rule.rules)
+        return new
+    return rule.adjust(eta=rule.eta * scale) if "eta" in rule.fields else rule
 
     def __eq__(self, other):
         return self is other

@@ -434,12 +434,13 @@ def session(callbacks: Any, epoch: int | None, model: Any, params: Any, opt: Any
     return s
 
 
-def epochs(n: int, callbacks: Any, log_epoch: logging.Logger) -> Iterator[int]:
-    """The body of ``fx.epochs(n)``: one run spanning the epochs, with epoch hooks."""
+def epochs(n: int, callbacks: Any, log_epoch: logging.Logger, start: int = 0) -> Iterator[int]:
+    """The body of ``fx.epochs(n, start=start)``: one run spanning epochs start+1..n, with
+    epoch hooks."""
     from fluxrs.plugins import manager
     run = Run(manager(), epochs=n)
     _stack.runs.append(run)
-    i = 0
+    i = start
     try:
         if callbacks is not None:
             run.attach(_as_list(callbacks))
