@@ -906,7 +906,7 @@ class Scheduler(Rule):
     [-3.0, -3.0]
     >>> st.rule.t, st.rule.current()
     (5, Descent(0.25))
-    >>> fx.adjust_(st, eta_scale=0.1); st.rule.current()
+    >>> _ = fx.adjust_(st, eta_scale=0.1); st.rule.current()
     Descent(0.025)
     """
 
