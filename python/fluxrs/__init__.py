@@ -19,9 +19,9 @@ from fluxrs.activations import (celu, elu, gelu, hardshrink, hardsigmoid, hardsw
 from fluxrs.layers import (Chain, Dense, f32, f64, glorot_normal, glorot_uniform, identity_init, kaiming_normal,
                            kaiming_uniform, lecun_normal, ones32, orthogonal, sparse_init, truncated_normal, zeros32)
 from fluxrs.layers import (GRU, LSTM, RNN, AlphaDropout, BatchNorm, Bidirectional, Bilinear, Dropout, Embedding,
-                           GroupNorm, GRUCell, InstanceNorm, LayerNorm, LSTMCell, Maxout, MultiHeadAttention,
-                           PairwiseFusion, Parallel, Recurrence, RNNCell, Scale, SkipConnection, make_causal_mask,
-                           testmode_, trainmode_)
+                           EmbeddingBag, GroupNorm, GRUCell, InstanceNorm, LayerNorm, LSTMCell, Maxout,
+                           MultiHeadAttention, PairwiseFusion, Parallel, Recurrence, RNNCell, Scale, SkipConnection,
+                           make_causal_mask, testmode_, trainmode_)
 from fluxrs.layers import (AdaptiveMaxPool, AdaptiveMeanPool, Conv, ConvTranspose, CrossCor, DepthwiseConv, Flatten,
                            GlobalMaxPool, GlobalMeanPool, MaxPool, MeanPool, PixelShuffle, SamePad, Upsample, flatten,
                            lpnormpool, pixel_shuffle)
