@@ -17,7 +17,7 @@ __all__ = ["Dense", "Chain", "init", "glorot_uniform", "glorot_normal", "kaiming
            "f32", "f64", "param_count", "show"]
 
 from fluxrs.layers.mode import ModalLayer, is_active, testmode_, trainmode_  # noqa: E402
-from fluxrs.layers.normalise import BatchNorm, GroupNorm, InstanceNorm, LayerNorm  # noqa: E402
+from fluxrs.layers.normalise import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, normalise  # noqa: E402
 from fluxrs.layers.dropout import AlphaDropout, Dropout  # noqa: E402
 from fluxrs.layers.affine import Bilinear, Embedding, EmbeddingBag, Scale  # noqa: E402
 from fluxrs.layers.structure import Maxout, PairwiseFusion, Parallel, SkipConnection  # noqa: E402
@@ -26,7 +26,7 @@ from fluxrs.layers.recurrent import (GRU, LSTM, RNN, Bidirectional, GRUCell, LST
 from fluxrs.layers.attention import MultiHeadAttention, dot_product_attention, make_causal_mask  # noqa: E402
 
 __all__ += ["ModalLayer", "is_active", "trainmode_", "testmode_", "BatchNorm", "LayerNorm", "GroupNorm",
-            "InstanceNorm", "Dropout", "AlphaDropout", "Scale", "Bilinear", "Embedding", "EmbeddingBag",
+            "InstanceNorm", "normalise", "Dropout", "AlphaDropout", "Scale", "Bilinear", "Embedding", "EmbeddingBag",
             "Parallel", "SkipConnection", "PairwiseFusion", "Maxout", "RNNCell", "LSTMCell", "GRUCell", "Recurrence", "RNN",
             "LSTM", "GRU", "Bidirectional", "MultiHeadAttention", "dot_product_attention", "make_causal_mask"]
 from fluxrs.layers.conv import (AdaptiveMaxPool, AdaptiveMeanPool, Conv, ConvTranspose, CrossCor,  # noqa: E402
