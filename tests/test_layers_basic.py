@@ -29,6 +29,11 @@ ACTS = {
     "logsigmoid": lambda z: -np.log1p(np.exp(-z)),
     "lisht": lambda z: z * np.tanh(z),
     "hardswish": lambda z: z * np.clip((z + 3) / 6, 0, 1),
+    # NNlib's definitions (src/activations.jl); hardshrink is PyTorch's
+    "trelu": lambda z: np.where(z <= 1, 0.0, z),
+    "softshrink": lambda z: np.where(z + 0.5 > 0, np.where(z - 0.5 < 0, 0.0, z - 0.5), z + 0.5),
+    "hardshrink": lambda z: np.where(np.abs(z) > 0.5, z, 0.0),
+    "logcosh": lambda z: np.log(np.cosh(z)),
 }
 
 
@@ -65,6 +70,51 @@ def test_activations_accept_arraylikes_and_numbers():
     a = np.random.default_rng(0).normal(size=(3, 4))
     np.testing.assert_allclose(fx.softmax(fx.tensor(a), dims=0).numpy(), numpy_softmax(a, 0), rtol=1e-5)
     np.testing.assert_allclose(fx.logsoftmax(fx.tensor(a), axis=0).numpy(), np.log(numpy_softmax(a, 0)), rtol=1e-5)
+
+
+def test_shrink_and_threshold_parameters():
+    z = np.linspace(-3, 3, 13)
+    np.testing.assert_allclose(fx.trelu(fx.tensor(z, dtype="float64"), 2.0).numpy(), np.where(z <= 2, 0, z))
+    np.testing.assert_allclose(fx.softshrink(fx.tensor(z, dtype="float64"), 1.5).numpy(),
+                               np.sign(z) * np.maximum(np.abs(z) - 1.5, 0))
+    np.testing.assert_allclose(fx.hardshrink(fx.tensor(z, dtype="float64"), 1.0).numpy(),
+                               np.where(np.abs(z) > 1, z, 0))
+    assert fx.softshrink(-10.0) == -9.5 and fx.softshrink(10.0) == 9.5  # NNlib's docstring
+    assert fx.logcosh(800.0) == pytest.approx(800 - math.log(2))  # stable where cosh overflows
+    with pytest.raises(ValueError, match="λ must be non-negative"):
+        fx.softshrink([1.0], -0.5)
+    with pytest.raises(TypeError, match="theta"):
+        fx.trelu([1.0], "1")
+
+
+# NNlib: test/activations.jl, "rrelu": slopes drawn from U(lo, hi)
+def test_rrelu_random_slopes_in_training_and_mean_slope_in_test():
+    x = fx.tensor(np.full(2000, -10.0), dtype="float64")
+    y = fx.rrelu(x).numpy()
+    np.testing.assert_allclose(y, -10 * (1 / 8 + 1 / 3) / 2)  # outside gradient: the mean slope
+    assert fx.rrelu([-4.0, 3.0], 0.25, 0.75).tolist() == [-2.0, 3.0]
+    fx.seed_(3)
+    ya = fx.rrelu(x, active=True).numpy()
+    assert -10 / 3 <= ya.min() and ya.max() <= -10 / 8 and ya.std() > 0.1
+    assert abs(ya.mean() - y[0]) < 0.05
+    fx.seed_(3)
+    np.testing.assert_array_equal(fx.rrelu(x, active=True).numpy(), ya)  # reproducible with fx.seed_
+    # inside gradient: random, and the gradient is each element's own slope (1 for x > 0)
+    z = fx.tensor(np.r_[np.linspace(-5, -0.5, 50), np.linspace(0.5, 5, 50)], dtype="float64")
+    seen = {}
+
+    def loss(z):
+        out = fx.rrelu(z, 0.1, 0.6)
+        seen["y"] = out.numpy().copy()
+        return out.sum()
+
+    g = fx.gradient(loss, z)[0].numpy()
+    slope = seen["y"] / z.numpy()
+    assert len(np.unique(slope[:50])) > 10 and np.all((0.1 <= slope[:50]) & (slope[:50] <= 0.6))
+    np.testing.assert_allclose(g, slope)
+    assert fx.gradient(lambda z: fx.rrelu(z, active=False).sum(), z)[0].numpy()[0] == pytest.approx(11 / 48)
+    with pytest.raises(ValueError, match="lo <= hi"):
+        fx.rrelu(x, 0.5, 0.1)
 
 
 def test_elu_like_gradients_stay_finite_for_large_inputs():
@@ -385,6 +435,107 @@ def test_initialisers():
     fx.seed_(5); b = fx.glorot_uniform(3, 3).tolist()
     assert a == b
     assert fx.ones32(2).tolist() == [1.0, 1.0] and fx.layers.init.zeros(2, 2).shape == (2, 2)
+
+
+# Flux: test/utils.jl, "orthogonal"
+def test_orthogonal():
+    fx.seed_(1)
+    for rows, cols in [(5, 3), (3, 5)]:
+        v = fx.orthogonal(rows, cols).numpy().astype(np.float64)
+        if rows < cols:
+            np.testing.assert_allclose(v @ v.T, np.eye(rows), atol=1e-5)
+        else:
+            np.testing.assert_allclose(v.T @ v, np.eye(cols), atol=1e-5)
+    # more dimensions: the matrix (dims[0], prod(dims[1:])), Flux's with the axes reversed
+    for dims in [(5, 4, 3), (5, 2, 2)]:
+        v = fx.orthogonal(*dims).numpy().astype(np.float64).reshape(dims[0], -1)
+        rows, cols = v.shape
+        if rows < cols:
+            np.testing.assert_allclose(v @ v.T, np.eye(rows), atol=1e-5)
+        else:
+            np.testing.assert_allclose(v.T @ v, np.eye(cols), atol=1e-5)
+    w = fx.orthogonal(3, 4, gain=1.5)
+    assert w.dtype == np.float32
+    np.testing.assert_allclose(w.numpy() @ w.numpy().T, 2.25 * np.eye(3), atol=1e-5)
+    # the sign fix makes the distribution uniform: no systematic sign on the diagonal
+    diag = np.array([np.diag(fx.orthogonal(4, 4).numpy()) for _ in range(200)])
+    assert abs((diag > 0).mean() - 0.5) < 0.1
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        fx.orthogonal(3)
+
+
+# Flux: test/utils.jl, "sparse_init"
+def test_sparse_init():
+    fx.seed_(2)
+    with pytest.raises(ValueError, match="only matrices"):
+        fx.sparse_init(100, 100, 100, sparsity=0.1)
+    v = fx.sparse_init(100, 100, sparsity=-0.1).numpy()
+    assert (v == 0).sum() == 0 and v.dtype == np.float32
+    v = fx.sparse_init(100, 100, sparsity=1.1).numpy()
+    assert (v == 0).sum() == v.size
+    for n_in, n_out, sparsity, std in [(100, 100, 0.25, 0.1), (100, 400, 0.75, 0.01)]:
+        expected_zeros = math.ceil(n_in * sparsity)
+        v = fx.sparse_init(n_in, n_out, sparsity=sparsity, std=std).numpy()
+        assert ((v == 0).sum(axis=0) == expected_zeros).all()
+        assert 0.9 * std < v[v != 0].std() < 1.1 * std
+    # the zeros are at random places, not the first rows
+    v = fx.sparse_init(50, 50, sparsity=0.5).numpy()
+    assert 0 < (v[:25] == 0).mean() < 1
+
+
+# Flux: test/utils.jl, "truncated_normal"
+def test_truncated_normal():
+    fx.seed_(3)
+    m = fx.truncated_normal(100, 100).numpy()
+    assert m.min() == pytest.approx(-2, abs=0.05) and m.max() == pytest.approx(2, abs=0.05)
+    assert m.mean() == pytest.approx(0, abs=0.1)
+    size = (100, 100, 100)
+    for mu, sigma, lo, hi in [(0.0, 1, -2, 3), (1, 2, -4.0, 5.0)]:
+        v = fx.truncated_normal(size, mean=mu, std=sigma, lo=lo, hi=hi).numpy()
+        assert v.mean() == pytest.approx(mu, abs=0.1)
+        assert v.min() == pytest.approx(lo, abs=1e-2) and v.max() == pytest.approx(hi, abs=1e-2)
+        assert lo <= v.min() and v.max() <= hi
+        assert v.dtype == np.float32
+    for mu, sigma, lo, hi in [(6, 2, -100.0, 100), (-7.0, 10, -100, 100)]:
+        v = fx.truncated_normal(*size, mean=mu, std=sigma, lo=lo, hi=hi).numpy()
+        assert v.mean() == pytest.approx(mu, abs=0.1) and v.std() == pytest.approx(sigma, abs=0.1)
+    # the standard normal truncated to [0, ∞): mean √(2/π)
+    v = fx.truncated_normal(10**6, lo=0.0, hi=50.0).numpy()
+    assert v.mean() == pytest.approx(math.sqrt(2 / math.pi), abs=5e-3)
+    with pytest.warns(UserWarning, match="more than 2 std outside"):
+        fx.truncated_normal(10, mean=5.0, lo=-1.0, hi=1.0)
+    with pytest.raises(ValueError, match="lo < hi"):
+        fx.truncated_normal(3, lo=1.0, hi=-1.0)
+
+
+def test_lecun_normal():
+    fx.seed_(4)
+    w = fx.lecun_normal(300, 500).numpy()
+    assert w.std() == pytest.approx(1 / math.sqrt(500), rel=0.03)
+    assert np.abs(w).max() <= 2 / math.sqrt(500) / 0.87962566103423978 + 1e-7  # truncated at 2σ
+    w = fx.lecun_normal(64, 8, 3, 3, gain=2.0).numpy()  # a conv weight: fan_in = 8·3·3
+    assert w.shape == (64, 8, 3, 3) and w.std() == pytest.approx(2 / math.sqrt(72), rel=0.05)
+
+
+# Flux: test/utils.jl, "identity_init"
+def test_identity_init():
+    assert fx.identity_init(3).tolist() == [0.0, 0.0, 0.0]
+    np.testing.assert_array_equal(fx.identity_init(3, 5).numpy(), np.eye(3, 5))
+    np.testing.assert_array_equal(fx.identity_init(5, 3, gain=2).numpy(), 2 * np.eye(5, 3))
+    m = fx.Dense(5, 3, fx.relu, init=fx.identity_init)
+    assert m(fx.tensor([1.0, -2.0, 3.0, -4.0, 5.0])).tolist() == [1.0, 0.0, 3.0]
+    w = fx.identity_init(2, 2, 3, gain=1.5).numpy()  # Flux's identity_init(3, 2, 2) reversed
+    want = np.zeros((2, 2, 3))
+    want[0, 0, 1] = want[1, 1, 1] = 1.5
+    np.testing.assert_array_equal(w, want)
+    # an identity convolution, with odd kernels and SamePad, in 1, 2 and 3 spatial dimensions
+    rng = np.random.default_rng(0)
+    for k in [(3,), (5, 3), (3, 3, 1)]:
+        c = fx.Conv(k, 4, 4, pad=fx.SamePad(), init=fx.identity_init)
+        x = rng.normal(size=(2, 4) + (6,) * len(k)).astype(np.float32)
+        np.testing.assert_allclose(c(x).numpy(), x, atol=1e-6)
+    assert fx.identity_init(3, 3, shift=1).tolist() == np.roll(np.eye(3), 1, axis=0).tolist()
+    assert fx.identity_init(3, 3, dtype="float64").dtype == np.float64
 
 
 def test_f32_f64_roundtrip():

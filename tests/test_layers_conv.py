@@ -369,6 +369,128 @@ def test_global_pools_and_flatten():
     assert fx.Chain(fx.GlobalMeanPool(), fx.Flatten())(fx.rand(4, 6, 3, 3)).shape == (4, 6)
 
 
+# ---------------------------------------------------------------- lpnormpool (NNlib: test/pooling.jl)
+
+def np_lpnormpool(x, p, k, stride=None, pad=0):
+    """(Σ x^p)^(1/p) over each window, written out with numpy's sliding windows; padding adds zeros."""
+    d = x.ndim - 2
+    stride = k if stride is None else _tup(stride, d)
+    xp = np.pad(x, [(0, 0), (0, 0)] + _pads(pad, d))
+    win = np.lib.stride_tricks.sliding_window_view(xp, k, axis=tuple(range(2, 2 + d)))
+    win = win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride)]
+    return (win ** p).sum(axis=tuple(range(-d, 0))) ** (1 / p)
+
+
+class LpPool(fx.Layer):
+    def __init__(self, p, k, **kw):
+        self._args = (p, k, kw)
+
+    def __call__(self, x):
+        p, k, kw = self._args
+        return fx.lpnormpool(x, p, k, **kw)
+
+
+LP_CASES = [((2, 3, 9), (3,), {}),
+            ((2, 2, 8, 7), (2, 3), dict(stride=1, pad=1)),
+            ((1, 2, 4, 5, 6), (2, 2, 3), dict(stride=(2, 1, 3), pad=(1, 0, 0, 1, 1, 1)))]
+
+
+@pytest.mark.parametrize("xs,k,kw", LP_CASES)
+@pytest.mark.parametrize("p", [1, 2, 3, 1.5])
+def test_lpnormpool_values_match_nnlibs_formula(p, xs, k, kw):
+    x = RNG.uniform(0.1, 2.0, size=xs)  # positive: defined for every p
+    got = fx.lpnormpool(f64(x), p, k, **kw).numpy()
+    np.testing.assert_allclose(got, np_lpnormpool(x, p, k, kw.get("stride"), kw.get("pad", 0)), rtol=1e-12)
+
+
+def test_lpnormpool_identities_from_nnlibs_docstring():
+    x = RNG.standard_normal((2, 3, 8, 8))
+    k = (2, 2)
+    # lpnormpool(x, 1, k) / prod(k) ≈ meanpool(x, k), negative entries included (integer p)
+    np.testing.assert_allclose(fx.lpnormpool(f64(x), 1, k).numpy() / 4, fx.MeanPool(k)(f64(x)).numpy(), rtol=1e-12)
+    # lpnormpool(x, 2, k)^2 / prod(k) ≈ meanpool(x^2, k)
+    np.testing.assert_allclose(fx.lpnormpool(f64(x), 2, k).numpy() ** 2 / 4, fx.MeanPool(k)(f64(x ** 2)).numpy(),
+                               rtol=1e-10)
+    # large p approaches the max of |x|
+    np.testing.assert_allclose(fx.lpnormpool(f64(np.abs(x)), 60, k).numpy(), fx.MaxPool(k)(f64(np.abs(x))).numpy(),
+                               rtol=0.03)
+
+
+@pytest.mark.parametrize("xs,k,kw", LP_CASES)
+@pytest.mark.parametrize("p", [2, 2.5])
+def test_lpnormpool_gradients_match_finite_differences(p, xs, k, kw):
+    fd_check(LpPool(p, k, **kw), RNG.uniform(0.2, 2.0, size=xs))
+
+
+def test_lpnormpool_errors():
+    x = fx.rand(1, 2, 4, 4)
+    for p in (0, -1, math.inf, True, "2"):
+        with pytest.raises(ValueError, match="0 < p < Inf"):
+            fx.lpnormpool(x, p, (2, 2))
+    with pytest.raises(ValueError, match=r"expects x of shape \(N, C, L\), got \(1, 2, 4, 4\)"):
+        fx.lpnormpool(x, 2, (2,))
+    with pytest.raises(TypeError, match="tuple"):
+        fx.lpnormpool(x, 2, 2)
+
+
+# ---------------------------------------------------------------- PixelShuffle (NNlib: test/upsample.jl)
+
+def np_pixel_shuffle(x, r):
+    """y[n, c, s₁r + i₁, ...] = x[n, c r^d + (i₁ r^(d-1) + ... + i_d), s₁, ...], element by element."""
+    n, cin, *sizes = x.shape
+    d = len(sizes)
+    y = np.zeros((n, cin // r ** d) + tuple(s * r for s in sizes))
+    for idx in np.ndindex(y.shape):
+        b, c, *pos = idx
+        offs = [q % r for q in pos]
+        ch = c * r ** d + sum(o * r ** (d - 1 - j) for j, o in enumerate(offs))
+        y[idx] = x[(b, ch) + tuple(q // r for q in pos)]
+    return y
+
+
+def test_pixel_shuffle_matches_nnlibs_docstring():
+    # NNlib: x = [10i + j + channel/10 for i in 1:2, j in 1:3, channel in 1:4, batch in 1:1], axes reversed
+    x = np.zeros((1, 4, 3, 2))
+    for i, j, c in itertools.product(range(2), range(3), range(4)):
+        x[0, c, j, i] = 10 * (i + 1) + (j + 1) + (c + 1) / 10
+    want = np.array([[11.1, 11.3, 12.1, 12.3, 13.1, 13.3],  # NNlib's 4×6 answer, rows along its axis 1
+                     [11.2, 11.4, 12.2, 12.4, 13.2, 13.4],
+                     [21.1, 21.3, 22.1, 22.3, 23.1, 23.3],
+                     [21.2, 21.4, 22.2, 22.4, 23.2, 23.4]])
+    y = fx.pixel_shuffle(f64(x), 2).numpy()
+    assert y.shape == (1, 1, 6, 4)
+    np.testing.assert_allclose(y[0, 0], want.T)
+    # NNlib: y = [i + channel/10 for i in 1:3, channel in 1:6, batch in 1:1], a 1-d image
+    x1 = np.array([[[(i + 1) + (c + 1) / 10 for i in range(3)] for c in range(6)]])
+    want1 = np.array([[1.1, 1.3, 1.5], [1.2, 1.4, 1.6], [2.1, 2.3, 2.5],
+                      [2.2, 2.4, 2.6], [3.1, 3.3, 3.5], [3.2, 3.4, 3.6]])
+    y1 = fx.PixelShuffle(2)(f64(x1)).numpy()
+    assert y1.shape == (1, 3, 6)
+    np.testing.assert_allclose(y1[0], want1.T)
+
+
+@pytest.mark.parametrize("xs,r", [((2, 12, 3), 2), ((2, 18, 2, 3), 3), ((1, 16, 2, 1, 3), 2), ((2, 5, 3, 3), 1)])
+def test_pixel_shuffle_matches_the_index_formula(xs, r):
+    x = RNG.standard_normal(xs)
+    np.testing.assert_array_equal(fx.pixel_shuffle(f64(x), r).numpy(), np_pixel_shuffle(x, r))
+
+
+@pytest.mark.parametrize("xs,r", [((2, 8, 3), 2), ((1, 8, 2, 3), 2), ((1, 8, 2, 1, 2), 2)])
+def test_pixel_shuffle_gradients_match_finite_differences(xs, r):
+    fd_check(fx.PixelShuffle(r), RNG.standard_normal(xs))
+
+
+def test_pixel_shuffle_errors_and_repr():
+    assert repr(fx.PixelShuffle(3)) == "PixelShuffle(3)"
+    with pytest.raises(ValueError, match=r"channel axis \(6\) of x \(1, 6, 2, 2\) must be divisible by r\^d = 4"):
+        fx.PixelShuffle(2)(fx.rand(1, 6, 2, 2))
+    with pytest.raises(ValueError, match="at least one spatial axis"):
+        fx.pixel_shuffle(fx.rand(2, 4), 2)
+    for r in (0, 1.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            fx.PixelShuffle(r)
+
+
 # ---------------------------------------------------------------- Upsample
 
 def test_upsample_nearest():

@@ -179,6 +179,83 @@ def test_embedding_lookup_onehot_and_gradient():
         e(np.array([0.5, 1.0]))
 
 
+NP_REDUCE = {"mean": np.mean, "sum": np.sum, "maximum": np.max}
+
+
+# Flux: test/layers/basic.jl, "EmbeddingBag" (bags along the last axis here, Flux's first)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "maximum"])
+def test_embeddingbag_matches_reduced_embedding(reduction):
+    rng = np.random.default_rng(4)
+    eb = fx.f64(fx.EmbeddingBag((10, 4), reduction))
+    W = eb.weight.numpy()
+    assert W.shape == (4, 10)
+    red = NP_REDUCE[reduction]
+    # one bag; one bag per row; bags along the last axis of any array
+    bag = np.array([3, 3, 7, 1])
+    np.testing.assert_allclose(eb(bag).numpy(), red(W.T[bag], axis=0), rtol=1e-12)
+    bags = rng.integers(0, 10, size=(5, 6))
+    np.testing.assert_allclose(eb(bags).numpy(), red(W.T[bags], axis=1), rtol=1e-12)
+    many = rng.integers(0, 10, size=(2, 3, 6))
+    assert eb(many).shape == (2, 3, 4)
+    np.testing.assert_allclose(eb(many).numpy(), red(W.T[many], axis=2), rtol=1e-12)
+    # it is Embedding followed by the reduction over the bag axis
+    e = fx.Embedding(eb.weight)
+    np.testing.assert_allclose(eb(bags).numpy(), red(e(bags).numpy(), axis=-2), rtol=1e-12)
+    # ragged bags, a list of 1-D arrays, and the same bags given as (data, offsets)
+    ragged = [np.array([1, 2, 3]), np.array([9]), np.array([0, 0, 5, 6, 7])]
+    want = np.stack([red(W.T[b], axis=0) for b in ragged])
+    np.testing.assert_allclose(eb(ragged).numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(eb([list(b) for b in ragged]).numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(eb(np.concatenate(ragged), [0, 3, 4]).numpy(), want, rtol=1e-12)
+    # one-hot bags, (..., L, in)
+    oh = np.eye(10, dtype=bool)[bags]
+    np.testing.assert_allclose(eb(oh).numpy(), red(W.T[bags], axis=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "maximum"])
+def test_embeddingbag_gradients_match_finite_differences(reduction):
+    rng = np.random.default_rng(5)
+    eb = fx.f64(fx.EmbeddingBag(8, 3, reduction))
+    bags = rng.integers(0, 8, size=(4, 5))
+    check_gradients(lambda: eb(bags), eb)
+    ragged = [np.array([1, 2, 3]), np.array([7]), np.array([0, 4, 5, 6])]
+    check_gradients(lambda: eb(ragged), eb)
+    # the mean's closed form: each bag spreads its incoming gradient evenly over its items
+    if reduction == "mean":
+        R = rng.normal(size=(3, 3))
+        g = fx.gradient(lambda m: (m(ragged) * f64(R)).sum(), eb)[0].weight.numpy()
+        want = np.zeros((3, 8))
+        for b, r in zip(ragged, R):
+            for i in b:
+                want[:, i] += r / len(b)
+        np.testing.assert_allclose(g, want, rtol=1e-12)
+
+
+def test_embeddingbag_constructors_repr_and_errors():
+    assert repr(fx.EmbeddingBag(26, 3)) == "EmbeddingBag(26 => 3)  # 78 parameters"
+    assert repr(fx.EmbeddingBag((26, 3), "sum")) == 'EmbeddingBag(26 => 3, "sum")  # 78 parameters'
+    assert fx.EmbeddingBag(26, 3, np.max).reduction == "max"
+    W = np.arange(6, dtype=np.float32).reshape(2, 3)
+    eb = fx.EmbeddingBag(W, "sum")
+    assert eb.weight.shape == (2, 3) and eb([0, 2]).tolist() == [2.0, 8.0]
+    with pytest.raises(ValueError, match="reduction must be"):
+        fx.EmbeddingBag(3, 2, "median")
+    with pytest.raises(ValueError, match="not just one"):
+        eb(1)
+    with pytest.raises(IndexError, match="index 3 is out of range 0..2"):
+        eb([[0, 3]])
+    with pytest.raises(ValueError, match="bag 1 must be a non-empty 1-D integer array"):
+        eb([np.array([0, 1]), np.array([], dtype=int), np.array([2, 2, 2])])
+    with pytest.raises(ValueError, match="offsets must start at 0"):
+        eb(np.array([0, 1, 2]), [1, 2])
+    with pytest.raises(ValueError, match="offsets must start at 0"):
+        eb(np.array([0, 1, 2]), [0, 3])
+    with pytest.raises(ValueError, match="empty"):
+        eb(np.zeros((2, 0), dtype=int))
+    with pytest.raises(ValueError, match="needs a bag axis"):
+        eb(np.eye(3, dtype=bool)[0])
+
+
 # ---------------------------------------------------------------- containers
 
 def test_parallel_semantics():

@@ -6,24 +6,26 @@
 """
 
 from fluxrs._core import Tensor
-from fluxrs.autodiff import Grads, Params, ValGrad, gradient, in_gradient, no_grad, params, pullback, withgradient
-from fluxrs.functor import Layer, Struct, fmap, layer
+from fluxrs.autodiff import (Grads, Params, ValGrad, gradient, in_gradient, no_grad, params, pullback, trainables,
+                             withgradient)
+from fluxrs.functor import Layer, Struct, fmap, layer, modules
 from fluxrs.device import cpu, gpu, gpu_available, gpu_info, to_device
 from fluxrs.random import default_rng, seed_
 from fluxrs.tensor import (concat, float32, float64, full, ones, ones_like, rand, randn, stack, tensor, where,
                            zeros, zeros_like)
 from fluxrs import activations, layers, optimise
-from fluxrs.activations import (celu, elu, gelu, hardsigmoid, hardswish, hardtanh, identity, leakyrelu, lisht,
-                                logsigmoid, logsoftmax, mish, relu, relu6, selu, sigmoid, softmax, softplus, softsign,
-                                swish, tanh, tanhshrink, σ)
-from fluxrs.layers import (Chain, Dense, f32, f64, glorot_normal, glorot_uniform, kaiming_normal, kaiming_uniform,
-                           ones32, zeros32)
+from fluxrs.activations import (celu, elu, gelu, hardshrink, hardsigmoid, hardswish, hardtanh, identity, leakyrelu,
+                                lisht, logcosh, logsigmoid, logsoftmax, mish, relu, relu6, rrelu, selu, sigmoid,
+                                softmax, softplus, softshrink, softsign, swish, tanh, tanhshrink, trelu, σ)
+from fluxrs.layers import (Chain, Dense, f32, f64, glorot_normal, glorot_uniform, identity_init, kaiming_normal,
+                           kaiming_uniform, lecun_normal, ones32, orthogonal, sparse_init, truncated_normal, zeros32)
 from fluxrs.layers import (GRU, LSTM, RNN, AlphaDropout, BatchNorm, Bidirectional, Bilinear, Dropout, Embedding,
-                           GroupNorm, GRUCell, InstanceNorm, LayerNorm, LSTMCell, Maxout, MultiHeadAttention,
-                           PairwiseFusion, Parallel, Recurrence, RNNCell, Scale, SkipConnection, make_causal_mask,
-                           testmode_, trainmode_)
+                           EmbeddingBag, GroupNorm, GRUCell, InstanceNorm, LayerNorm, LSTMCell, Maxout,
+                           MultiHeadAttention, PairwiseFusion, Parallel, Recurrence, RNNCell, Scale, SkipConnection,
+                           make_causal_mask, normalise, testmode_, trainmode_)
 from fluxrs.layers import (AdaptiveMaxPool, AdaptiveMeanPool, Conv, ConvTranspose, CrossCor, DepthwiseConv, Flatten,
-                           GlobalMaxPool, GlobalMeanPool, MaxPool, MeanPool, SamePad, Upsample, flatten)
+                           GlobalMaxPool, GlobalMeanPool, MaxPool, MeanPool, PixelShuffle, SamePad, Upsample, flatten,
+                           lpnormpool, pixel_shuffle)
 from fluxrs.optimise import (ADAM, Adam, ClipGrad, Descent, Leaf, Momentum, Nesterov, Optimiser, OptimiserChain,
                              WeightDecay, adjust_, freeze_, setup, thaw_, update_)
 from fluxrs.optimise import (ADADelta, ADAGrad, ADAMW, AMSGrad, NADAM, OADAM, RADAM, AccumGrad, AdaBelief, AdaDelta,
@@ -32,7 +34,8 @@ from fluxrs.optimise import (ADADelta, ADAGrad, ADAMW, AMSGrad, NADAM, OADAM, RA
 from fluxrs.optimise import Constant, CosAnneal, Exp, Inv, Poly, Sequence, Stateful, Step, Triangle, Warmup
 from fluxrs.train import NonFiniteLossError, epochs, ncycle, skip, stop, throttle, train_
 from fluxrs.compile import jit
-from fluxrs.data import DataLoader, onecold, onehot, onehotbatch
+from fluxrs.data import DataLoader, batch, onecold, onehot, onehotbatch, unbatch
+from fluxrs.utils import Restructure, destructure, outputsize
 from fluxrs.io import Checkpoint, CheckpointError, load, load_checkpoint, loadmodel_, save, state
 
 from fluxrs import losses

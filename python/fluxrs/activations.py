@@ -14,6 +14,9 @@ are converted with `fx.tensor`; a plain Python number gives a plain float back.
 >>> fx.gradient(lambda x: fx.tanh(x), 0.0)
 (1.0,)
 
+This module is also callable: ``fx.activations(chain, x)`` is Flux's ``activations``, the
+output of every layer of a Chain (`fluxrs.utils.activations`), so both Flux names work.
+
 Batch-first convention: `softmax` and `logsoftmax` normalise over the last axis by default
 (the class axis of an `(N, C)` batch), where Flux's column-major `dims=1` would be.
 """
@@ -22,14 +25,19 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
+import types
 from typing import Any, Callable
 
 from fluxrs._core import Tensor
-from fluxrs.tensor import tensor, where
+from fluxrs.autodiff import in_gradient
+from fluxrs.random import default_rng
+from fluxrs.tensor import host_like, tensor, where
 
 __all__ = ["identity", "sigmoid", "σ", "relu", "tanh", "softmax", "logsoftmax", "leakyrelu", "elu", "gelu",
            "swish", "softplus", "celu", "selu", "hardsigmoid", "hardtanh", "relu6", "mish", "tanhshrink",
-           "softsign", "logsigmoid", "lisht", "hardswish", "ACTIVATIONS"]
+           "softsign", "logsigmoid", "lisht", "hardswish", "rrelu", "trelu", "softshrink", "hardshrink", "logcosh",
+           "ACTIVATIONS"]
 
 
 def _activation(name: str | None = None, fused: str | None = None):
@@ -256,9 +264,104 @@ def softsign(x: Tensor) -> Tensor:
     return x / (1.0 + x.abs())
 
 
+@_activation()
+def rrelu(x: Tensor, lo: float = 1 / 8, hi: float = 1 / 3, *, active: bool | None = None) -> Tensor:
+    """Randomised leaky ReLU: x for x > 0, else a * x with a slope `a` drawn from U(lo, hi) for
+    every element (Xu et al. 2015), from this thread's generator (`fx.seed_`).
+
+    NNlib draws the slopes on every call. Here, as for `Dropout`, the slopes are random only
+    while training: inside `fx.gradient` by default (`active=None`), always with `active=True`;
+    otherwise (`active=False`, or outside a gradient) every slope is the mean (lo + hi) / 2,
+    as the paper does at test time.
+
+    >>> import fluxrs as fx
+    >>> fx.rrelu(fx.tensor([-24.0, 3.0])).tolist()             # outside gradient: the mean slope
+    [-5.5, 3.0]
+    >>> fx.seed_(0); y = fx.rrelu(fx.full(1000, -10.0), active=True)
+    >>> bool(-10 / 3 <= y.min() and y.max() <= -10 / 8)
+    True
+    """
+    lo, hi = _param(lo, "lo", "rrelu"), _param(hi, "hi", "rrelu")
+    if not 0 <= lo <= hi:
+        raise ValueError(f"rrelu: need 0 <= lo <= hi, got lo={lo}, hi={hi}")
+    if active not in (None, True, False):
+        raise TypeError(f"rrelu: active must be None, True or False, got {active!r}")
+    if in_gradient() if active is None else active:
+        a = host_like(default_rng().uniform(lo, hi, size=tuple(x.shape)), x)
+        return where(x > 0, x, a * x)
+    return where(x > 0, x, x * ((lo + hi) / 2))
+
+
+@_activation()
+def trelu(x: Tensor, theta: float = 1.0) -> Tensor:
+    """Threshold ReLU: x for x > theta, else 0 (NNlib's default theta = 1).
+
+    >>> import fluxrs as fx
+    >>> fx.trelu(fx.tensor([0.5, 1.0, 2.0])).tolist()
+    [0.0, 0.0, 2.0]
+    """
+    theta = _param(theta, "theta", "trelu")
+    return where(x > theta, x, 0.0)
+
+
+@_activation()
+def softshrink(x: Tensor, λ: float = 0.5) -> Tensor:
+    """x - λ for x ≥ λ, x + λ for x ≤ -λ, else 0 (NNlib's default λ = 0.5).
+
+    >>> import fluxrs as fx
+    >>> fx.softshrink(fx.tensor([-10.0, 0.2, 10.0])).tolist()
+    [-9.5, 0.0, 9.5]
+    """
+    lam = _param(λ, "λ", "softshrink")
+    if lam < 0:
+        raise ValueError(f"softshrink: λ must be non-negative, got {lam}")
+    return x - x.clamp(-lam, lam)
+
+
+@_activation()
+def hardshrink(x: Tensor, λ: float = 0.5) -> Tensor:
+    """x for |x| > λ, else 0 (default λ = 0.5). NNlib has no `hardshrink`: this is PyTorch's
+    ``Hardshrink``, the hard counterpart of `softshrink`.
+
+    >>> import fluxrs as fx
+    >>> fx.hardshrink(fx.tensor([-1.0, 0.2, 0.5, 2.0])).tolist()
+    [-1.0, 0.0, 0.0, 2.0]
+    """
+    lam = _param(λ, "λ", "hardshrink")
+    if lam < 0:
+        raise ValueError(f"hardshrink: λ must be non-negative, got {lam}")
+    return where(x.abs() > lam, x, 0.0)
+
+
+_LOG2 = math.log(2.0)
+
+
+@_activation()
+def logcosh(x: Tensor) -> Tensor:
+    """log(cosh(x)), computed stably as NNlib does: x + softplus(-2x) - log(2).
+
+    >>> import fluxrs as fx
+    >>> round(fx.logcosh(1.0), 6), round(fx.logcosh(-100.0), 4)
+    (0.433781, 99.3069)
+    """
+    return x + (-2.0 * x).softplus() - _LOG2
+
+
 #: Every activation by name (σ included), for lookups from configuration and for plugins.
 ACTIVATIONS: dict[str, Callable] = {f.__name__: f for f in (
     identity, sigmoid, relu, tanh, softmax, logsoftmax, leakyrelu, elu, gelu, swish, hardswish, lisht, softplus,
-    logsigmoid, celu, selu, hardsigmoid, hardtanh, relu6, mish, tanhshrink, softsign)}
+    logsigmoid, celu, selu, hardsigmoid, hardtanh, relu6, mish, tanhshrink, softsign, rrelu, trelu, softshrink,
+    hardshrink, logcosh)}
 ACTIVATIONS["σ"] = sigmoid
 ACTIVATIONS["hardσ"] = hardsigmoid
+
+
+class _CallableModule(types.ModuleType):
+    # Flux has both the activation functions and `activations(chain, x)`; in Python one name
+    # cannot be a module and a function, unless the module is callable.
+    def __call__(self, chain: Any, x: Any) -> tuple:
+        from fluxrs.utils import activations  # utils imports the layers, which import this module
+        return activations(chain, x)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -149,6 +149,17 @@ def params(*xs: Any) -> Params:
     return ps
 
 
+def trainables(x: Any) -> list[Tensor]:
+    """The trainable tensors of a model, as a list: those `fx.params` gives, in the same order,
+    each once (Optimisers.jl's ``trainables``).
+
+    >>> import fluxrs as fx
+    >>> [tuple(p.shape) for p in fx.trainables(fx.Chain(fx.Dense(2, 3), fx.BatchNorm(3)))]
+    [(3, 2), (3,), (3,), (3,)]
+    """
+    return list(params(x))
+
+
 class no_grad:
     """Context manager (and decorator) that turns recording off on this thread.
 
@@ -430,5 +441,5 @@ def _seed(dy: Any, y: Tensor) -> Tensor:
     return _core.Tensor(np.array(a, order="C"), dtype=y.dtype.name)  # a copy, C-ordered, 0-d kept
 
 
-__all__ = ["Params", "Grads", "params", "gradient", "withgradient", "pullback", "no_grad", "in_gradient",
+__all__ = ["Params", "Grads", "params", "trainables", "gradient", "withgradient", "pullback", "no_grad", "in_gradient",
            "ValGrad", "children", "is_node"]

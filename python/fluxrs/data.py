@@ -27,8 +27,9 @@ import numpy as np
 from fluxrs._checks import torch_keywords
 from fluxrs._core import Tensor
 from fluxrs.random import default_rng
+from fluxrs.tensor import stack
 
-__all__ = ["DataLoader", "onehotbatch", "onehot", "onecold"]
+__all__ = ["DataLoader", "onehotbatch", "onehot", "onecold", "batch", "unbatch"]
 
 
 def _as_array(a: Any, name: str) -> np.ndarray | Tensor:
@@ -180,15 +181,71 @@ class DataLoader:
 
 def _stack_observations(items: list) -> Any:
     """Stack a list of observations into one batch per field (MLUtils' `batch`)."""
+    return batch(items) if items else items
+
+
+def batch(xs: Any) -> Any:
+    """Stack observations into one array with a new leading batch axis: MLUtils' (and Flux's)
+    ``batch``, batch-first, so ``n`` arrays of shape ``S`` give ``(n, *S)`` where Flux gives
+    ``(S..., n)``. Observations that are tuples or dicts are batched per field. Tensors are
+    stacked with `fx.stack` (differentiable, dtype kept); other float data becomes a float32
+    tensor, integer data stays a numpy array (labels, indices).
+
+    >>> import fluxrs as fx
+    >>> fx.batch([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]).tolist()
+    [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+    >>> x, y = fx.batch([(fx.ones(3), 1), (fx.zeros(3), 0)])
+    >>> x.shape, y.tolist()
+    ((2, 3), [1, 0])
+    """
+    if isinstance(xs, (Tensor, np.ndarray)):
+        return xs if isinstance(xs, Tensor) else _stack_leaves(list(xs))  # already one array: its rows
+    items = list(xs)
     if not items:
-        return items
+        raise ValueError("batch: xs is empty; there is nothing to stack")
     first = items[0]
-    if isinstance(first, tuple):
-        return tuple(_stack_observations([it[i] for it in items]) for i in range(len(first)))
-    if isinstance(first, dict):
-        return {k: _stack_observations([it[k] for it in items]) for k in first}
+    if isinstance(first, (tuple, dict)):
+        for i, it in enumerate(items):
+            if type(it) is not type(first) or len(it) != len(first):
+                raise ValueError(f"batch: item {i} is {_describe(it)}, item 0 is {_describe(first)}; "
+                                 "every observation needs the same fields")
+        if isinstance(first, dict):
+            return {k: batch([it[k] for it in items]) for k in first}
+        return tuple(batch([it[i] for it in items]) for i in range(len(first)))
+    return _stack_leaves(items)
+
+
+def _describe(v: Any) -> str:
+    return f"a {type(v).__name__} of {len(v)} fields" if isinstance(v, (tuple, dict)) else type(v).__name__
+
+
+def _stack_leaves(items: list) -> Any:
+    shapes = [tuple(np.shape(it)) for it in items]
+    for i, sh in enumerate(shapes):
+        if sh != shapes[0]:
+            raise ValueError(f"batch: item {i} has shape {sh}, item 0 has shape {shapes[0]}; "
+                             "observations must all have the same shape")
+    if any(isinstance(it, Tensor) for it in items):
+        return stack(items, 0)
     arr = np.stack([np.asarray(it) for it in items])
     return Tensor(arr.astype(np.float32)) if arr.dtype.kind == "f" else arr
+
+
+def unbatch(x: Any) -> list:
+    """Split along the leading (batch) axis: the inverse of `batch`, MLUtils' ``unbatch``
+    batch-first. A tensor gives tensors (differentiable slices), other arrays numpy arrays.
+
+    >>> import fluxrs as fx
+    >>> [t.tolist() for t in fx.unbatch(fx.tensor([[1.0, 2.0], [3.0, 4.0]]))]
+    [[1.0, 2.0], [3.0, 4.0]]
+    """
+    if not isinstance(x, Tensor):
+        x = np.asarray(x)
+    if x.ndim == 0:
+        raise ValueError("unbatch: x must have a leading batch axis, got a 0-d array")
+    if isinstance(x, Tensor):
+        return [x.select(0, i) for i in range(x.shape[0])]
+    return list(x)
 
 
 # ---------------------------------------------------------------- one-hot encoding

@@ -168,6 +168,46 @@ def leaves(x: Any, trainable_only: bool = True) -> list[Tensor]:
     return list(plan(x, trainable_only).leaves)
 
 
+def named_modules(x: Any, root: str = "model") -> list[tuple[str, Any]]:
+    """`modules` with the path of each node from `root`: ``model.layers[0]``, attributes after
+    a dot, container entries in brackets."""
+    out: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+
+    def walk(node, path):
+        if isinstance(node, (Tensor, np.ndarray) + _ATOMS) or id(node) in seen:
+            return
+        container = isinstance(node, (list, tuple, dict))
+        if not container and not is_node(node):
+            return
+        seen.add(id(node))
+        if not container:
+            out.append((path, node))
+        for k, v in children(node).items():
+            walk(v, f"{path}.{k}" if not container and isinstance(k, str) else f"{path}[{k!r}]")
+
+    walk(x, root)
+    return out
+
+
+def modules(x: Any) -> list[Any]:
+    """Every node of the model tree (layers and other objects with children), root first,
+    depth first, each once; containers (lists, tuples, dicts), tensors and functions are
+    walked through but not listed, as Flux's ``modules``. Useful to apply something to some
+    kinds of layer, e.g. a penalty on the weights of every `Dense`.
+
+    >>> import fluxrs as fx
+    >>> m1 = fx.Chain(fx.Dense(784, 64), fx.BatchNorm(64, fx.relu))
+    >>> m2 = fx.Chain(m1, fx.Dense(64, 10))
+    >>> [type(l).__name__ for l in fx.modules(m2)]
+    ['Chain', 'Chain', 'Dense', 'BatchNorm', 'Dense']
+    >>> fx.modules(m2)[1] is m1
+    True
+    >>> penalty = sum((l.weight ** 2).sum() for l in fx.modules(m2) if isinstance(l, fx.Dense))
+    """
+    return [n for _, n in named_modules(x)]
+
+
 class Struct(types.SimpleNamespace):
     """The gradient of an object node: one field per child, ``None`` where nothing is
     differentiable (Zygote's NamedTuple). Fields are read as attributes or by name."""

@@ -16,17 +16,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fluxrs._checks import size, sizes_given
+from fluxrs._checks import is_int, size, sizes_given
 from fluxrs._core import Tensor
 from fluxrs.activations import identity
 from fluxrs.functor import Layer
-from fluxrs.layers.basic import _as_param, as_input
+from fluxrs.layers.basic import _as_param, _who, as_input
 from fluxrs.layers.init import glorot_uniform, ones32
 from fluxrs.layers.show import short_repr
 from fluxrs.random import default_rng
-from fluxrs.tensor import host_like
+from fluxrs.tensor import host_like, stack
 
-__all__ = ["Scale", "Bilinear", "Embedding"]
+__all__ = ["Scale", "Bilinear", "Embedding", "EmbeddingBag"]
 
 
 def _randn32(*dims: int) -> Tensor:
@@ -42,6 +42,55 @@ def _bias(bias: Any, shape: tuple[int, ...], like: Tensor, who: str) -> Tensor |
     if tuple(b.shape) != shape:
         raise ValueError(f"{who}: bias must have shape {shape}, got {tuple(b.shape)}")
     return b
+
+
+def _table(in_: Any, out: Any, init: Callable, who: str) -> Tensor:
+    """The (out, in) weight of an Embedding-like layer from ``(in, out)``, ``in, out`` or a
+    weight matrix."""
+    if isinstance(in_, (tuple, list)) and sizes_given(in_) and out is None:
+        n_in = size(f"{who}((in, out))", "in", in_[0])
+        n_out = size(f"{who}((in, out))", "out", in_[1])
+    elif sizes_given(in_):
+        n_in = size(f"{who}(in, out)", "in", in_)
+        n_out = size(f"{who}(in, out)", "out", out)
+    else:
+        weight = _as_param(in_)
+        if weight.ndim != 2:
+            raise ValueError(f"{who}(W): the weight must be a matrix (out, in), got {tuple(weight.shape)}")
+        return weight
+    weight = init(n_out, n_in)
+    if not isinstance(weight, Tensor):
+        weight = Tensor(np.asarray(weight, dtype=np.float32))
+    if tuple(weight.shape) != (n_out, n_in):
+        raise ValueError(f"{who}({n_in} => {n_out}): init returned shape {tuple(weight.shape)}, "
+                         f"expected {(n_out, n_in)}")
+    return weight
+
+
+def _embed(weight: Tensor, x: Any, who: Any) -> Tensor:
+    """Embedding's lookup: integer indices of shape S give S + (out,); one-hot input (bool,
+    or float with `in` entries on the last axis) is multiplied by the weight."""
+    n_out, n_in = weight.shape
+    if isinstance(x, Tensor):
+        if x.ndim == 0 or x.shape[-1] != n_in:
+            raise TypeError(f"{_who(who)}: a float tensor is taken as one-hot input and needs {n_in} "
+                            f"entries on its last axis, got {tuple(x.shape)}; pass integer indices as a "
+                            "numpy integer array")
+        return as_input(x, weight, who) @ weight.T
+    a = np.asarray(x)
+    if a.dtype == bool:
+        if a.ndim == 0 or a.shape[-1] != n_in:
+            raise ValueError(f"{_who(who)}: one-hot input needs {n_in} entries on its last axis, got {a.shape}")
+        return host_like(a, weight) @ weight.T
+    if a.dtype.kind == "f" and a.ndim and a.shape[-1] == n_in:
+        return as_input(a, weight, who) @ weight.T
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{_who(who)} takes integer indices (or one-hot input), got {a.dtype} of shape {a.shape}")
+    if a.size and (a.min() < 0 or a.max() >= n_in):
+        bad = int(a.min()) if a.min() < 0 else int(a.max())
+        raise IndexError(f"{_who(who)}: index {bad} is out of range 0..{n_in - 1}")
+    cols = weight.index_select(1, a.reshape(-1).tolist())  # (out, K)
+    return cols.T.reshape(list(a.shape) + [n_out])
 
 
 class Scale(Layer):
@@ -184,52 +233,117 @@ class Embedding(Layer):
     """
 
     def __init__(self, in_: Any, out: Any = None, *, init: Callable = _randn32):
-        if isinstance(in_, (tuple, list)) and sizes_given(in_) and out is None:
-            n_in = size("Embedding((in, out))", "in", in_[0])
-            n_out = size("Embedding((in, out))", "out", in_[1])
-            weight = None
-        elif sizes_given(in_):
-            n_in = size("Embedding(in, out)", "in", in_)
-            n_out = size("Embedding(in, out)", "out", out)
-            weight = None
-        else:
-            weight = _as_param(in_)
-            if weight.ndim != 2:
-                raise ValueError(f"Embedding(W): the weight must be a matrix (out, in), got {tuple(weight.shape)}")
-        if weight is None:
-            weight = init(n_out, n_in)
-            if not isinstance(weight, Tensor):
-                weight = Tensor(np.asarray(weight, dtype=np.float32))
-            if tuple(weight.shape) != (n_out, n_in):
-                raise ValueError(f"Embedding({n_in} => {n_out}): init returned shape {tuple(weight.shape)}, "
-                                 f"expected {(n_out, n_in)}")
-        self.weight = weight
+        self.weight = _table(in_, out, init, "Embedding")
 
     def __call__(self, x: Any) -> Tensor:
-        n_out, n_in = self.weight.shape
-        if isinstance(x, Tensor):
-            if x.ndim == 0 or x.shape[-1] != n_in:
-                raise TypeError(f"{self._repr_inner()}: a float tensor is taken as one-hot input and needs {n_in} "
-                                f"entries on its last axis, got {tuple(x.shape)}; pass integer indices as a "
-                                "numpy integer array")
-            return as_input(x, self.weight, self) @ self.weight.T
-        a = np.asarray(x)
-        if a.dtype == bool:
-            if a.ndim == 0 or a.shape[-1] != n_in:
-                raise ValueError(f"{self._repr_inner()}: one-hot input needs {n_in} entries on its last axis, "
-                                 f"got {a.shape}")
-            return host_like(a, self.weight) @ self.weight.T
-        if a.dtype.kind == "f" and a.ndim and a.shape[-1] == n_in:
-            return as_input(a, self.weight, self) @ self.weight.T
-        if a.dtype.kind not in "iu":
-            raise TypeError(f"{self._repr_inner()} takes integer indices (or one-hot input), got {a.dtype} "
-                            f"of shape {a.shape}")
-        if a.size and (a.min() < 0 or a.max() >= n_in):
-            bad = int(a.min()) if a.min() < 0 else int(a.max())
-            raise IndexError(f"{self._repr_inner()}: index {bad} is out of range 0..{n_in - 1}")
-        cols = self.weight.index_select(1, a.reshape(-1).tolist())  # (out, K)
-        return cols.T.reshape(list(a.shape) + [n_out])
+        return _embed(self.weight, x, self)
 
     def _repr_inner(self) -> str:
         n_out, n_in = self.weight.shape
         return f"Embedding({n_in} => {n_out})"
+
+
+_REDUCTIONS = {"mean": "mean", "sum": "sum", "max": "max", "maximum": "max"}
+
+
+def _reduction(r: Any) -> str:
+    if isinstance(r, str) and r in _REDUCTIONS:
+        return _REDUCTIONS[r]
+    named = {np.mean: "mean", np.sum: "sum", np.max: "max", np.amax: "max", sum: "sum", max: "max"}
+    try:
+        if r in named:
+            return named[r]
+    except TypeError:  # unhashable
+        pass
+    raise ValueError(f"EmbeddingBag: reduction must be \"mean\", \"sum\" or \"maximum\" (or np.mean, np.sum, "
+                     f"np.max), got {r!r}")
+
+
+class EmbeddingBag(Layer):
+    """A lookup table like `Embedding` that acts on "bags" of indices: the embeddings of a
+    bag's indices are reduced to one vector, by their mean (the default), sum or maximum.
+
+    ``EmbeddingBag(in, out, reduction="mean", *, init=randn)`` or ``EmbeddingBag((in, out),
+    reduction)`` is Flux's ``EmbeddingBag(in => out, reduction)``; ``EmbeddingBag(W,
+    reduction)`` wraps a weight of shape (out, in). Indices are 0-based. Batch-first, a bag
+    runs along the last axis of the input (Flux: the first):
+
+    * a 1-D integer array is one bag: ``(L,) -> (out,)``;
+    * a 2-D integer array is one bag per row: ``(B, L) -> (B, out)``, and generally
+      ``(..., L) -> (..., out)``;
+    * a list of 1-D integer arrays is ragged bags: ``B`` bags -> ``(B, out)``;
+    * ``m(data, offsets)`` splits the 1-D `data` at the 0-based `offsets` (the start of each
+      bag; the first is 0) into bags;
+    * one-hot input ``(..., L, in)`` (bool, or float) is a bag of `L` one-hot vectors.
+
+    >>> import fluxrs as fx, numpy as np
+    >>> eb = fx.EmbeddingBag((26, 3), init=lambda *d: fx.identity_init(*d, gain=100))
+    >>> eb
+    EmbeddingBag(26 => 3)  # 78 parameters
+    >>> eb([1]).tolist()                               # one bag of 1 item (Flux: eb([2]))
+    [0.0, 100.0, 0.0]
+    >>> [round(v, 3) for v in eb([2, 2, 0]).tolist()]   # one bag of 3 items, their mean
+    [33.333, 0.0, 66.667]
+    >>> [[round(v, 2) for v in r] for r in eb([[2, 0, 2], [1, 0]]).tolist()]  # two bags
+    [[33.33, 0.0, 66.67], [50.0, 50.0, 0.0]]
+    >>> eb(np.array([[0, 0], [0, 1], [0, 2], [0, 3]])).tolist()  # 4 bags of 2 items, as rows
+    [[100.0, 0.0, 0.0], [50.0, 50.0, 0.0], [50.0, 0.0, 50.0], [50.0, 0.0, 0.0]]
+    >>> eb(np.random.randint(0, 26, (5, 5, 10))).shape  # 25 bags of 10 items
+    (5, 5, 3)
+    >>> [[round(v, 2) for v in r] for r in eb([10, 0, 11, 1, 12, 2, 13], [0, 3]).tolist()]
+    [[33.33, 0.0, 0.0], [0.0, 25.0, 25.0]]
+    """
+
+    def __init__(self, in_: Any, out: Any = None, reduction: Any = "mean", *, init: Callable = _randn32):
+        if out is not None and not is_int(out):  # EmbeddingBag((in, out), reduction) or (W, reduction)
+            out, reduction = None, out
+        self.reduction = _reduction(reduction)
+        self.weight = _table(in_, out, init, "EmbeddingBag")
+
+    def _reduce(self, e: Tensor, axis: int) -> Tensor:
+        return getattr(e, self.reduction)(axis)
+
+    def __call__(self, x: Any, offsets: Any = None) -> Tensor:
+        if offsets is not None:
+            return self._ragged(self._split(x, offsets))
+        if isinstance(x, (list, tuple)) and x and all(np.ndim(b) == 1 for b in x if not isinstance(b, Tensor)):
+            lengths = {len(b) for b in x if isinstance(b, (list, tuple, np.ndarray))}
+            if len(lengths) > 1:  # ragged: numpy cannot make one array of it
+                return self._ragged([np.asarray(b) for b in x])
+        if not isinstance(x, Tensor):
+            a = np.asarray(x)
+            if a.ndim == 0:
+                raise ValueError(f"{self._repr_inner()} expects an array of indices (a bag), not just one: "
+                                 f"write [{a.item()!r}]")
+            if a.dtype.kind in "iu" and a.shape[-1] == 0:
+                raise ValueError(f"{self._repr_inner()}: the bags of input {a.shape} are empty")
+            x = a
+        n_in = self.weight.shape[1]
+        if (isinstance(x, Tensor) or x.dtype.kind not in "iu") and x.ndim < 2:
+            raise ValueError(f"{self._repr_inner()}: one-hot input needs a bag axis, shape (..., L, {n_in}), "
+                             f"got {tuple(x.shape)}")
+        return self._reduce(_embed(self.weight, x, self), -2)
+
+    def _split(self, data: Any, offsets: Any) -> list[np.ndarray]:
+        d, at = np.asarray(data), np.asarray(offsets)
+        if d.ndim != 1 or at.ndim != 1 or d.dtype.kind not in "iu" or at.dtype.kind not in "iu":
+            raise ValueError(f"{self._repr_inner()}(data, offsets): both must be 1-D integer arrays, got shapes "
+                             f"{d.shape} and {at.shape}")
+        if at.size == 0 or at[0] != 0 or np.any(np.diff(at) <= 0) or at[-1] >= d.size:
+            raise ValueError(f"{self._repr_inner()}(data, offsets): offsets must start at 0 and increase strictly, "
+                             f"each below len(data) = {d.size}, got {at.tolist()}")
+        return np.split(d, at[1:])
+
+    def _ragged(self, bags: list[np.ndarray]) -> Tensor:
+        for i, b in enumerate(bags):
+            if b.ndim != 1 or b.size == 0 or b.dtype.kind not in "iu":
+                raise ValueError(f"{self._repr_inner()}: bag {i} must be a non-empty 1-D integer array, got "
+                                 f"{b.dtype} of shape {b.shape}")
+        e = _embed(self.weight, np.concatenate(bags), self)  # one lookup for all bags: (K, out)
+        ends = np.cumsum([b.size for b in bags])
+        return stack([self._reduce(e.slice(0, int(hi - b.size), int(hi)), 0) for b, hi in zip(bags, ends)], 0)
+
+    def _repr_inner(self) -> str:
+        n_out, n_in = self.weight.shape
+        r = "" if self.reduction == "mean" else f", \"{'maximum' if self.reduction == 'max' else self.reduction}\""
+        return f"EmbeddingBag({n_in} => {n_out}{r})"

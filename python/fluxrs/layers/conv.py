@@ -43,7 +43,7 @@ from fluxrs.tensor import host_like, tensor
 
 __all__ = ["SamePad", "Conv", "ConvTranspose", "CrossCor", "DepthwiseConv", "MaxPool", "MeanPool",
            "AdaptiveMaxPool", "AdaptiveMeanPool", "GlobalMaxPool", "GlobalMeanPool", "Flatten", "flatten",
-           "Upsample"]
+           "Upsample", "PixelShuffle", "pixel_shuffle", "lpnormpool"]
 
 _FUSED_ACTS = {"identity", "relu", "sigmoid", "tanh"}
 _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -504,6 +504,36 @@ class MeanPool(_Pool):
     _op = "meanpool"
 
 
+def lpnormpool(x: Any, p: Any, k: Any, *, pad: Any = 0, stride: Any = None) -> Tensor:
+    """Lp pooling (PyTorch's LPPool), NNlib's ``lpnormpool(x, p, k; pad=0, stride=k)``: each
+    window of size `k` (a tuple) gives ``(Σᵢ xᵢ^p)^(1/p)``, for ``0 < p < ∞``. As in NNlib,
+    padding adds nothing to a window, and for a non-integer `p` the input must be
+    non-negative (a negative power gives NaN, where NNlib raises a DomainError).
+
+    Built on `MeanPool`'s kernel: ``(meanpool(x^p) * prod(k))^(1/p)``, so it is differentiable
+    wherever the window sums are positive.
+
+    >>> import fluxrs as fx
+    >>> x = fx.tensor([[[3.0, 4.0, 1.0, 1.0]]])
+    >>> fx.lpnormpool(x, 2, (2,)).tolist()[0][0][0]
+    5.0
+    >>> fx.lpnormpool(x, 1, (2,)).tolist() == (fx.MeanPool((2,))(x) * 2).tolist()
+    True
+    """
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p < math.inf:
+        raise ValueError(f"lpnormpool: p must be a real number with 0 < p < Inf, got {p!r}")
+    pool = MeanPool(k, pad=pad, stride=stride)  # checks k, pad and stride as the layer does
+    x = _as_tensor(x)
+    d = len(pool.k)
+    if x.ndim != d + 2:
+        raise ValueError(f"lpnormpool: a {d}-d kernel {pool.k} expects x of shape (N, C, {_SPATIAL[d]}), "
+                         f"got {tuple(x.shape)}")
+    # an integer p keeps x^p defined for negative x, as Julia's integer powers do
+    pw = int(p) if float(p).is_integer() else float(p)
+    s = pool(x ** pw) * math.prod(pool.k)
+    return s if pw == 1 else s ** (1.0 / pw)
+
+
 class _AdaptivePool(Layer):
     _name = ""
     _op = "maxpool"  # the _core function (looked up per call)
@@ -732,3 +762,57 @@ class Upsample(Layer):
         if self.size is not None:
             s += f", size={self.size}"
         return s + ")"
+
+
+def pixel_shuffle(x: Any, r: int) -> Tensor:
+    """NNlib's ``pixel_shuffle(x, r)``, batch-first: ``(N, C·r^d, S₁, …, S_d)`` becomes
+    ``(N, C, S₁·r, …, S_d·r)``, with ``y[n, c, s₁·r + i₁, …] = x[n, c·r^d + (i₁ r^(d-1) + … + i_d), s₁, …]``
+    (NNlib's order with the axes reversed; PyTorch's ``pixel_shuffle`` for d = 2). Built from
+    reshape and permute, so it is differentiable. Used to upsample in super-resolution
+    networks (Shi et al. 2016).
+
+    >>> import fluxrs as fx, numpy as np
+    >>> x = fx.tensor(np.arange(8, dtype=np.float32).reshape(1, 4, 1, 2))  # 4 channels, 1×2
+    >>> fx.pixel_shuffle(x, 2)[0, 0].tolist()
+    [[0.0, 2.0, 1.0, 3.0], [4.0, 6.0, 5.0, 7.0]]
+    """
+    if not _is_int(r) or r < 1:
+        raise ValueError(f"pixel_shuffle: r must be a positive integer, got {r!r}")
+    x = _as_tensor(x)
+    if x.ndim < 3:
+        raise ValueError(f"pixel_shuffle: expected x of shape (N, C, S...) with at least one spatial axis, "
+                         f"got {tuple(x.shape)}")
+    d = x.ndim - 2
+    n, cin, sizes = x.shape[0], x.shape[1], tuple(x.shape[2:])
+    if cin % r ** d:
+        raise ValueError(f"pixel_shuffle: the channel axis ({cin}) of x {tuple(x.shape)} must be divisible by "
+                         f"r^d = {r ** d} (r={r}, d={d} spatial axes)")
+    cout = cin // r ** d
+    # (N, C, i₁…i_d, S₁…S_d) -> (N, C, S₁, i₁, …, S_d, i_d): each offset iⱼ lands beside its axis Sⱼ
+    y = x.reshape((n, cout) + (r,) * d + sizes)
+    perm = (0, 1) + tuple(a for j in range(d) for a in (2 + d + j, 2 + j))
+    return y.permute(perm).reshape((n, cout) + tuple(s * r for s in sizes))
+
+
+class PixelShuffle(Layer):
+    """`pixel_shuffle` as a layer: ``PixelShuffle(r)`` maps ``(N, C·r^d, S...)`` to
+    ``(N, C, S·r...)``, as Flux's ``PixelShuffle(r)``.
+
+    >>> import fluxrs as fx
+    >>> p = fx.PixelShuffle(2)
+    >>> p
+    PixelShuffle(2)
+    >>> p(fx.rand(3, 8, 5, 7)).shape
+    (3, 2, 10, 14)
+    """
+
+    def __init__(self, r: int):
+        if not _is_int(r) or r < 1:
+            raise ValueError(f"PixelShuffle: r must be a positive integer, got {r!r}")
+        self.r = int(r)
+
+    def __call__(self, x: Any) -> Tensor:
+        return pixel_shuffle(x, self.r)
+
+    def _repr_inner(self) -> str:
+        return f"PixelShuffle({self.r})"

@@ -16,6 +16,8 @@ True
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 
 import numpy as np
 
@@ -26,7 +28,7 @@ from fluxrs.tensor import ones as _ones
 from fluxrs.tensor import zeros as _zeros
 
 __all__ = ["glorot_uniform", "glorot_normal", "kaiming_uniform", "kaiming_normal", "zeros32", "ones32",
-           "zeros", "ones", "nfan"]
+           "zeros", "ones", "nfan", "orthogonal", "sparse_init", "truncated_normal", "lecun_normal", "identity_init"]
 
 
 def nfan(*dims: int) -> tuple[int, int]:
@@ -88,6 +90,147 @@ def kaiming_normal(*dims, gain: float = math.sqrt(2.0), dtype=float32,
     fan_in, _ = nfan(*dims)
     rng = rng or default_rng()
     return _make(rng.standard_normal(dims) * (gain / math.sqrt(max(fan_in, 1))), dtype)
+
+
+def orthogonal(*dims, gain: float = 1.0, dtype=float32, rng: np.random.Generator | None = None) -> Tensor:
+    """A random orthogonal matrix times `gain` (Saxe et al. 2014), Flux's ``orthogonal``: the
+    QR decomposition of a normal matrix, signs fixed so that the result is uniform over
+    orthogonal matrices. A matrix ``(rows, cols)`` has orthonormal rows (``W Wᵀ = I``) when
+    ``rows < cols``, else orthonormal columns (``Wᵀ W = I``). More dimensions: the matrix
+    ``(dims[0], prod(dims[1:]))``, reshaped (a conv weight ``(out, in, k...)``: one row per
+    output channel; Flux's column-major array holds the same numbers).
+
+    >>> import fluxrs as fx, numpy as np
+    >>> W = fx.orthogonal(5, 3).numpy()
+    >>> bool(np.allclose(W.T @ W, np.eye(3), atol=1e-5))
+    True
+    >>> fx.orthogonal(4, 3, 3, 3, gain=2).shape
+    (4, 3, 3, 3)
+    """
+    dims = _dims(dims)
+    if len(dims) < 2:
+        raise ValueError(f"orthogonal: needs at least 2 dimensions, got shape {dims}")
+    rows, cols = dims[0], math.prod(dims[1:])
+    rng = rng or default_rng()
+    a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q = q * np.sign(np.diag(r))  # Flux's sign fix: Q * sign.(Diagonal(R))
+    w = q if rows >= cols else q.T
+    return _make((w * gain).reshape(dims), dtype)
+
+
+def sparse_init(*dims, sparsity: float, std: float = 0.01, dtype=float32,
+                rng: np.random.Generator | None = None) -> Tensor:
+    """A sparse matrix (Martens 2010), Flux's ``sparse_init``: normal with standard deviation
+    `std`, with exactly ``ceil(sparsity * rows)`` zeros in each column, at random places.
+    Only for matrices (a `Dense` weight ``(out, in)``: each input feeds a fraction
+    ``1 - sparsity`` of the outputs).
+
+    >>> import fluxrs as fx, numpy as np
+    >>> W = fx.sparse_init(10, 4, sparsity=0.3).numpy()
+    >>> (W == 0).sum(axis=0).tolist()
+    [3, 3, 3, 3]
+    """
+    dims = _dims(dims)
+    if len(dims) != 2:
+        raise ValueError(f"sparse_init: only matrices (2 dimensions) are supported, got shape {dims}")
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
+        raise TypeError(f"sparse_init: sparsity must be a real number, got {sparsity!r}")
+    rows, cols = dims
+    n_zero = max(0, math.ceil(min(1.0, float(sparsity)) * rows))
+    rng = rng or default_rng()
+    a = rng.standard_normal(dims) * std
+    a[:n_zero] = 0.0
+    return _make(rng.permuted(a, axis=0), dtype)  # each column shuffled on its own
+
+
+def _norm_cdf(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def truncated_normal(*dims, mean: float = 0.0, std: float = 1.0, lo: float = -2.0, hi: float = 2.0,
+                     dtype=float32, rng: np.random.Generator | None = None) -> Tensor:
+    """Normal with `mean` and `std`, truncated to ``[lo, hi]`` (Flux's ``truncated_normal``,
+    same defaults). Flux inverts the CDF with ``erfinv``; numpy has none, so this draws by
+    rejection, which gives the same distribution. As Flux, it warns when the mean is more
+    than 2 std outside the limits.
+
+    >>> import fluxrs as fx
+    >>> W = fx.truncated_normal(100, 100)
+    >>> bool(-2 <= W.min() and W.max() <= 2)
+    True
+    """
+    dims = _dims(dims)
+    if not std > 0 or not lo < hi:
+        raise ValueError(f"truncated_normal: need std > 0 and lo < hi, got std={std}, lo={lo}, hi={hi}")
+    if mean < lo - 2 * std or mean > hi + 2 * std:
+        warnings.warn("truncated_normal: the mean is more than 2 std outside the limits, so the distribution of "
+                      "values may be inaccurate", stacklevel=2)
+    p = _norm_cdf((hi - mean) / std) - _norm_cdf((lo - mean) / std)  # the chance a draw lands inside
+    if p < 1e-6:
+        raise ValueError(f"truncated_normal: [lo, hi] = [{lo}, {hi}] holds a fraction {p:.1e} of N({mean}, {std}²); "
+                         "move the limits or the mean")
+    rng = rng or default_rng()
+    n = math.prod(dims)
+    out = np.empty(n)
+    filled = 0
+    while filled < n:
+        draw = rng.normal(mean, std, size=int((n - filled) / p * 1.1) + 16)
+        draw = draw[(draw >= lo) & (draw <= hi)][:n - filled]
+        out[filled:filled + draw.size] = draw
+        filled += draw.size
+    return _make(out.reshape(dims), dtype)
+
+
+# std of the standard normal truncated to [-2, 2]: lecun_normal divides by it so that the
+# truncated draw has the variance asked for, as JAX and Keras do.
+_TRUNC2_STD = 0.87962566103423978
+
+
+def lecun_normal(*dims, gain: float = 1.0, dtype=float32, rng: np.random.Generator | None = None) -> Tensor:
+    """LeCun normal (LeCun et al. 1998; the init for `selu` networks): standard deviation
+    ``gain / √fan_in``, truncated at ±2σ and rescaled so that the variance is exactly
+    ``gain² / fan_in``. Flux has no ``lecun_normal``; this is JAX's and Keras's.
+
+    >>> import fluxrs as fx
+    >>> W = fx.lecun_normal(300, 400)
+    >>> round(float(W.numpy().std() * 400 ** 0.5), 1)
+    1.0
+    """
+    dims = _dims(dims)
+    fan_in, _ = nfan(*dims)
+    std = gain / math.sqrt(max(fan_in, 1)) / _TRUNC2_STD
+    return truncated_normal(*dims, std=std, lo=-2 * std, hi=2 * std, dtype=dtype, rng=rng)
+
+
+def identity_init(*dims, gain: float = 1.0, shift=0, dtype=float32, rng=None) -> Tensor:
+    """An array that makes most layers an identity map (times `gain`), Flux's
+    ``identity_init``: a vector is zeros (a bias), a matrix ``(out, in)`` the identity
+    (padded with zeros when out ≠ in), and a conv weight ``(out, in, k...)`` a centre tap
+    ``W[i, i, centre...] = gain`` (an identity with odd kernels and ``pad=fx.SamePad()``).
+    `shift` rolls the result (numpy's ``roll`` over the leading axes; Flux's ``circshift``).
+    `rng` is accepted and ignored: nothing is random.
+
+    >>> import fluxrs as fx
+    >>> fx.identity_init(3, 5).tolist()
+    [[1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0]]
+    >>> fx.Dense(5, 3, fx.relu, init=fx.identity_init)(fx.tensor([1.0, -2.0, 3.0, -4.0, 5.0])).tolist()
+    [1.0, 0.0, 3.0]
+    >>> fx.identity_init(2, 2, 3, gain=1.5)[:, :, 1].tolist()   # a (3,) kernel: centre tap 1
+    [[1.5, 0.0], [0.0, 1.5]]
+    """
+    dims = _dims(dims)
+    a = np.zeros(dims)
+    if len(dims) == 2:
+        np.fill_diagonal(a, gain)
+    elif len(dims) > 2:
+        centre = tuple((d - 1) // 2 for d in dims[2:])  # Flux's cld(d, 2), 0-based
+        for i in range(min(dims[0], dims[1])):
+            a[(i, i) + centre] = gain
+    if shift:
+        shifts = (shift,) if isinstance(shift, numbers.Integral) else tuple(shift)
+        a = np.roll(a, shifts, axis=tuple(range(len(shifts))))
+    return _make(a, dtype)
 
 
 def zeros32(*dims, dtype=float32, rng=None) -> Tensor:

@@ -38,7 +38,7 @@ from fluxrs.layers.mode import ModalLayer
 from fluxrs.layers.show import short_repr
 from fluxrs.tensor import tensor
 
-__all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm"]
+__all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "normalise"]
 
 
 def _check_real(v: Any, what: str, who: str, lo: float = 0.0, hi: float = math.inf) -> float:
@@ -157,6 +157,38 @@ def _moments(x: Tensor, axes: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
     mean = x.mean(axes, True)
     xc = x - mean
     return xc, mean, (xc * xc).mean(axes, True)
+
+
+def normalise(x: Any, dims: Any = 0, eps: float = 1e-5) -> Tensor:
+    """Zero mean and unit standard deviation along `dims`: ``(x - μ) / (σ + eps)`` with the
+    population σ, as Flux's ``normalise(x; dims=ndims(x), eps=1e-5)``. Flux's default, its
+    last axis, is the batch axis; batch-first, that is axis 0, the default here: each feature
+    is normalised across the batch. `dims` is an axis or a tuple of axes. Differentiable.
+
+    >>> import fluxrs as fx
+    >>> x = fx.tensor([90.0, 100.0, 110.0, 130.0, 70.0])   # mean 100, std 20
+    >>> [round(v, 5) for v in fx.normalise(x).tolist()]
+    [-0.5, 0.0, 0.5, 1.5, -1.5]
+    >>> y = fx.normalise(fx.rand(10, 3) * 90 + 10)     # each of 3 features over a batch of 10
+    >>> [round(v, 3) for v in ((y * y).mean(0) ** 0.5).tolist()]
+    [1.0, 1.0, 1.0]
+    """
+    x = x if isinstance(x, Tensor) else tensor(x)
+    if x.ndim == 0:
+        raise ValueError("normalise: x must have at least one axis, got a 0-d tensor")
+    axes = (dims,) if isinstance(dims, numbers.Integral) and not isinstance(dims, bool) else dims
+    try:
+        axes = tuple(axes) if not isinstance(axes, (str, bytes)) else None
+    except TypeError:
+        axes = None
+    if axes is None:
+        raise TypeError(f"normalise: dims must be an axis or a tuple of axes, got {dims!r}")
+    if not axes or not all(isinstance(a, numbers.Integral) and not isinstance(a, bool) and -x.ndim <= a < x.ndim
+                           for a in axes):
+        raise ValueError(f"normalise: dims {dims!r} are not axes of x of shape {tuple(x.shape)}")
+    eps = _check_real(eps, "eps", "normalise")
+    xc, _, var = _moments(x, tuple(int(a) % x.ndim for a in axes))
+    return xc / (var.sqrt() + eps)
 
 
 class BatchNorm(_Stats):
