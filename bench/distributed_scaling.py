@@ -1,4 +1,4 @@
-"""Scaling of fx.distributed on this machine (issue 10).
+"""Scaling of fx.distributed on this machine.
 
     python bench/distributed_scaling.py [--rounds 5] [--models mnist1d,wide]
         samples/s of 1 process (plain fx.train_, all cores) vs P processes under mpiexec

@@ -1,4 +1,4 @@
-"""Hook overhead per training step (issue 7): `fx.train_` with no plugins against a hand-written
+"""Hook overhead per training step: `fx.train_` with no plugins against a hand-written
 loop, and what an active plugin costs.
 
     python bench/hook_overhead.py            # ~1 minute; table to stdout

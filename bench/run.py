@@ -1,4 +1,4 @@
-"""fluxrs benchmark driver (issue 11): every workload, every library, same run, interleaved.
+"""fluxrs benchmark driver: every workload, every library, same run, interleaved.
 
     python bench/run.py            # full run: fluxrs vs PyTorch (eager) vs JAX (jit), numpy BLAS for sgemm
     python bench/run.py --smoke    # tiny sizes, one round, fluxrs + numpy only (what the test suite runs)

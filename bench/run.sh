@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# fluxrs benchmark, one command (issue 11):
+# fluxrs benchmark, one command:
 #   bash bench/run.sh              build fluxrs (release) into bench/.venv, install the peers, run everything
 #   bash bench/run.sh --smoke      tiny sizes, 1 round, fluxrs + numpy only
 #   bash bench/run.sh --no-build   reuse the fluxrs already installed in bench/.venv

@@ -1,4 +1,4 @@
-"""Training-time faults (issue 8): a KeyboardInterrupt leaves the model and the optimiser
+"""Training-time faults: a KeyboardInterrupt leaves the model and the optimiser
 state as they were after a whole number of steps (a step is applied whole or not at all),
 and exploding gradients are caught before they reach the parameters.
 

@@ -1,4 +1,4 @@
-"""Plugins (issue 7): the pluggy manager, hooks in train_ and fx.epochs, their order, stop/skip
+"""Plugins: the pluggy manager, hooks in train_ and fx.epochs, their order, stop/skip
 from hooks, errors naming the plugin, components by name, the built-in callbacks, and the
 separately installable packages under plugins/ installed with pip and found through their
 entry points."""

@@ -129,7 +129,7 @@ def test_params_reference_not_copy_and_the_docstring_examples():
     assert [p.tolist() for p in ps] == [[[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], [0.0, 0.0]]
     # Flux prints the values; shapes and the count read better for a model of any size
     assert repr(ps) == "Params([(2, 3), (2,)])  # 8 parameters"
-    # (BatchNorm's "4 parameters, plus 4 non-trainable" needs BatchNorm, issue 6; the
+    # (BatchNorm's "4 parameters, plus 4 non-trainable" lives in test_layers_norm.py; the
     # trainable-only rule is checked here with a layer that declares its trainable fields.)
 
     class Norm(fx.Layer):

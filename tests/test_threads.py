@@ -1,4 +1,4 @@
-"""Threads (issue 8): autodiff state and random numbers are per thread, so `train_` on separate
+"""Threads: autodiff state and random numbers are per thread, so `train_` on separate
 models in 4 threads gives bit-identical results to the same runs one after another; a model
 shared for inference while another thread trains it neither crashes nor returns garbage;
 each thread's generator is its own.
