@@ -36,8 +36,8 @@ from typing import Any, TextIO
 
 from fluxrs.plugins import hookimpl
 
-__all__ = ["ProgressBar", "CSVLogger", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN", "ReduceLROnPlateau",
-           "Timer"]
+__all__ = ["ProgressBar", "CSVLogger", "LearningCurves", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN",
+           "ReduceLROnPlateau", "Timer"]
 
 log = logging.getLogger("fluxrs.callbacks")
 
@@ -600,3 +600,74 @@ class CSVLogger:
         if self._file is not None:
             self._file.close()
             self._file = self._writer = None
+
+
+class LearningCurves:
+    """Plot the metrics of each epoch to a PNG (matplotlib), redrawn after every epoch so
+    the picture follows a long run: losses (names with "loss") in one panel, accuracies
+    (names with "acc") in another, any other metric named in `metrics` in a third. The
+    numbers are kept in ``history`` (metric → one value per epoch, NaN where an epoch did not
+    log it). The file is replaced whole, never left half-written.
+
+    ``LearningCurves(path, metrics=None, title=None)``: `metrics` picks the metrics to plot
+    (default: every number the epochs log except timings).
+
+    >>> import fluxrs as fx, numpy as np, os, tempfile
+    >>> curves = fx.callbacks.LearningCurves(os.path.join(tempfile.mkdtemp(), "curves.png"))
+    >>> for epoch in fx.epochs(3, callbacks=[curves]):
+    ...     fx.plugins.log(loss=1.0 / epoch, test_acc=0.5 + 0.1 * epoch)
+    >>> curves.history["test_acc"], os.path.getsize(curves.path) > 0
+    ([0.6, 0.7, 0.8], True)
+    """
+
+    _SKIP = ("elapsed", "steps_per_s", "lr", "batches", "time")  # bookkeeping, not learning
+
+    def __init__(self, path: str | os.PathLike, metrics: Any = None, title: str | None = None):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ImportError("LearningCurves draws with matplotlib: pip install matplotlib") from None
+        self.path = os.fspath(path)
+        self.metrics = None if metrics is None else list(metrics)
+        self.title = title
+        self.history: dict[str, list[float]] = {}
+        self.epochs: list[int] = []
+
+    @hookimpl(trylast=True)
+    def on_epoch_end(self, epoch, logs):
+        names = self.metrics if self.metrics is not None else [
+            k for k, v in logs.items() if k not in self._SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for k in names:
+            self.history.setdefault(k, [math.nan] * len(self.epochs))
+        self.epochs.append(epoch)
+        for k, vals in self.history.items():
+            v = logs.get(k)
+            vals.append(float(v) if isinstance(v, (int, float)) else math.nan)
+        self.draw()
+
+    def draw(self) -> None:
+        """Write the picture of ``history`` to ``path`` now."""
+        import io
+
+        from matplotlib.figure import Figure  # no pyplot: no global state, safe in threads and without a display
+
+        from fluxrs.io import _write_atomic
+
+        groups = {"loss": [], "accuracy": [], "other": []}
+        for k in self.history:
+            groups["loss" if "loss" in k else "accuracy" if "acc" in k else "other"].append(k)
+        panels = [(g, ks) for g, ks in groups.items() if ks]
+        fig = Figure(figsize=(5 * max(1, len(panels)), 3.6), layout="constrained")
+        for i, (g, ks) in enumerate(panels):
+            ax = fig.add_subplot(1, len(panels), i + 1)
+            for k in ks:
+                ax.plot(self.epochs, self.history[k], marker="o" if len(self.epochs) < 30 else None, label=k)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(g)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        if self.title:
+            fig.suptitle(self.title)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        _write_atomic(self.path, buf.getvalue())
