@@ -89,6 +89,15 @@ def test_tensors_move_and_report_their_device():
 
 
 @gpu_only
+def test_gpu_tensors_refuse_dlpack_export_and_import_to_the_host():
+    g = fx.gpu(fx.tensor(rnd(2, 3)))
+    assert g.__dlpack_device__() == (7, 0)  # kDLVulkan
+    with pytest.raises(BufferError, match="fx.cpu"):
+        np.from_dlpack(g)
+    assert fx.from_dlpack(fx.cpu(g)).tolist() == fx.cpu(g).tolist()
+
+
+@gpu_only
 def test_mixing_devices_names_the_op_and_both_devices():
     x = fx.tensor(rnd(2, 3))
     with pytest.raises(RuntimeError, match=r"add: operands are on different devices \(gpu and cpu\)"):

@@ -11,7 +11,7 @@ from fluxrs.autodiff import (Grads, Params, ValGrad, gradient, in_gradient, no_g
 from fluxrs.functor import Layer, Struct, fmap, layer, modules
 from fluxrs.device import cpu, gpu, gpu_available, gpu_info, to_device
 from fluxrs.random import default_rng, seed_
-from fluxrs.tensor import (concat, float32, float64, full, ones, ones_like, rand, randn, stack, tensor, where,
+from fluxrs.tensor import (concat, float32, float64, from_dlpack, full, ones, ones_like, rand, randn, stack, tensor, where,
                            zeros, zeros_like)
 from fluxrs import activations, layers, optimise
 from fluxrs.activations import (celu, elu, gelu, hardshrink, hardsigmoid, hardswish, hardtanh, identity, leakyrelu,

@@ -386,13 +386,56 @@ def _dlpack(self: Tensor, *, stream=None, max_version=None, dl_device=None, copy
     # DLPack is what torch.tensor(x), torch.from_dlpack and np.from_dlpack read (torch takes
     # neither __array__ nor __array_interface__ from a non-numpy object, only a sequence, which
     # it walks element by element). Exported through the numpy view of the tensor's memory,
-    # which the capsule keeps alive; a GPU tensor exports a host copy.
+    # which the capsule keeps alive: no copy, and writes on either side show on the other.
+    if self.device == "gpu":
+        raise BufferError("__dlpack__: a GPU tensor cannot be shared yet (the wgpu backend has no DLPack device); "
+                          "move it to the host first with fx.cpu(t)")
     kw = {k: v for k, v in (("max_version", max_version), ("dl_device", dl_device), ("copy", copy)) if v is not None}
     return self.numpy().__dlpack__(stream=stream, **kw)
 
 
+_KDL_CPU, _KDL_VULKAN = 1, 7  # DLPack's device codes
+
+
 def _dlpack_device(self: Tensor) -> tuple[int, int]:
-    return (1, 0)  # kDLCPU: the export is on the host, a GPU tensor's included
+    return (_KDL_VULKAN if self.device == "gpu" else _KDL_CPU, 0)
+
+
+def from_dlpack(x: Any, *, device: Any = None, copy: bool | None = None) -> Tensor:
+    """A tensor from any object with ``__dlpack__`` (a PyTorch or JAX CPU tensor, a numpy
+    array, another fluxrs tensor), as the array API's ``from_dlpack``. fluxrs tensors own
+    their memory, so the data are copied once (``copy=False`` raises instead; exporting with
+    ``np.from_dlpack(t)`` or ``torch.from_dlpack(t)`` shares memory). float32 and float64
+    keep their dtype; other dtypes raise, naming the conversion to make. Only host (CPU)
+    memory can be read.
+
+    >>> import fluxrs as fx, numpy as np
+    >>> a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    >>> t = fx.from_dlpack(a[:, ::2])                  # any strides and offsets
+    >>> t.tolist(), t.dtype.name
+    ([[0.0, 2.0], [3.0, 5.0]], 'float32')
+    """
+    if copy is False:
+        raise BufferError("from_dlpack(copy=False): fluxrs tensors own their memory, so importing copies once; "
+                          "pass copy=None (or True)")
+    if device not in (None, "cpu", (_KDL_CPU, 0)):
+        raise ValueError(f"from_dlpack: device must be None or 'cpu' (move a GPU tensor to the host with fx.gpu "
+                         f"after importing), got {device!r}")
+    if not hasattr(x, "__dlpack__"):
+        raise TypeError(f"from_dlpack: expected an object with __dlpack__ (a tensor or array), got {type(x).__name__}")
+    if isinstance(x, Tensor):
+        return Tensor(x.numpy(), dtype=x.dtype.name)
+    try:
+        a = np.from_dlpack(x)
+    except (BufferError, RuntimeError, TypeError) as e:
+        dev = x.__dlpack_device__() if hasattr(x, "__dlpack_device__") else None
+        where = f" (its DLPack device is {dev})" if dev and dev[0] != _KDL_CPU else ""
+        raise BufferError(f"from_dlpack: cannot read {type(x).__name__}{where}: {e}; only host memory can be "
+                          "imported, move it to the CPU first (x.cpu() in PyTorch)") from None
+    if a.dtype not in (float32, float64):
+        raise TypeError(f"from_dlpack: fluxrs tensors are float32 or float64, got {a.dtype}; convert first "
+                        f"(x.float() in PyTorch, x.astype('float32') in JAX or numpy)")
+    return Tensor(a, dtype=a.dtype.name)
 
 
 Tensor.__dlpack__ = _dlpack
