@@ -608,3 +608,19 @@ def test_docstring_examples():
     import fluxrs.layers.conv as mod
     res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert res.failed == 0 and res.attempted > 10
+
+
+@pytest.mark.parametrize("layer", [fx.GlobalMeanPool(), fx.GlobalMaxPool()], ids=repr)
+def test_global_pooling_refuses_an_empty_spatial_extent(layer):
+    with pytest.raises(ValueError, match=r"no spatial positions to pool over in input of shape \(1, 3, 0\)"):
+        layer(np.zeros((1, 3, 0), np.float32))
+    # an empty batch is fine: nothing to pool, nothing pooled
+    assert layer(np.zeros((0, 3, 4), np.float32)).shape == (0, 3, 1)
+
+
+def test_upsample_of_an_empty_spatial_axis():
+    x = np.zeros((2, 3, 0, 2), np.float32)
+    assert fx.Upsample(scale=2)(x).shape == (2, 3, 0, 4)
+    assert fx.Upsample("bilinear", scale=(3, 2))(x).shape == (2, 3, 0, 4)
+    with pytest.raises(ValueError, match="cannot upsample an empty spatial axis to size"):
+        fx.Upsample("bilinear", size=(3, 3))(x)
