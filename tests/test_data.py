@@ -115,3 +115,13 @@ def test_onecold_inverts_onehotbatch():
     assert fx.onecold(fx.tensor([0.1, 0.7, 0.2]), [10, 20, 30]) == 20
     with pytest.raises(ValueError, match="2 classes given for 3"):
         fx.onecold(np.ones((2, 3)), [0, 1])
+
+
+def test_collating_observations_of_different_shapes_is_refused_when_the_loader_is_made():
+    with pytest.raises(ValueError, match=r"observation 1 has shape \(1,\), observation 0 has \(2,\)"):
+        fx.DataLoader([[1.0, 2.0], [3.0]], batchsize=2, collate=True)
+    with pytest.raises(ValueError, match="observation 0 is a ragged nested list"):
+        fx.DataLoader([[[1.0], [2.0, 3.0]]], collate=True)
+    # equal shapes collate as before
+    (b,) = list(fx.DataLoader([(np.ones(2), 1), (np.zeros(2), 0)], batchsize=2, collate=True))
+    assert tuple(b[0].shape) == (2, 2)
