@@ -127,3 +127,13 @@ def test_dataloader_pytorch_keywords_give_fluxs_spelling():
         fx.DataLoader(X, collate_fn=list)
     # the spellings the messages give do what PyTorch's did
     assert [len(b) for b in fx.DataLoader(X, batchsize=4, partial=False)] == [4, 4]
+
+
+def test_collating_observations_of_different_shapes_is_refused_when_the_loader_is_made():
+    with pytest.raises(ValueError, match=r"observation 1 has shape \(1,\), observation 0 has \(2,\)"):
+        fx.DataLoader([[1.0, 2.0], [3.0]], batchsize=2, collate=True)
+    with pytest.raises(ValueError, match="observation 0 is a ragged nested list"):
+        fx.DataLoader([[[1.0], [2.0, 3.0]]], collate=True)
+    # equal shapes collate as before
+    (b,) = list(fx.DataLoader([(np.ones(2), 1), (np.zeros(2), 0)], batchsize=2, collate=True))
+    assert tuple(b[0].shape) == (2, 2)

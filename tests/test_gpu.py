@@ -1,9 +1,11 @@
 """The GPU backend through the Python API, against the CPU backend.
 
-In the default (CPU-only) build only the first tests run: `fx.gpu` must fail clearly and
-nothing else may notice. In the `gpu` build (`maturin develop --release --features gpu`)
-the rest run on whatever adapter is found; CI uses Debian's CPU Vulkan driver (lavapipe)
-and sets FLUXRS_REQUIRE_GPU=1, so a missing adapter fails there instead of skipping.
+In the default (CPU-only) build only the first tests run: `fx.gpu` must fall back to the
+CPU with one warning (or, strict, fail with a true hint) and nothing else may notice. In the
+`gpu` build (`MATURIN_PEP517_ARGS="--features gpu" pip install .`, or `maturin develop
+--release --features gpu`) the rest run on whatever adapter is found; CI uses Debian's CPU
+Vulkan driver (lavapipe) and sets FLUXRS_REQUIRE_GPU=1, so a missing adapter fails there
+instead of skipping.
 
 Tolerance: 2e-5 absolute + 2e-5 relative (the GPU's exp/log/tanh are the driver's, and
 its sums run in another order).
@@ -35,13 +37,84 @@ def test_default_build_never_loads_a_gpu_driver():
     assert out == "False", "a GPU driver was loaded by CPU-only work"
 
 
-@pytest.mark.skipif(_core.GPU_COMPILED, reason="this build has the GPU backend")
-def test_gpu_without_the_backend_raises_a_clear_error():
-    assert fx.gpu_available() is False
-    with pytest.raises(RuntimeError, match="built without the GPU backend"):
+#: The build command the errors must name (the `gpu` extra does not exist).
+_HINT = 'MATURIN_PEP517_ARGS="--features gpu" pip install .'
+
+
+@pytest.fixture
+def without_gpu(monkeypatch):
+    """A process with no usable GPU, not required to have one, that has not warned yet."""
+    if fx.gpu_available():
+        pytest.skip("a GPU is available")
+    monkeypatch.delenv("FLUXRS_REQUIRE_GPU", raising=False)
+    monkeypatch.setattr(fx.device, "_fallback_warned", False)
+
+
+def test_gpu_without_a_gpu_returns_its_argument_on_the_cpu_with_one_warning(without_gpu):
+    m, x = fx.Dense(2, 2), fx.tensor([1.0, 2.0])
+    with pytest.warns(RuntimeWarning, match="fx.gpu: no GPU") as record:
+        assert fx.gpu(m) is m
+        assert fx.gpu(x) is x
+        a = fx.gpu(np.ones((2, 2), np.float32))
+    ours = [str(w.message) for w in record if "fx.gpu" in str(w.message)]
+    assert len(ours) == 1, ours
+    assert m.weight.device == "cpu" and x.device == "cpu"
+    # an array becomes a tensor, as on the GPU, so the type does not depend on the machine
+    assert isinstance(a, fx.Tensor) and a.device == "cpu"
+    reason = ours[0]
+    if not _core.GPU_COMPILED:
+        assert "built without the GPU backend" in reason and _HINT in reason
+    assert "fluxrs[gpu]" not in reason
+
+
+def test_gpu_fallback_warns_once_per_process():
+    """Three calls from three lines, with every warning shown: the message appears once."""
+    code = ("import warnings, fluxrs as fx\n"
+            "warnings.simplefilter('always')\n"
+            "m = fx.gpu(fx.Dense(2, 2))\n"
+            "x = fx.gpu(fx.tensor([1.0]))\n"
+            "y = fx.gpu(fx.tensor([2.0]))\n"
+            "print(fx.gpu_available(), x.device, y.device, m.weight.device)\n")
+    env = {k: v for k, v in os.environ.items() if k != "FLUXRS_REQUIRE_GPU"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    if r.stdout.split()[0] == "True":
+        pytest.skip("a GPU is available")
+    assert r.stdout.split()[1:] == ["cpu"] * 3
+    assert r.stderr.count("fx.gpu: no GPU") == 1, r.stderr
+
+
+def test_a_model_moved_by_gpu_without_a_gpu_trains(without_gpu):
+    """The README's device-agnostic loop runs on a machine without a GPU."""
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(32, 3)).astype(np.float32)
+    ys = xs @ np.array([[1.0], [-2.0], [0.5]], np.float32)
+    with pytest.warns(RuntimeWarning, match="fx.gpu: no GPU"):
+        model = fx.gpu(fx.Dense(3, 1))
+    loss = lambda m, x, y: fx.mse(m(fx.gpu(x)), fx.gpu(y))  # noqa: E731
+    opt = fx.setup(fx.Adam(0.05), model)
+    before = float(loss(model, xs, ys))
+    for _ in range(20):
+        fx.train_(loss, model, [(xs, ys)], opt)
+    assert float(loss(model, xs, ys)) < 0.5 * before
+    assert fx.cpu(model).weight.device == "cpu"
+
+
+def test_gpu_strict_without_a_gpu_raises_saying_why(without_gpu, monkeypatch):
+    match = "built without the GPU backend" if not _core.GPU_COMPILED else "no GPU adapter"
+    with pytest.raises(RuntimeError, match=match) as e:
+        fx.gpu(fx.Dense(2, 2), strict=True)
+    if not _core.GPU_COMPILED:
+        assert _HINT in str(e.value) and "fluxrs[gpu]" not in str(e.value)
+    # FLUXRS_REQUIRE_GPU (what CI sets for the GPU tests) makes every call strict
+    monkeypatch.setenv("FLUXRS_REQUIRE_GPU", "1")
+    with pytest.raises(RuntimeError, match=match):
         fx.gpu(fx.Dense(2, 2))
-    with pytest.raises(RuntimeError, match="built without the GPU backend"):
+    # an explicit move to the GPU never falls back
+    monkeypatch.delenv("FLUXRS_REQUIRE_GPU")
+    with pytest.raises(RuntimeError, match=match):
         fx.tensor([1.0, 2.0]).to_device("gpu")
+    with pytest.raises(RuntimeError, match=match):
+        fx.to_device(fx.Dense(2, 2), "gpu")
     # and the CPU keeps working
     assert fx.cpu(fx.tensor([1.0])).device == "cpu"
 
@@ -55,11 +128,7 @@ def _need_gpu():
 
 
 def _why_no_gpu() -> str:
-    try:
-        fx.gpu_info()
-    except RuntimeError as e:
-        return str(e)
-    return "?"
+    return fx.device._why_no_gpu()
 
 
 gpu_only = pytest.mark.usefixtures("gpu_required")

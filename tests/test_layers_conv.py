@@ -760,3 +760,19 @@ def test_pytorch_padding_spellings_point_to_samepad():
     x = fx.rand(1, 1, 7, 7)
     assert fx.Conv((3, 3), (1, 16), pad=fx.SamePad())(x).shape == (1, 16, 7, 7)
     assert fx.MaxPool((3, 3), pad=fx.SamePad(), stride=1)(x).shape == (1, 1, 7, 7)
+
+
+@pytest.mark.parametrize("layer", [fx.GlobalMeanPool(), fx.GlobalMaxPool()], ids=repr)
+def test_global_pooling_refuses_an_empty_spatial_extent(layer):
+    with pytest.raises(ValueError, match=r"no spatial positions to pool over in input of shape \(1, 3, 0\)"):
+        layer(np.zeros((1, 3, 0), np.float32))
+    # an empty batch is fine: nothing to pool, nothing pooled
+    assert layer(np.zeros((0, 3, 4), np.float32)).shape == (0, 3, 1)
+
+
+def test_upsample_of_an_empty_spatial_axis():
+    x = np.zeros((2, 3, 0, 2), np.float32)
+    assert fx.Upsample(scale=2)(x).shape == (2, 3, 0, 4)
+    assert fx.Upsample("bilinear", scale=(3, 2))(x).shape == (2, 3, 0, 4)
+    with pytest.raises(ValueError, match="cannot upsample an empty spatial axis to size"):
+        fx.Upsample("bilinear", size=(3, 3))(x)

@@ -227,3 +227,12 @@ def test_normalisation_gradients_match_finite_differences(make, shape):
         layer.running_var.assign_(f64(rng.random(3) + 0.5))
     x = f64(rng.normal(size=shape))
     check_gradients(lambda: layer(x), layer, x, rtol=1e-5, atol=1e-7)
+
+
+def test_instancenorm_tracking_stats_refuses_an_empty_batch():
+    m = fx.trainmode_(fx.InstanceNorm(3, track_stats=True))
+    with pytest.raises(ValueError, match=r"needs at least one sample .* got input of shape \(0, 3, 4\)"):
+        m(np.zeros((0, 3, 4), np.float32))
+    # the running statistics were left as they were, not averaged over no samples
+    np.testing.assert_array_equal(m.running_mean.numpy(), np.zeros(3, np.float32))
+    np.testing.assert_array_equal(m.running_var.numpy(), np.ones(3, np.float32))

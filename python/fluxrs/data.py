@@ -93,6 +93,8 @@ class DataLoader:
         self.collate = collate
         self._kind, self.data = self._normalise(data)
         self.nobs = self._count()
+        if self._kind == "list" and collate is True:
+            _check_stackable(self.data)
 
     def _normalise(self, data: Any) -> tuple[str, Any]:
         if isinstance(data, dict):
@@ -177,6 +179,34 @@ class DataLoader:
     def __repr__(self) -> str:
         return (f"DataLoader({self._kind}, batchsize={self.batchsize}, shuffle={self.shuffle}, "
                 f"partial={self.partial})  # {len(self)} batches of {self.nobs} observations")
+
+
+def _shape_of(obs: Any) -> Any:
+    """The structure and array shapes of one observation: two stack into a batch when equal."""
+    if isinstance(obs, tuple):
+        return tuple(_shape_of(o) for o in obs)
+    if isinstance(obs, dict):
+        return {k: _shape_of(v) for k, v in obs.items()}
+    try:
+        return np.shape(obs)
+    except ValueError:  # a ragged nested list
+        return None
+
+
+def _check_stackable(items: list) -> None:
+    """Refuse, when the loader is made rather than at some later batch, observations that
+    `_stack_observations` cannot stack (ragged, or of different shapes)."""
+    if not items:
+        return
+    first = _shape_of(items[0])
+    for i, it in enumerate(items):
+        s = _shape_of(it)
+        if s is None:
+            raise ValueError(f"DataLoader(collate=True): observation {i} is a ragged nested list, which cannot be "
+                             "stacked into a batch")
+        if s != first:
+            raise ValueError(f"DataLoader(collate=True): observation {i} has shape {s}, observation 0 has {first}; "
+                             "collated observations must all have the same shape")
 
 
 def _stack_observations(items: list) -> Any:

@@ -2,10 +2,15 @@
 
 As in Flux, ``fx.gpu(model)`` returns the model with every array on the GPU and
 ``fx.cpu(model)`` brings it back; ops then run where their inputs are. The GPU backend
-(wgpu: Vulkan, Metal or DX12) is compiled in only by the ``gpu`` build
-(``maturin develop --release --features gpu``); the default build is CPU-only and never
-loads a GPU driver. Without the backend, or without an adapter, ``fx.gpu`` raises
-RuntimeError saying which, and everything else keeps working on the CPU.
+(wgpu: Vulkan, Metal or DX12) is compiled in only by the ``gpu`` build, from a source
+checkout: ``MATURIN_PEP517_ARGS="--features gpu" pip install .`` (or ``maturin develop
+--release --features gpu``); the default build is CPU-only and never loads a GPU driver.
+
+Without the backend, or without an adapter, ``fx.gpu`` falls back to the CPU as Flux's
+``gpu`` does: it returns its argument unchanged and warns once per process, saying which,
+so a device-agnostic script runs anywhere. ``fx.gpu(x, strict=True)``, or the environment
+variable ``FLUXRS_REQUIRE_GPU`` set to anything non-empty (as CI sets it for the GPU
+tests), makes that a RuntimeError instead. ``fx.to_device(x, "gpu")`` always raises.
 
 >>> import fluxrs as fx
 >>> m = fx.Dense(2, 3)
@@ -17,6 +22,9 @@ True
 
 from __future__ import annotations
 
+import os
+import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -62,12 +70,37 @@ def to_device(x: Any, device: str) -> Any:
     return fmap(lambda t: t.to_device(device), x)
 
 
-def gpu(x: Any) -> Any:
+_fallback_warned = False
+_fallback_lock = threading.Lock()
+
+
+def gpu(x: Any, strict: bool = False) -> Any:
     """Move a tensor, array or model to the GPU (Flux's ``gpu``).
 
     Data must be float32 there; float64 tensors raise TypeError naming the dtype.
+
+    Without a usable GPU (no backend in this build, or no adapter found) `x` is returned
+    as it is, on the CPU (an array as a CPU tensor, the type the GPU would give), with one
+    RuntimeWarning per process saying why. With ``strict=True``, or with the environment
+    variable ``FLUXRS_REQUIRE_GPU`` non-empty, that raises RuntimeError instead.
     """
-    return to_device(x, "gpu")
+    global _fallback_warned
+    if not gpu_available() and not (strict or os.environ.get("FLUXRS_REQUIRE_GPU")):
+        with _fallback_lock:
+            first, _fallback_warned = not _fallback_warned, True
+        if first:
+            warnings.warn(f"fx.gpu: no GPU, so the data stays on the CPU ({_why_no_gpu()}). Pass strict=True or set "
+                          "FLUXRS_REQUIRE_GPU=1 to make this an error.", RuntimeWarning, stacklevel=2)
+        return Tensor(x) if isinstance(x, np.ndarray) else x
+    return to_device(x, "gpu")  # without a GPU: RuntimeError saying why
+
+
+def _why_no_gpu() -> str:
+    try:
+        gpu_info()
+    except RuntimeError as e:
+        return str(e)
+    return "the GPU failed after it was found"
 
 
 def cpu(x: Any) -> Any:

@@ -588,6 +588,9 @@ class _GlobalPool(Layer):
         if not 3 <= x.ndim <= 5:
             raise ValueError(f"{self._name}() expects input of shape (N, C, S...) with 1 to 3 spatial axes, "
                              f"got {tuple(x.shape)}")
+        if 0 in x.shape[2:]:
+            # as MeanPool and AdaptiveMeanPool refuse: the mean of nothing is NaN, the max undefined
+            raise ValueError(f"{self._name}(): no spatial positions to pool over in input of shape {tuple(x.shape)}")
         return self._reduce(x, tuple(range(2, x.ndim)))
 
     def _repr_inner(self) -> str:
@@ -732,6 +735,12 @@ class Upsample(Layer):
             raise ValueError(f"{_who(self)}: mode {self.mode!r} is for {want} spatial axes, got input {tuple(x.shape)}")
         insize = tuple(x.shape[2:])
         out = self._out_size(insize)
+        if 0 in insize:
+            # an empty axis scales to an empty axis; there is nothing to interpolate a size from
+            if any(o != 0 for o, i in zip(out, insize) if i == 0):
+                raise ValueError(f"{_who(self)}: cannot upsample an empty spatial axis to size {out} (input "
+                                 f"{tuple(x.shape)})")
+            return x.reshape(tuple(x.shape[:2]) + out)
         if self.mode == "nearest":
             if any(o % i for o, i in zip(out, insize)):
                 raise ValueError(f"{_who(self)}: nearest upsampling needs an output size {out} that is a multiple "

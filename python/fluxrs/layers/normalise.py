@@ -270,9 +270,10 @@ class InstanceNorm(_Stats):
         active = self._is_active()
         if active or not self.track_stats:
             m = math.prod(x.shape[2:])
-            if active and self.track_stats and m < 2:
-                raise ValueError(f"{self._repr_inner()} in training mode needs more than one value per channel "
-                                 f"and sample, got input of shape {tuple(x.shape)}")
+            # an empty batch would average its statistics over no samples: NaN running stats
+            if active and self.track_stats and (m < 2 or x.shape[0] == 0):
+                raise ValueError(f"{self._repr_inner()} in training mode needs at least one sample and more than one "
+                                 f"value per channel and sample, got input of shape {tuple(x.shape)}")
             xc, mean, var = _moments(x, axes)
             if active and self.track_stats:
                 self._track(mean.mean(0), var.mean(0), m)

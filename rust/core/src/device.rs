@@ -48,8 +48,8 @@ pub fn gpu_info() -> Result<String> {
 pub(crate) fn not_compiled(op: &'static str) -> Error {
     Error::Device {
         op,
-        msg: "this fluxrs was built without the GPU backend; install the `gpu` build (pip install 'fluxrs[gpu]', \
-              or maturin develop --release --features gpu)"
+        msg: "this fluxrs was built without the GPU backend; build it from a source checkout with the `gpu` \
+              feature: MATURIN_PEP517_ARGS=\"--features gpu\" pip install . (or maturin develop --release --features gpu)"
             .into(),
     }
 }

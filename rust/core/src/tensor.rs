@@ -57,7 +57,13 @@ impl std::fmt::Debug for Tensor {
 impl Tensor {
     // ---------- construction ----------
 
+    /// Every tensor is made here, so this is where an empty layout is made canonical (offset
+    /// 0, contiguous strides). A view with no elements addresses nothing, but the offset it
+    /// inherits from a slice or index may lie past its buffer (the columns `1::2` of a (0, 6)
+    /// tensor start at offset 1 of a buffer of length 0), and every accessor that offsets or
+    /// slices the storage by it, on the CPU or the GPU, would otherwise need its own guard.
     pub(crate) fn from_parts(storage: Arc<RwLock<Storage>>, layout: Layout, dtype: DType, node: Option<Node>) -> Tensor {
+        let layout = if layout.numel() == 0 { Layout::contiguous(&layout.shape) } else { layout };
         Tensor(Arc::new(Inner { id: TensorId::fresh(), storage, layout, dtype, node }))
     }
 
@@ -177,11 +183,9 @@ impl Tensor {
         let l = &self.0.layout;
         // SAFETY: every layout is built by this crate's ops from a valid one over the same
         // buffer (views only narrow, permute or broadcast with stride 0), so all indices
-        // reachable through (shape, strides, offset) lie in `data`, which the read lock keeps alive.
-        let view = unsafe {
-            let strides: Vec<usize> = l.strides.iter().map(|&s| s as usize).collect();
-            ArrayViewD::from_shape_ptr(IxDyn(&l.shape).strides(IxDyn(&strides)), data.as_ptr().add(l.offset))
-        };
+        // reachable through (shape, strides, offset) lie in `data`, which the read lock keeps alive;
+        // an empty layout has offset 0 (`from_parts`), so even its pointer stays in the buffer.
+        let view = unsafe { ArrayViewD::from_shape_ptr(nd_shape(l), data.as_ptr().add(l.offset)) };
         Ok(f(view))
     }
 
@@ -271,10 +275,7 @@ impl Tensor {
             let data = T::slice_mut(&mut guard);
             let l = &self.0.layout;
             // SAFETY: as in `with_view`; the write lock gives exclusive access to the buffer.
-            let mut view = unsafe {
-                let strides: Vec<usize> = l.strides.iter().map(|&s| s as usize).collect();
-                ndarray::ArrayViewMutD::from_shape_ptr(IxDyn(&l.shape).strides(IxDyn(&strides)), data.as_mut_ptr().add(l.offset))
-            };
+            let mut view = unsafe { ndarray::ArrayViewMutD::from_shape_ptr(nd_shape(l), data.as_mut_ptr().add(l.offset)) };
             view.assign(&src);
         });
         Ok(())
@@ -309,10 +310,7 @@ impl Tensor {
             let data = T::slice_mut(&mut guard);
             let l = &self.0.layout;
             // SAFETY: as in `assign`.
-            let mut view = unsafe {
-                let strides: Vec<usize> = l.strides.iter().map(|&s| s as usize).collect();
-                ndarray::ArrayViewMutD::from_shape_ptr(IxDyn(&l.shape).strides(IxDyn(&strides)), data.as_mut_ptr().add(l.offset))
-            };
+            let mut view = unsafe { ndarray::ArrayViewMutD::from_shape_ptr(nd_shape(l), data.as_mut_ptr().add(l.offset)) };
             view += &src;
         });
         Ok(())
@@ -331,5 +329,122 @@ impl Tensor {
             return Err(Error::DType { op, msg: format!("expected {}, got {}", T::DTYPE, self.dtype()) });
         }
         Ok(())
+    }
+}
+
+/// The shape and strides of an ndarray view of `l`. An empty layout gets ndarray's own
+/// strides for its shape (all zero): the numpy-style strides of an empty tensor fail ndarray's
+/// debug checks (an owned copy's strides reach past its empty buffer; zero strides given
+/// explicitly count as overlapping in a mutable view).
+fn nd_shape(l: &Layout) -> ndarray::StrideShape<IxDyn> {
+    if l.numel() == 0 {
+        return IxDyn(&l.shape).into();
+    }
+    let strides: Vec<usize> = l.strides.iter().map(|&s| s as usize).collect();
+    IxDyn(&l.shape).strides(IxDyn(&strides))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iota(shape: &[usize]) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_vec((0..n).map(|i| i as f32).collect(), shape).unwrap()
+    }
+
+    /// Views with no elements whose raw offset (base offset plus start times stride) lies past
+    /// the end of their storage, each with its expected shape.
+    fn empty_views() -> Vec<(&'static str, Tensor, Vec<usize>)> {
+        let cols = iota(&[0, 6]);
+        let rows = iota(&[4, 0]);
+        let wide = iota(&[0, 4]);
+        let full = iota(&[2, 3]);
+        vec![
+            ("columns 1::2 of (0, 6)", cols.slice(1, 1, 6, 2).unwrap(), vec![0, 3]),
+            ("row 1 of (4, 0)", rows.select(0, 1).unwrap(), vec![0]),
+            ("rows 2.. of (4, 0)", rows.slice(0, 2, 4, 1).unwrap(), vec![2, 0]),
+            ("rows 2.. of a (0, 4) transposed", wide.transpose(0, 1).unwrap().slice(0, 2, 4, 1).unwrap(), vec![2, 0]),
+            // the storage has 6 elements, the offset would be 2 + 2 * 3 = 8
+            ("rows 2.. of the last column of (2, 3)", full.slice(1, 2, 3, 1).unwrap().slice(0, 2, 2, 1).unwrap(), vec![0, 1]),
+            ("reshape of row 1 of (4, 0)", rows.select(0, 1).unwrap().reshape(&[0, 5]).unwrap(), vec![0, 5]),
+            ("permute of columns 1::2 of (0, 6)", cols.slice(1, 1, 6, 2).unwrap().permute(&[1, 0]).unwrap(), vec![3, 0]),
+            ("broadcast of row 1 of (4, 0)", rows.slice(0, 1, 2, 1).unwrap().broadcast_to(&[3, 0]).unwrap(), vec![3, 0]),
+        ]
+    }
+
+    #[test]
+    fn an_empty_view_has_offset_zero_and_contiguous_strides() {
+        for (what, v, shape) in empty_views() {
+            assert_eq!(v.shape(), &shape[..], "{what}");
+            assert_eq!(v.layout().offset, 0, "{what}");
+            assert_eq!(v.strides(), &crate::layout::contiguous_strides(&shape)[..], "{what}");
+            assert!(v.is_contiguous(), "{what}");
+        }
+    }
+
+    #[test]
+    fn empty_views_read_as_no_elements() {
+        for (what, v, shape) in empty_views() {
+            assert_eq!(v.with_slice::<f32, _>(|s| s.len()).unwrap(), 0, "{what}");
+            assert_eq!(v.with_view::<f32, _>(|a| a.len()).unwrap(), 0, "{what}");
+            assert!(v.to_vec::<f32>().unwrap().is_empty(), "{what}");
+            assert!(v.to_vec_f64().is_empty(), "{what}");
+            assert_eq!(v.to_array::<f32>().unwrap().shape(), &shape[..], "{what}");
+            assert!(v.item().is_err(), "{what}");
+        }
+    }
+
+    #[test]
+    fn empty_views_write_no_elements() {
+        for (what, v, shape) in empty_views() {
+            assert_eq!(v.with_slice_mut::<f32, _>(|s| s.len()).unwrap(), 0, "{what}");
+            v.assign(&Tensor::zeros(&shape, DType::F32)).unwrap();
+            v.assign(&Tensor::scalar(1.0f32)).unwrap();
+            v.add_assign_raw(&Tensor::zeros(&shape, DType::F32)).unwrap();
+            let e = v.clone().into_exclusive().unwrap();
+            assert_eq!((e.shape(), e.numel()), (&shape[..], 0), "{what}");
+        }
+    }
+
+    #[test]
+    fn empty_views_go_through_the_kernels() {
+        for (what, v, shape) in empty_views() {
+            let check = |t: Tensor, op: &str| {
+                assert_eq!(t.shape(), &shape[..], "{what}: {op}");
+                assert!(t.to_vec_f64().is_empty(), "{what}: {op}");
+            };
+            check(v.contiguous().unwrap(), "contiguous");
+            check(v.cast(DType::F64).unwrap(), "cast");
+            check(v.exp().unwrap(), "exp");
+            check(v.scale(2.0).unwrap(), "scale");
+            check(v.add(&v).unwrap(), "add");
+            check(v.mul(&Tensor::scalar(3.0f32)).unwrap(), "mul by a scalar");
+            check(v.mul(&Tensor::zeros(&shape, DType::F32)).unwrap(), "mul by a fresh tensor");
+            assert_eq!(v.sum_all().unwrap().item().unwrap(), 0.0, "{what}: sum");
+            let flat = v.reshape(&[0]).unwrap();
+            assert_eq!(flat.shape(), &[0], "{what}: reshape");
+            check(Tensor::concat(&[v.clone(), v.clone()], 0).unwrap().slice(0, 0, shape[0], 1).unwrap(), "concat");
+            if shape.len() == 2 {
+                let t = v.transpose(0, 1).unwrap();
+                assert_eq!(t.shape(), &[shape[1], shape[0]], "{what}: transpose");
+                let p = v.matmul(&Tensor::zeros(&[shape[1], 2], DType::F32)).unwrap();
+                assert_eq!(p.to_vec_f64(), vec![0.0; shape[0] * 2], "{what}: matmul");
+                if shape[0] > 0 {
+                    check(v.index_select(0, &(0..shape[0]).rev().collect::<Vec<_>>()).unwrap(), "index_select");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_flow_through_empty_views() {
+        let x = iota(&[0, 6]);
+        crate::push_watch(std::slice::from_ref(&x));
+        let loss = x.slice(1, 1, 6, 2).unwrap().exp().unwrap().sum_all().unwrap();
+        crate::pop_watch();
+        let g = crate::grad(&loss, std::slice::from_ref(&x), None).unwrap()[0].clone().expect("x reaches the loss");
+        assert_eq!(g.shape(), &[0, 6]);
+        assert!(g.to_vec_f64().is_empty());
     }
 }

@@ -343,10 +343,8 @@ impl Tensor {
         let mut layout = l.clone();
         layout.shape[ax] = len;
         layout.strides[ax] = l.strides[ax] * step as isize;
-        // an empty view keeps the offset, which may otherwise point past the storage
-        if len > 0 {
-            layout.offset = (l.offset as isize + start as isize * l.strides[ax]) as usize;
-        }
+        // (an empty result may point past the storage here: `from_parts` resets its offset)
+        layout.offset = (l.offset as isize + start as isize * l.strides[ax]) as usize;
         self.view_with(layout)
     }
 
