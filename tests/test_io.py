@@ -104,6 +104,36 @@ def test_loadmodel_errors_name_key_and_shapes_and_change_nothing():
         fx.loadmodel_(fx.Dense(2, 2), {"weight": np.zeros((2, 2))})
 
 
+def test_loadmodel_from_a_model_copies_tensors_only_and_zeroes_an_absent_bias():
+    src = fx.Chain(fx.Dense(3, 4, bias=False), fx.BatchNorm(4), fx.Dense(4, 2, fx.relu))
+    src[1].running_mean.assign_(np.arange(4, dtype=np.float32))
+    dst = fx.Chain(fx.Dense(3, 4, bias=fx.ones(4)), fx.BatchNorm(4), fx.Dense(4, 2))
+    assert fx.loadmodel_(dst, src) is dst
+    np.testing.assert_array_equal(dst[0].bias.numpy(), np.zeros(4))  # Flux zeroes it too
+    np.testing.assert_array_equal(dst[1].running_mean.numpy(), np.arange(4))
+    np.testing.assert_array_equal(dst[2].weight.numpy(), src[2].weight.numpy())
+    assert dst[2].act is fx.identity  # functions are not copied
+    assert src[0].bias is None
+    with pytest.raises(CheckpointError, match=r"loadmodel_: shape mismatch at 'layers\.2\.weight': the model has "
+                                              r"\(2, 4\), the source model has \(3, 4\)"):
+        fx.loadmodel_(dst, fx.Chain(fx.Dense(3, 4), fx.BatchNorm(4), fx.Dense(4, 3)))
+    with pytest.raises(TypeError, match="filter must be a function"):
+        fx.loadmodel_(dst, src, filter="Dropout")
+
+
+def test_loadmodel_into_tied_weights_checks_the_values_agree():
+    d = fx.Dense(3, 3)
+    m = fx.Chain(d, fx.Dense(d.weight))
+    s = fx.state(m)
+    fx.loadmodel_(m, s)  # equal values at both places: fine
+    before = d.weight.numpy().copy()
+    s["layers"][1]["weight"] = s["layers"][1]["weight"] + 1
+    with pytest.raises(CheckpointError, match=r"'layers\.0\.weight' and 'layers\.1\.weight' are the same \(tied\) "
+                                              r"tensor in the model, but the state has different values"):
+        fx.loadmodel_(m, s)
+    np.testing.assert_array_equal(d.weight.numpy(), before)
+
+
 # ---------------------------------------------------------------- save / load
 
 def test_save_load_round_trip_is_exact_including_optimiser_state(tmp_path):

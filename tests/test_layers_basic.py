@@ -460,8 +460,9 @@ def test_orthogonal():
     # the sign fix makes the distribution uniform: no systematic sign on the diagonal
     diag = np.array([np.diag(fx.orthogonal(4, 4).numpy()) for _ in range(200)])
     assert abs((diag > 0).mean() - 0.5) < 0.1
-    with pytest.raises(ValueError, match="at least 2 dimensions"):
-        fx.orthogonal(3)
+    assert np.linalg.norm(fx.orthogonal(3, gain=2).numpy()) == pytest.approx(2)  # a vector: as Flux's 1×n matrix
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        fx.orthogonal(())
 
 
 # Flux: test/utils.jl, "sparse_init"

@@ -18,7 +18,8 @@ from fluxrs.activations import (celu, elu, gelu, hardshrink, hardsigmoid, hardsw
                                 lisht, logcosh, logsigmoid, logsoftmax, mish, relu, relu6, rrelu, selu, sigmoid,
                                 softmax, softplus, softshrink, softsign, swish, tanh, tanhshrink, trelu, σ)
 from fluxrs.layers import (Chain, Dense, f32, f64, glorot_normal, glorot_uniform, identity_init, kaiming_normal,
-                           kaiming_uniform, lecun_normal, ones32, orthogonal, sparse_init, truncated_normal, zeros32)
+                           kaiming_uniform, lecun_normal, nfan, ones32, orthogonal, sparse_init, truncated_normal,
+                           zeros32)
 from fluxrs.layers import (GRU, LSTM, RNN, AlphaDropout, BatchNorm, Bidirectional, Bilinear, Dropout, Embedding,
                            EmbeddingBag, GroupNorm, GRUCell, InstanceNorm, LayerNorm, LSTMCell, Maxout,
                            MultiHeadAttention, PairwiseFusion, Parallel, Recurrence, RNNCell, Scale, SkipConnection,

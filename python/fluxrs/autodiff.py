@@ -124,6 +124,7 @@ def params(*xs: Any) -> Params:
     2
     """
     ps = Params()
+    visiting: set[int] = set()  # containers being walked: a list holding itself is walked once
 
     def walk(x):
         if isinstance(x, Tensor):
@@ -132,12 +133,13 @@ def params(*xs: Any) -> Params:
             ps.push(_core.Tensor(x))
         elif isinstance(x, (list, tuple)) and x and all(isinstance(v, numbers.Real) for v in x):
             ps.push(_core.Tensor(np.asarray(x, dtype=np.float32)))  # a Julia array of numbers
-        elif isinstance(x, (list, tuple)):  # an array of arrays: unpacked, as Flux does
-            for v in x:
+        elif isinstance(x, (list, tuple, dict)):  # an array of arrays: unpacked, as Flux does; a
+            if id(x) in visiting:                 # dict (a NamedTuple): its values, plain lists too
+                return
+            visiting.add(id(x))
+            for v in (x.values() if isinstance(x, dict) else x):
                 walk(v)
-        elif isinstance(x, dict):  # a NamedTuple: its array values (plain lists included)
-            for v in x.values():
-                walk(v)
+            visiting.discard(id(x))
         elif isinstance(x, _ATOMS):
             return
         else:

@@ -288,19 +288,31 @@ def _class_index(classes: Sequence) -> dict:
 
 
 def _key(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
+    """The dictionary key of a label, matching as Julia's ``isequal`` (what Flux compares
+    labels with): 1 and 1.0 match, but -0.0 is not 0.0, and NaN matches NaN."""
+    v = v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, float) and not isinstance(v, bool):
+        if v != v:
+            return ("NaN",)
+        if v == 0.0 and math.copysign(1.0, v) < 0:
+            return ("-0.0",)
+    return v
 
 
 def onehotbatch(labels: Any, classes: Iterable, default: Any = None) -> Tensor:
-    """One-hot encode `labels` against `classes`: an ``(N, len(classes))`` float32 tensor,
-    batch-first (Flux's is ``(nclasses, N)``). A label not in `classes` is an error unless
-    `default` names the class to use instead. A single label gives a vector.
+    """One-hot encode `labels` against `classes`: a float32 tensor of shape
+    ``(*labels.shape, len(classes))``, batch-first (Flux's is ``(nclasses, N...)``): N labels
+    give ``(N, C)``, an (N, T) array of labels ``(N, T, C)``, a single label a vector. A
+    label not in `classes` is an error unless `default` names the class to use instead.
+    Labels match classes as Flux's ``isequal``: 1 matches 1.0, -0.0 does not match 0.0.
 
     >>> import fluxrs as fx
     >>> fx.onehotbatch([0, 2], range(3)).tolist()
     [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     >>> fx.onehotbatch(["b", "z"], ["a", "b", "c"], default="c").tolist()
     [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    >>> fx.onehotbatch([[0, 1, 1], [2, 2, 0]], range(3)).shape
+    (2, 3, 3)
     """
     classes = _classes(classes, "onehotbatch")
     try:
@@ -311,26 +323,37 @@ def onehotbatch(labels: Any, classes: Iterable, default: Any = None) -> Tensor:
     if isinstance(labels, Tensor):
         labels = labels.numpy()
     scalar = not isinstance(labels, (list, tuple, np.ndarray))
-    arr = np.asarray([labels] if scalar else labels, dtype=object)
-    if arr.ndim != 1:
-        raise ValueError(f"onehotbatch: labels must be one-dimensional, got shape {arr.shape}")
-    cols = np.empty(len(arr), dtype=np.int64)
-    for i, lab in enumerate(arr):
+    try:
+        arr = np.asarray([labels] if scalar else labels, dtype=object)
+        flat = arr.reshape(-1)
+        if any(isinstance(v, (list, tuple, np.ndarray)) for v in flat):  # numpy keeps ragged rows as objects
+            raise ValueError
+    except ValueError:
+        lens = [len(r) if hasattr(r, "__len__") else None for r in labels][:10]
+        raise ValueError("onehotbatch: labels must be a rectangular array (nested lists of equal lengths), got "
+                         f"rows of lengths {lens}") from None
+    cols = np.empty(flat.size, dtype=np.int64)
+    for i, lab in enumerate(flat):
         try:
             j = index.get(_key(lab))
         except TypeError:
-            raise TypeError(f"onehotbatch: label {lab!r} (item {i}) is not hashable; labels are numbers, strings "
-                            "or other hashable values") from None
+            raise TypeError(f"onehotbatch: label {lab!r} (at {_at(i, arr.shape)}) is not hashable; labels are "
+                            "numbers, strings or other hashable values") from None
         if j is None:
             if default is None or _key(default) not in index:
-                raise ValueError(f"onehotbatch: label {lab!r} (item {i}) is not one of the classes "
+                raise ValueError(f"onehotbatch: label {lab!r} (at {_at(i, arr.shape)}) is not one of the classes "
                                  f"{classes if len(classes) <= 20 else classes[:20] + ['...']}"
                                  + ("" if default is None else f", nor is the default {default!r}"))
             j = index[_key(default)]
         cols[i] = j
-    out = np.zeros((len(arr), len(classes)), dtype=np.float32)
-    out[np.arange(len(arr)), cols] = 1.0
-    return Tensor(out[0] if scalar else out)
+    out = np.zeros((flat.size, len(classes)), dtype=np.float32)
+    out[np.arange(flat.size), cols] = 1.0
+    return Tensor(out[0] if scalar else out.reshape(arr.shape + (len(classes),)))
+
+
+def _at(i: int, shape: tuple) -> str:
+    """Where the i-th label (in row-major order) sits in an array of `shape`."""
+    return f"item {i}" if len(shape) == 1 else f"index {tuple(int(k) for k in np.unravel_index(i, shape))}"
 
 
 def _classes(classes: Any, who: str) -> list:
@@ -348,15 +371,18 @@ def onehot(label: Any, classes: Iterable, default: Any = None) -> Tensor:
 
 
 def onecold(y: Any, classes: Sequence | None = None) -> Any:
-    """The inverse of `onehotbatch`: for each row of an ``(N, C)`` batch (or for a vector),
-    the class with the largest value; class indices 0..C-1 unless `classes` is given.
-    Works on probabilities and logits alike. Returns a numpy array (a scalar for a vector).
+    """The inverse of `onehotbatch`: for each observation, the class with the largest value
+    on the last axis; class indices 0..C-1 unless `classes` is given. ``(N, C)`` gives N
+    classes, ``(N, T, C)`` an (N, T) array, a vector one class. Works on probabilities and
+    logits alike; a NaN score is an error. Returns a numpy array (a scalar for a vector).
 
     >>> import fluxrs as fx
     >>> fx.onecold(fx.tensor([[0.1, 0.9], [0.8, 0.2]])).tolist()
     [1, 0]
     >>> fx.onecold([0.3, 0.7], ["cat", "dog"])
     'dog'
+    >>> fx.onecold(fx.onehotbatch([[0, 2], [1, 1]], range(3))).tolist()
+    [[0, 2], [1, 1]]
     """
     try:
         a = np.asarray(y.detach() if isinstance(y, Tensor) else y)
@@ -365,19 +391,23 @@ def onecold(y: Any, classes: Sequence | None = None) -> Any:
     if a.dtype.kind not in "biuf":
         raise TypeError(f"onecold: y must hold numbers (scores or probabilities), got {type(y).__name__} of dtype "
                         f"{a.dtype}")
-    if a.ndim == 0 or a.ndim > 2:
-        raise ValueError(f"onecold: expected a vector or an (N, classes) batch, got shape {a.shape}")
-    if a.shape[-1] == 0:
-        if a.ndim == 2 and a.shape[0] == 0:  # no observations: nothing to choose
-            return np.zeros(0, dtype=np.int64) if classes is None else np.asarray(list(classes))[:0]
-        raise ValueError(f"onecold: there are no classes to choose from (y has shape {a.shape})")
+    if a.ndim == 0:
+        raise ValueError("onecold: expected a vector of scores or a batch (..., classes), got a scalar")
     if classes is not None:
         classes = _classes(classes, "onecold")
+        if len(classes) != a.shape[-1]:
+            raise ValueError(f"onecold: {len(classes)} classes given for {a.shape[-1]} scores per observation "
+                             f"(y has shape {a.shape})")
+    if a.shape[-1] == 0:
+        if a.ndim > 1 and a.size == 0 and math.prod(a.shape[:-1]) == 0:  # no observations: nothing to choose
+            return np.zeros(a.shape[:-1], dtype=np.int64) if classes is None else np.asarray(classes)[:0]
+        raise ValueError(f"onecold: there are no classes to choose from (y has shape {a.shape})")
+    if a.dtype.kind == "f" and np.isnan(a).any():
+        at = tuple(int(k) for k in np.argwhere(np.isnan(a))[0])
+        raise ValueError(f"onecold: y holds NaN (at index {at} of shape {a.shape}), so no class is the largest")
     idx = a.argmax(axis=-1)
     if classes is None:
-        return idx if a.ndim == 2 else int(idx)
-    if len(classes) != a.shape[-1]:
-        raise ValueError(f"onecold: {len(classes)} classes given for {a.shape[-1]} scores per observation")
+        return idx if a.ndim > 1 else int(idx)
     if a.ndim == 1:
         return classes[int(idx)]
     return np.asarray(classes, dtype=object)[idx] if not all(isinstance(c, numbers.Number) for c in classes) \

@@ -24,8 +24,9 @@ import numpy as np
 from fluxrs._core import Tensor
 from fluxrs._checks import warn_caller
 
+# np.ufunc too: numpy functions used as activations (np.cbrt) carry a __dict__ but are no layers
 _ATOMS = (str, bytes, int, float, complex, bool, type(None), types.FunctionType, types.BuiltinFunctionType,
-          types.MethodType, types.ModuleType, type)
+          types.MethodType, types.ModuleType, type, np.ufunc)
 
 
 def as_attribute(node: Any, name: str, value: Any) -> Any:

@@ -41,7 +41,7 @@ import numpy as np
 
 from fluxrs import _core
 from fluxrs._core import Tensor
-from fluxrs.functor import _ATOMS, Struct, children
+from fluxrs.functor import _ATOMS, Struct, children, is_node
 
 __all__ = ["state", "loadmodel_", "load_checkpoint", "save", "load", "Checkpoint", "CheckpointError",
            "FORMAT_VERSION"]
@@ -61,9 +61,12 @@ def _join(prefix: str, key: Any) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
 
 
-def _model_entries(model: Any) -> dict[str, Tensor]:
+def _model_entries(model: Any, filter: Any = None, absent: set[str] | None = None) -> dict[str, Tensor]:
     """Every tensor of `model` (trainable or not) by dotted name, in tree order. A tensor
-    shared between two places appears under both names."""
+    shared between two places appears under both names. With `filter`, only the children for
+    which ``filter(child)`` is true are walked, and the kept entries of a list or tuple are
+    numbered afresh (``Flux.loadmodel!``'s `filter`). `absent` collects the names where a
+    layer holds None instead of a tensor (``bias=False``)."""
     out: dict[str, Tensor] = {}
     visiting: set[int] = set()
 
@@ -74,12 +77,29 @@ def _model_entries(model: Any) -> dict[str, Tensor]:
         if isinstance(node, _ATOMS) or id(node) in visiting:
             return
         visiting.add(id(node))
-        for k, v in children(node).items():
+        ch = children(node)
+        if filter is not None:
+            kept = [(k, v) for k, v in ch.items() if filter(v)]
+            ch = dict(enumerate(v for _, v in kept)) if isinstance(node, (list, tuple)) else dict(kept)
+        for k, v in ch.items():
+            if v is None and absent is not None and is_node(node):
+                absent.add(_join(name, k))
             walk(v, _join(name, k))
         visiting.discard(id(node))
 
     walk(model, "")
     return out
+
+
+def _is_model(src: Any) -> bool:
+    """Whether `src` holds a layer (a model to load from) rather than being a state."""
+    if isinstance(src, (Tensor, np.ndarray, Struct) + _ATOMS):
+        return False
+    if isinstance(src, dict):
+        return any(_is_model(v) for v in src.values())
+    if isinstance(src, (list, tuple)):
+        return any(_is_model(v) for v in src)
+    return is_node(src)
 
 
 def _copy(t: Tensor) -> np.ndarray:
@@ -176,32 +196,49 @@ def _unflatten(flat: dict[str, np.ndarray]) -> Any:
     return listify(root)
 
 
-def _plan_model_load(model: Any, flat: dict[str, np.ndarray], strict: bool, who: str) -> list[tuple[Tensor, np.ndarray]]:
+def _plan_model_load(model: Any, flat: dict[str, np.ndarray], strict: bool, who: str, filter: Any = None,
+                     src_absent: frozenset[str] = frozenset(), what: str = "state") -> list[tuple[Tensor, np.ndarray]]:
     """Check every tensor of `model` against `flat` and return the writes to make (nothing is
-    written here, so a mismatch leaves the model untouched)."""
-    entries = _model_entries(model)
+    written here, so a mismatch leaves the model untouched). As ``Flux.loadmodel!``: a tensor
+    whose source is absent (`src_absent`, a layer built with ``bias=False``) is zeroed, a
+    source tensor where the model holds none (its ``bias=False``) is ignored, and a tensor
+    tied to several places must get the same values at all of them."""
+    dst_absent: set[str] = set()
+    entries = _model_entries(model, filter, dst_absent)
     writes = []
     missing = []
+    first: dict[int, tuple[str, np.ndarray]] = {}  # a tied tensor's first write, to compare the others with
     for name, t in entries.items():
-        if name not in flat:
+        if name in flat:
+            a = flat[name]
+            if tuple(a.shape) != tuple(t.shape):
+                raise CheckpointError(f"{who}: shape mismatch at {name!r}: the model has {tuple(t.shape)}, the "
+                                      f"{what} has {tuple(a.shape)}")
+            if a.dtype.kind not in "fiub":
+                raise CheckpointError(f"{who}: the {what}'s {name!r} has dtype {a.dtype}, not a number")
+        elif name in src_absent:
+            a = np.zeros(t.shape)
+        else:
             missing.append((name, t))
             continue
-        a = flat[name]
-        if tuple(a.shape) != tuple(t.shape):
-            raise CheckpointError(f"{who}: shape mismatch at {name!r}: the model has {tuple(t.shape)}, the state has "
-                                  f"{tuple(a.shape)}")
-        if a.dtype.kind not in "fiub":
-            raise CheckpointError(f"{who}: the state's {name!r} has dtype {a.dtype}, not a number")
-        writes.append((t, np.ascontiguousarray(a, dtype=t.dtype)))
+        a = np.ascontiguousarray(a, dtype=t.dtype)
+        if id(t) in first:
+            other, b = first[id(t)]
+            if not np.array_equal(a, b):
+                raise CheckpointError(f"{who}: {other!r} and {name!r} are the same (tied) tensor in the model, but "
+                                      f"the {what} has different values for them")
+            continue
+        first[id(t)] = (name, a)
+        writes.append((t, a))
     if missing and strict:
         name, t = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise CheckpointError(f"{who}: the state has no entry {name!r}{more}; the model has a tensor of shape "
-                              f"{tuple(t.shape)} there. Is the state for this model? (strict=False skips it)")
-    extra = [k for k in flat if k not in entries]
+        raise CheckpointError(f"{who}: the {what} has no entry {name!r}{more}; the model has a tensor of shape "
+                              f"{tuple(t.shape)} there. Is the {what} for this model? (strict=False skips it)")
+    extra = [k for k in flat if k not in entries and k not in dst_absent]
     if extra and strict:
         shown = ", ".join(repr(k) for k in extra[:5]) + (", ..." if len(extra) > 5 else "")
-        raise CheckpointError(f"{who}: the state has entries the model lacks: {shown}. Is the state for this "
+        raise CheckpointError(f"{who}: the {what} has entries the model lacks: {shown}. Is the {what} for this "
                               "model? (strict=False ignores them)")
     return writes
 
@@ -634,10 +671,14 @@ def load(path: str | os.PathLike) -> Checkpoint:
 
 
 def _plan_load(model: Any, src: Any, opt_state: Any, strict: bool,
-               caller: str = "loadmodel_") -> tuple[Checkpoint | None, list, list]:
-    """Check `src` (and `opt_state`) against `model`: the checkpoint (None for a plain state),
-    the model writes and the optimiser-state actions. Nothing is changed here."""
+               caller: str = "loadmodel_", filter: Any = None) -> tuple[Checkpoint | None, list, list]:
+    """Check `src` (and `opt_state`) against `model`: the checkpoint (None for a plain state
+    or a model), the model writes and the optimiser-state actions. Nothing is changed here."""
+    if filter is not None and not callable(filter):
+        raise TypeError(f"{caller}: filter must be a function of a child (True to load it), got {filter!r}")
     ckpt = None
+    src_absent: set[str] = set()
+    what = "state"
     if isinstance(src, (str, os.PathLike)):
         ckpt = load(src)
     elif isinstance(src, Checkpoint):
@@ -648,10 +689,14 @@ def _plan_load(model: Any, src: Any, opt_state: Any, strict: bool,
     else:
         if opt_state is not None:
             raise TypeError("loadmodel_: opt_state can be restored from a checkpoint (a path or fx.load's result), "
-                            "not from a model state")
-        flat = _flatten_state(src)
+                            "not from a model state or a model")
         who = "loadmodel_"
-    writes = _plan_model_load(model, flat, strict, who)
+        if _is_model(src):
+            flat = {k: _copy(t) for k, t in _model_entries(src, filter, src_absent).items()}
+            what = "source model"
+        else:
+            flat = _flatten_state(src)
+    writes = _plan_model_load(model, flat, strict, who, filter, frozenset(src_absent), what)
     actions = []
     if opt_state is not None:
         if ckpt._opt_manifest is None:
@@ -677,16 +722,29 @@ def _warn_opt_left(ckpt: Checkpoint, who: str) -> None:
                   f"weights, pass fx.load(path).model", UserWarning, stacklevel=3)
 
 
-def loadmodel_(model: Any, src: Any, *, opt_state: Any = None, strict: bool = True) -> Any:
+def loadmodel_(model: Any, src: Any, *, opt_state: Any = None, strict: bool = True, filter: Any = None) -> Any:
     """Write the tensors of `src` into `model` in place (``Flux.loadmodel!(model, src)``).
 
-    `src` is a state (from `state`: nested dicts and lists of arrays, or a flat dict with
-    dotted names), a `Checkpoint`, or the path of a checkpoint file. Every tensor of the
-    model must have an entry of the same shape (values are converted to the model's dtype)
-    and, with `strict`, the state no others; otherwise `CheckpointError` names the key and
-    the shapes, and nothing is changed. With a checkpoint, `opt_state` (from ``fx.setup``
-    for this model) is restored too: moments, step counts, frozen flags and
-    hyperparameters. Returns `model`.
+    `src` is another model of the same architecture, a state (from `state`: nested dicts
+    and lists of arrays, or a flat dict with dotted names), a `Checkpoint`, or the path of a
+    checkpoint file. Every tensor of the model must have an entry of the same shape (values
+    are converted to the model's dtype) and, with `strict`, the source no others; otherwise
+    `CheckpointError` names the key and the shapes, and nothing is changed. Only tensors are
+    copied: activations, Dropout rates and train/test modes stay. As in Flux, a source
+    layer without a bias (``bias=False``) zeroes the model's bias, a source bias is ignored
+    where the model has none, and a tensor tied to several places in the model must get
+    equal values at all of them (else the error names both places). ``filter(child)``
+    false leaves a child out on both sides, e.g. ``filter=lambda c: not isinstance(c,
+    fx.Dropout)`` to load a model with Dropout layers into one without. With a checkpoint,
+    `opt_state` (from ``fx.setup`` for this model) is restored too: moments, step counts,
+    frozen flags and hyperparameters. Returns `model`.
+
+    >>> import fluxrs as fx
+    >>> src = fx.Chain(fx.Dense(2, 3, bias=False), fx.Dropout(0.1), fx.Dense(3, 1))
+    >>> dst = fx.Chain(fx.Dense(2, 3, bias=fx.ones(3)), fx.Dense(3, 1, fx.relu))
+    >>> _ = fx.loadmodel_(dst, src, filter=lambda c: not isinstance(c, fx.Dropout))
+    >>> dst[0].bias.tolist(), dst[1].weight.tolist() == src[2].weight.tolist(), dst[1].act is fx.relu
+    ([0.0, 0.0, 0.0], True, True)
 
     A checkpoint that holds optimiser state loaded without `opt_state` loads the weights and
     warns (a UserWarning, once per calling line) that the optimiser state was left out: pass
@@ -694,7 +752,7 @@ def loadmodel_(model: Any, src: Any, *, opt_state: Any = None, strict: bool = Tr
     say that the weights are all you want. The RNG state is not touched: for an exact resume
     use `load_checkpoint`.
     """
-    ckpt, writes, actions = _plan_load(model, src, opt_state, strict)
+    ckpt, writes, actions = _plan_load(model, src, opt_state, strict, filter=filter)
     if ckpt is not None and opt_state is None and ckpt._opt_manifest is not None:
         _warn_opt_left(ckpt, "loadmodel_")
     _commit(writes, actions)

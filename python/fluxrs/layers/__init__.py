@@ -8,7 +8,7 @@ Chain(Dense(2 => 2), relu)  # 6 parameters
 from fluxrs.layers import init
 from fluxrs.layers.basic import Chain, Dense
 from fluxrs.layers.init import (glorot_normal, glorot_uniform, identity_init, kaiming_normal, kaiming_uniform,
-                                lecun_normal, ones32, orthogonal, sparse_init, truncated_normal, zeros32)
+                                lecun_normal, nfan, ones32, orthogonal, sparse_init, truncated_normal, zeros32)
 from fluxrs.layers.precision import f32, f64
 from fluxrs.layers.show import param_count, show
 

@@ -3,21 +3,33 @@
 Each is called with the dimensions of the array to make, Flux's order: a `Dense` weight is
 ``init(out, in)``. Random ones draw from this thread's generator (`fx.random.default_rng()`),
 so `fx.seed_(n)` makes model creation reproducible and threads never share a stream.
-Keyword `dtype` (default float32) and `rng` (a `numpy.random.Generator`) are accepted by all.
+Keyword `dtype` (default float32) and `rng` (a `numpy.random.Generator`) are accepted by all;
+the generator may also come first, as in Flux's ``init(rng, dims...)``.
 
->>> import fluxrs as fx
+Called without dimensions, an initialiser returns itself with the arguments given fixed
+(Flux's partial application), to pass as a layer's `init`; later keywords override them.
+
+>>> import fluxrs as fx, numpy as np
 >>> W = fx.glorot_uniform(32, 784)
 >>> W.shape, W.dtype.name
 ((32, 784), 'float32')
 >>> bool(abs(W).max() <= (6 / (784 + 32)) ** 0.5)
 True
+>>> init = fx.kaiming_uniform(gain=2.0)
+>>> init
+kaiming_uniform(gain=2.0)
+>>> fx.Dense(3, 2, init=init).weight.shape, fx.glorot_uniform(np.random.default_rng(0))(2, 3).shape
+((2, 3), (2, 3))
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 import warnings
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,10 +43,25 @@ __all__ = ["glorot_uniform", "glorot_normal", "kaiming_uniform", "kaiming_normal
            "zeros", "ones", "nfan", "orthogonal", "sparse_init", "truncated_normal", "lecun_normal", "identity_init"]
 
 
-def nfan(*dims: int) -> tuple[int, int]:
+def _size(d: Any, dims: tuple, who: str) -> int:
+    if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
+        raise TypeError(f"{who}: dims must be whole numbers, got {dims!r}")
+    if d < 0:
+        raise ValueError(f"{who}: dims must be >= 0, got {dims!r}")
+    return int(d)
+
+
+def nfan(*dims: Any) -> tuple[int, int]:
     """(fan_in, fan_out) of an array of shape `dims`, as Flux's `nfan`: a vector is one
     output row, a matrix is (out, in), and a convolution kernel (out, in, k...) multiplies
-    both by the receptive field size (batch-first layout: channels lead)."""
+    both by the receptive field size (batch-first layout: channels lead). The shape may
+    also be one tuple, as Flux's ``nfan(dims::Tuple)``.
+
+    >>> from fluxrs.layers.init import nfan
+    >>> nfan(100, 200) == nfan((100, 200)) == (200, 100), nfan(50, 40, 2, 3)  # Conv((2, 3), 40 => 50)
+    (True, (240, 300))
+    """
+    dims = _dims(dims, "nfan")
     if len(dims) == 0:
         return 1, 1
     if len(dims) == 1:
@@ -45,58 +72,100 @@ def nfan(*dims: int) -> tuple[int, int]:
     return dims[1] * field, dims[0] * field
 
 
-def _dims(dims) -> tuple[int, ...]:
+def _dims(dims: tuple, who: str) -> tuple[int, ...]:
     if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
         dims = tuple(dims[0])
-    return tuple(int(d) for d in dims)
+    return tuple(_size(d, dims, who) for d in dims)
 
 
 def _make(a: np.ndarray, dtype) -> Tensor:
     return Tensor(a, dtype=np.dtype(dtype).name)
 
 
+class _Partial:
+    """An initialiser with some arguments fixed: what ``init(**kw)`` or ``init(rng)`` returns."""
+
+    def __init__(self, init: Callable, kwargs: dict):
+        self.init, self.kwargs = init, kwargs
+        functools.update_wrapper(self, init)
+
+    def __call__(self, *dims: Any, **kwargs: Any) -> Any:
+        return self.init(*dims, **{**self.kwargs, **kwargs})
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"{self.init.__name__}({args})"
+
+
+def _initialiser(f: Callable) -> Callable:
+    """Flux's calling conventions for the initialiser `f(*dims, rng=, **kw)`: the generator
+    may come first (``init(rng, dims...)``), and without dimensions the call returns the
+    initialiser with its arguments fixed (``init(gain=2)``, ``init(rng)``)."""
+    accepted = {k for k, p in inspect.signature(f).parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+    @functools.wraps(f)
+    def init(*dims: Any, **kwargs: Any) -> Any:
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            raise TypeError(f"{f.__name__}: unexpected keyword argument {unknown[0]!r}; it takes "
+                            f"{', '.join(sorted(accepted))}")
+        if dims and isinstance(dims[0], np.random.Generator):
+            if kwargs.get("rng") is not None:
+                raise TypeError(f"{f.__name__}(rng, dims...): a generator given twice, first and as rng=")
+            kwargs["rng"], dims = dims[0], dims[1:]
+        rng = kwargs.get("rng")
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise TypeError(f"{f.__name__}: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        if not dims:
+            return _Partial(init, kwargs)
+        return f(*_dims(dims, f.__name__), **kwargs)
+
+    return init
+
+
+@_initialiser
 def glorot_uniform(*dims, gain: float = 1.0, dtype=float32, rng: np.random.Generator | None = None) -> Tensor:
     """Uniform on ±gain·√(6 / (fan_in + fan_out)) (Glorot & Bengio 2010); Flux's default."""
-    dims = _dims(dims)
     fan_in, fan_out = nfan(*dims)
     bound = gain * math.sqrt(6.0 / max(fan_in + fan_out, 1))  # no fans: an empty array, any bound
     rng = rng or default_rng()
     return _make((rng.random(dims) - 0.5) * (2.0 * bound), dtype)
 
 
+@_initialiser
 def glorot_normal(*dims, gain: float = 1.0, dtype=float32, rng: np.random.Generator | None = None) -> Tensor:
     """Normal with std gain·√(2 / (fan_in + fan_out))."""
-    dims = _dims(dims)
     fan_in, fan_out = nfan(*dims)
     std = gain * math.sqrt(2.0 / max(fan_in + fan_out, 1))
     rng = rng or default_rng()
     return _make(rng.standard_normal(dims) * std, dtype)
 
 
+@_initialiser
 def kaiming_uniform(*dims, gain: float = math.sqrt(2.0), dtype=float32,
                     rng: np.random.Generator | None = None) -> Tensor:
     """Uniform on ±gain·√(3 / fan_in) (He et al. 2015), default gain √2 as Flux."""
-    dims = _dims(dims)
     fan_in, _ = nfan(*dims)
     bound = gain * math.sqrt(3.0 / max(fan_in, 1))
     rng = rng or default_rng()
     return _make((rng.random(dims) - 0.5) * (2.0 * bound), dtype)
 
 
+@_initialiser
 def kaiming_normal(*dims, gain: float = math.sqrt(2.0), dtype=float32,
                    rng: np.random.Generator | None = None) -> Tensor:
     """Normal with std gain / √fan_in."""
-    dims = _dims(dims)
     fan_in, _ = nfan(*dims)
     rng = rng or default_rng()
     return _make(rng.standard_normal(dims) * (gain / math.sqrt(max(fan_in, 1))), dtype)
 
 
+@_initialiser
 def orthogonal(*dims, gain: float = 1.0, dtype=float32, rng: np.random.Generator | None = None) -> Tensor:
     """A random orthogonal matrix times `gain` (Saxe et al. 2014), Flux's ``orthogonal``: the
     QR decomposition of a normal matrix, signs fixed so that the result is uniform over
     orthogonal matrices. A matrix ``(rows, cols)`` has orthonormal rows (``W Wᵀ = I``) when
-    ``rows < cols``, else orthonormal columns (``Wᵀ W = I``). More dimensions: the matrix
+    ``rows < cols``, else orthonormal columns (``Wᵀ W = I``); a vector has norm `gain`. More dimensions: the matrix
     ``(dims[0], prod(dims[1:]))``, reshaped (a conv weight ``(out, in, k...)``: one row per
     output channel; Flux's column-major array holds the same numbers).
 
@@ -107,10 +176,9 @@ def orthogonal(*dims, gain: float = 1.0, dtype=float32, rng: np.random.Generator
     >>> fx.orthogonal(4, 3, 3, 3, gain=2).shape
     (4, 3, 3, 3)
     """
-    dims = _dims(dims)
-    if len(dims) < 2:
-        raise ValueError(f"orthogonal: needs at least 2 dimensions, got shape {dims}")
-    rows, cols = dims[0], math.prod(dims[1:])
+    if not dims:
+        raise ValueError("orthogonal: needs at least 1 dimension, got shape ()")
+    rows, cols = dims[0], math.prod(dims[1:])  # a vector: one column, a unit vector times gain
     rng = rng or default_rng()
     a = rng.standard_normal((max(rows, cols), min(rows, cols)))
     q, r = np.linalg.qr(a)
@@ -119,6 +187,7 @@ def orthogonal(*dims, gain: float = 1.0, dtype=float32, rng: np.random.Generator
     return _make((w * gain).reshape(dims), dtype)
 
 
+@_initialiser
 def sparse_init(*dims, sparsity: float, std: float = 0.01, dtype=float32,
                 rng: np.random.Generator | None = None) -> Tensor:
     """A sparse matrix (Martens 2010), Flux's ``sparse_init``: normal with standard deviation
@@ -131,7 +200,6 @@ def sparse_init(*dims, sparsity: float, std: float = 0.01, dtype=float32,
     >>> (W == 0).sum(axis=0).tolist()
     [3, 3, 3, 3]
     """
-    dims = _dims(dims)
     if len(dims) != 2:
         raise ValueError(f"sparse_init: only matrices (2 dimensions) are supported, got shape {dims}")
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
@@ -148,6 +216,7 @@ def _norm_cdf(x: float) -> float:
     return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
 
 
+@_initialiser
 def truncated_normal(*dims, mean: float = 0.0, std: float = 1.0, lo: float = -2.0, hi: float = 2.0,
                      dtype=float32, rng: np.random.Generator | None = None) -> Tensor:
     """Normal with `mean` and `std`, truncated to ``[lo, hi]`` (Flux's ``truncated_normal``,
@@ -160,7 +229,6 @@ def truncated_normal(*dims, mean: float = 0.0, std: float = 1.0, lo: float = -2.
     >>> bool(-2 <= W.min() and W.max() <= 2)
     True
     """
-    dims = _dims(dims)
     if not std > 0 or not lo < hi:
         raise ValueError(f"truncated_normal: need std > 0 and lo < hi, got std={std}, lo={lo}, hi={hi}")
     if mean < lo - 2 * std or mean > hi + 2 * std:
@@ -187,6 +255,7 @@ def truncated_normal(*dims, mean: float = 0.0, std: float = 1.0, lo: float = -2.
 _TRUNC2_STD = 0.87962566103423978
 
 
+@_initialiser
 def lecun_normal(*dims, gain: float = 1.0, dtype=float32, rng: np.random.Generator | None = None) -> Tensor:
     """LeCun normal (LeCun et al. 1998; the init for `selu` networks): standard deviation
     ``gain / √fan_in``, truncated at ±2σ and rescaled so that the variance is exactly
@@ -197,12 +266,12 @@ def lecun_normal(*dims, gain: float = 1.0, dtype=float32, rng: np.random.Generat
     >>> round(float(W.numpy().std() * 400 ** 0.5), 1)
     1.0
     """
-    dims = _dims(dims)
     fan_in, _ = nfan(*dims)
     std = gain / math.sqrt(max(fan_in, 1)) / _TRUNC2_STD
-    return truncated_normal(*dims, std=std, lo=-2 * std, hi=2 * std, dtype=dtype, rng=rng)
+    return truncated_normal(dims, std=std, lo=-2 * std, hi=2 * std, dtype=dtype, rng=rng)
 
 
+@_initialiser
 def identity_init(*dims, gain: float = 1.0, shift=0, dtype=float32, rng=None) -> Tensor:
     """An array that makes most layers an identity map (times `gain`), Flux's
     ``identity_init``: a vector is zeros (a bias), a matrix ``(out, in)`` the identity
@@ -219,7 +288,6 @@ def identity_init(*dims, gain: float = 1.0, shift=0, dtype=float32, rng=None) ->
     >>> fx.identity_init(2, 2, 3, gain=1.5)[:, :, 1].tolist()   # a (3,) kernel: centre tap 1
     [[1.5, 0.0], [0.0, 1.5]]
     """
-    dims = _dims(dims)
     a = np.zeros(dims)
     if len(dims) == 2:
         np.fill_diagonal(a, gain)
@@ -235,12 +303,12 @@ def identity_init(*dims, gain: float = 1.0, shift=0, dtype=float32, rng=None) ->
 
 def zeros32(*dims, dtype=float32, rng=None) -> Tensor:
     """All zeros (Flux's `zeros32`); `rng` is accepted and ignored so every init has one signature."""
-    return _zeros(*_dims(dims), dtype=dtype)
+    return _zeros(*_dims(dims, "zeros32"), dtype=dtype)
 
 
 def ones32(*dims, dtype=float32, rng=None) -> Tensor:
     """All ones (Flux's `ones32`)."""
-    return _ones(*_dims(dims), dtype=dtype)
+    return _ones(*_dims(dims, "ones32"), dtype=dtype)
 
 
 # `init=fx.layers.init.zeros` reads naturally; the top level keeps `fx.zeros` as the tensor constructor.
