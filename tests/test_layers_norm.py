@@ -17,6 +17,11 @@ def np_norm(x, axes, eps=EPS):
     return (x - mean) / np.sqrt(var + eps)
 
 
+def np_flux_normalise(x, axes, eps=EPS):
+    """Flux's normalise, which its LayerNorm is: (x - μ) / (σ + eps)."""
+    return (x - x.mean(axis=axes, keepdims=True)) / (x.std(axis=axes, keepdims=True) + eps)
+
+
 def chan(v, ndim):
     return np.asarray(v).reshape((1, -1) + (1,) * (ndim - 2))
 
@@ -150,7 +155,7 @@ def test_layernorm_matches_numpy(shape):
     ln.scale.assign_(f64(rng.normal(size=6)))
     ln.bias.assign_(f64(rng.normal(size=6)))
     x = rng.normal(size=shape)
-    want = np_norm(x, (-1,)) * ln.scale.numpy() + ln.bias.numpy()
+    want = np_flux_normalise(x, (-1,)) * ln.scale.numpy() + ln.bias.numpy()
     np.testing.assert_allclose(ln(f64(x)).numpy(), want, rtol=1e-10, atol=1e-12)
     # same in both modes: LayerNorm has no running statistics
     np.testing.assert_allclose(fx.gradient(lambda: ln(f64(x)).sum() * 0, fx.params(ln))[ln.scale].numpy(), 0)
@@ -160,12 +165,24 @@ def test_layernorm_over_several_axes_and_repr():
     rng = np.random.default_rng(4)
     ln = fx.f64(fx.LayerNorm(3, 4, fx.tanh))
     x = rng.normal(size=(2, 3, 4))
-    np.testing.assert_allclose(ln(f64(x)).numpy(), np.tanh(np_norm(x, (1, 2))), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ln(f64(x)).numpy(), np.tanh(np_flux_normalise(x, (1, 2))), rtol=1e-10, atol=1e-12)
     assert repr(fx.LayerNorm(5)) == "LayerNorm(5)  # 10 parameters"
     assert repr(fx.LayerNorm((3, 4), fx.relu)) == "LayerNorm(3, 4, relu)  # 24 parameters"
     assert repr(fx.LayerNorm(5, affine=False)) == "LayerNorm(5, affine=False)"
     with pytest.raises(ValueError, match=r"last 2 axes have shape \(3, 4\), got \(2, 4, 3\)"):
         ln(np.ones((2, 4, 3)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_layernorm_and_normalise_gradients_are_finite_on_a_constant_slice(dtype):
+    """σ = 0 (a constant row, e.g. padding) gives zero output and a finite gradient, not NaN."""
+    ln = fx.LayerNorm(3) if dtype == "float32" else fx.f64(fx.LayerNorm(3))
+    x = fx.tensor([[2.0, 2.0, 2.0], [1.0, 2.0, 4.0]], dtype=dtype)
+    w = fx.tensor([[1.0, -2.0, 0.5], [1.0, 2.0, 3.0]], dtype=dtype)
+    for f in (lambda x: ln(x), lambda x: fx.normalise(x, dims=1)):
+        np.testing.assert_array_equal(f(x).numpy()[0], 0)
+        g = fx.gradient(lambda x: (f(x) * w).sum(), x)[0].numpy()
+        assert np.isfinite(g).all(), g
 
 
 @pytest.mark.parametrize("shape", [(3, 6, 5), (2, 6, 3, 4)])

@@ -201,6 +201,52 @@ def test_stacked_gru_gradients_match_finite_differences():
     check_gradients(lambda: m(x), m, x)
 
 
+# ---------------------------------------------------------------- one state vector for a batch
+
+def _state_pair(kind, make):
+    return (make(), make()) if kind == "lstm" else make()
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_state_vector_is_broadcast_over_the_batch(kind):
+    """A state of shape (out,) with a batch (N, in): every sequence starts from it, as Flux."""
+    rng = np.random.default_rng(6)
+    cell_t, seq_t = {"rnn": (fx.RNNCell, fx.RNN), "lstm": (fx.LSTMCell, fx.LSTM), "gru": (fx.GRUCell, fx.GRU)}[kind]
+    vec = _state_pair(kind, lambda: rng.normal(size=4))
+    tiled = tuple(np.tile(v, (5, 1)) for v in vec) if kind == "lstm" else np.tile(vec, (5, 1))
+    as_t = (lambda s: tuple(f64(a) for a in s)) if kind == "lstm" else f64
+    cell = randomise(fx.f64(cell_t(3, 4)), rng)
+    x = f64(rng.normal(size=(5, 3)))
+    out_v, _ = cell(x, as_t(vec))
+    out_t, _ = cell(x, as_t(tiled))
+    assert out_v.shape == (5, 4)
+    np.testing.assert_allclose(out_v.numpy(), out_t.numpy(), rtol=1e-12, atol=1e-12)
+    # sequence layers, the fused GRU kernel included, with and without a gradient being taken
+    layer = randomise(fx.f64(seq_t(3, 4)), rng)
+    xs = f64(rng.normal(size=(5, 6, 3)))
+    want = layer(xs, as_t(tiled)).numpy()
+    np.testing.assert_allclose(layer(xs, as_t(vec)).numpy(), want, rtol=1e-12, atol=1e-12)
+    (val, _) = fx.withgradient(lambda m: m(xs, as_t(vec)).sum(), layer)
+    np.testing.assert_allclose(val, want.sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_state_vector_gradient_matches_finite_differences(kind):
+    """The gradient reaches a (out,) initial state through the broadcast (summed over the batch)."""
+    rng = np.random.default_rng(7)
+    seq_t = {"rnn": fx.RNN, "lstm": fx.LSTM, "gru": fx.GRU}[kind]
+    layer = randomise(fx.f64(seq_t(2, 3)), rng)
+    x = f64(rng.normal(size=(4, 5, 2)))
+    state = _state_pair(kind, lambda: f64(rng.normal(size=3)))
+    roots = state if kind == "lstm" else (state,)
+    check_gradients(lambda: layer(x, state), layer, *roots)
+
+
+def test_state_of_a_wrong_shape_names_the_shapes():
+    with pytest.raises(ValueError, match=r"GRUCell\(3 => 4\): the state must have shape \(2, 4\) \(or \(4,\).*got \(3,\)"):
+        fx.GRU(3, 4)(fx.ones(2, 5, 3), fx.ones(3))
+
+
 # ---------------------------------------------------------------- learning
 
 def test_gru_learns_to_recall_the_first_element():

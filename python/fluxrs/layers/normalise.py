@@ -159,6 +159,15 @@ def _moments(x: Tensor, axes: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
     return xc, mean, (xc * xc).mean(axes, True)
 
 
+def _standardise(x: Tensor, axes: tuple[int, ...], eps: float) -> Tensor:
+    """Flux's ``normalise`` formula, ``(x - μ) / (σ + eps)`` with the population σ over `axes`
+    (also LayerNorm's, which Flux defines by it). The smallest normal number under the square
+    root keeps the gradient finite where σ = 0 (a constant slice), where ∂σ/∂var is infinite
+    and ∂var/∂x zero, and changes no value."""
+    xc, _, var = _moments(x, axes)
+    return xc / ((var + float(np.finfo(x.dtype.name).tiny)).sqrt() + eps)
+
+
 def normalise(x: Any, dims: Any = 0, eps: float = 1e-5) -> Tensor:
     """Zero mean and unit standard deviation along `dims`: ``(x - μ) / (σ + eps)`` with the
     population σ, as Flux's ``normalise(x; dims=ndims(x), eps=1e-5)``. Flux's default, its
@@ -187,8 +196,7 @@ def normalise(x: Any, dims: Any = 0, eps: float = 1e-5) -> Tensor:
                            for a in axes):
         raise ValueError(f"normalise: dims {dims!r} are not axes of x of shape {tuple(x.shape)}")
     eps = _check_real(eps, "eps", "normalise")
-    xc, _, var = _moments(x, tuple(int(a) % x.ndim for a in axes))
-    return xc / (var.sqrt() + eps)
+    return _standardise(x, tuple(int(a) % x.ndim for a in axes), eps)
 
 
 class BatchNorm(_Stats):
@@ -332,7 +340,8 @@ class LayerNorm(_Norm):
     learnable elementwise scale and bias of that shape: ``LayerNorm(size..., act=identity, *,
     affine=True, eps=1e-5)``. ``LayerNorm(64)`` normalises the features of ``(N, 64)`` or
     ``(N, L, 64)``; ``LayerNorm(4, 8)`` the last two axes. (Batch-first: Flux's leading axes
-    are our trailing ones.)
+    are our trailing ones.) As Flux, it is `normalise`, ``(x - μ) / (σ + eps)``, not
+    PyTorch's ``(x - μ) / √(σ² + eps)``.
 
     >>> import fluxrs as fx
     >>> fx.LayerNorm(5)
@@ -361,8 +370,7 @@ class LayerNorm(_Norm):
         if x.ndim < k or tuple(x.shape[x.ndim - k:]) != self.size:
             raise ValueError(f"{self._repr_inner()} expects input whose last {k} ax{'is' if k == 1 else 'es'} "
                              f"{'has' if k == 1 else 'have'} shape {self.size}, got {tuple(x.shape)}")
-        xc, _, var = _moments(x, tuple(range(x.ndim - k, x.ndim)))
-        y = xc * (var + self.eps) ** -0.5
+        y = _standardise(x, tuple(range(x.ndim - k, x.ndim)), self.eps)
         if self.affine:
             y = y * self.scale + self.bias
         return y if self.act is identity else self.act(y)

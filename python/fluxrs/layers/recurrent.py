@@ -121,12 +121,18 @@ class _Cell(Layer):
         return host_like(_core.full(shape, 0.0, self.Wi.dtype.name), self.Wi)
 
     def _check_h(self, h: Any, x: Tensor, what: str = "state") -> Tensor:
+        """The state `h` for one step of input `x`, shape ``(N, out)`` for a batch. One state
+        vector ``(out,)`` is broadcast over the batch, as Flux does; broadcasting here, once,
+        gives the fused sequence kernels a full ``(N, out)`` state and keeps the gradient
+        flowing back to the vector (summed over the batch)."""
         h = as_input(h, self.Wi, self)
         want = tuple(x.shape[:-1]) + (self.out_features,)
-        if tuple(h.shape) != want:
-            raise ValueError(f"{self._repr_inner()}: the {what} must have shape {want} for input of shape "
-                             f"{tuple(x.shape)}, got {tuple(h.shape)}")
-        return h
+        if tuple(h.shape) == want:
+            return h
+        if tuple(h.shape) == (self.out_features,):
+            return h.broadcast_to(want)
+        raise ValueError(f"{self._repr_inner()}: the {what} must have shape {want} (or {(self.out_features,)}, "
+                         f"shared by the batch) for input of shape {tuple(x.shape)}, got {tuple(h.shape)}")
 
     def initialstates(self, x: Any = None) -> Any:
         """The zero state for one time step like `x` (``(N, in)``; one vector's state, shape
@@ -277,6 +283,11 @@ class Recurrence(Layer):
     def __call__(self, x: Any, state: Any = None) -> Any:
         y, state = self._forward(x, state)
         return (y, state) if self.return_state else y
+
+    def initialstates(self) -> Any:
+        """The cell's zero state for one sequence, ``(out,)`` (a pair for LSTM), as Flux's
+        ``initialstates(rnn)``; as any state ``(out,)``, it is shared by a batch."""
+        return self.cell.initialstates()
 
     def _forward(self, x: Any, state: Any) -> tuple[Tensor, Any]:
         cell = self.cell
