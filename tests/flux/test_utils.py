@@ -304,7 +304,9 @@ def test_params():
 
 
 # test/utils.jl, testset "Precision"
-def test_precision():
+def test_precision(monkeypatch):
+    from fluxrs.layers import basic
+    monkeypatch.setattr(basic, "_warned_f64", False)  # the warning is shown once per process
     m = fx.Chain(fx.Dense(10, 5, fx.relu), fx.Dense(5, 2))
     x64 = np.random.rand(10)
     x32 = np.random.rand(10).astype(np.float32)
