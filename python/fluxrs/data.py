@@ -264,7 +264,8 @@ def _key(v: Any) -> Any:
 def onehotbatch(labels: Any, classes: Iterable, default: Any = None) -> Tensor:
     """One-hot encode `labels` against `classes`: an ``(N, len(classes))`` float32 tensor,
     batch-first (Flux's is ``(nclasses, N)``). A label not in `classes` is an error unless
-    `default` names the class to use instead. A single label gives a vector.
+    `default` names the class to use instead. A single label gives a vector; labels of
+    shape ``S`` give ``S + (len(classes),)``.
 
     >>> import fluxrs as fx
     >>> fx.onehotbatch([0, 2], range(3)).tolist()
@@ -282,8 +283,8 @@ def onehotbatch(labels: Any, classes: Iterable, default: Any = None) -> Tensor:
         labels = labels.numpy()
     scalar = not isinstance(labels, (list, tuple, np.ndarray))
     arr = np.asarray([labels] if scalar else labels, dtype=object)
-    if arr.ndim != 1:
-        raise ValueError(f"onehotbatch: labels must be one-dimensional, got shape {arr.shape}")
+    # labels of shape S give S + (nclasses,), as Flux's give (nclasses, S...)
+    shape, arr = arr.shape, arr.reshape(-1)
     cols = np.empty(len(arr), dtype=np.int64)
     for i, lab in enumerate(arr):
         try:
@@ -300,7 +301,7 @@ def onehotbatch(labels: Any, classes: Iterable, default: Any = None) -> Tensor:
         cols[i] = j
     out = np.zeros((len(arr), len(classes)), dtype=np.float32)
     out[np.arange(len(arr)), cols] = 1.0
-    return Tensor(out[0] if scalar else out)
+    return Tensor(out[0] if scalar else out.reshape(shape + (len(classes),)))
 
 
 def _classes(classes: Any, who: str) -> list:
