@@ -702,6 +702,9 @@ def test_activations(name, arg):
             assume(safe(np.shape(x)))
         ok, got = attempt(f, x)
         if kind == "junk":
+            if name == "identity":  # Julia's identity: anything passes through, unconverted
+                assert ok and got is x
+                return
             assert not ok or isinstance(x, (bool, int, np.ndarray)), f"{name}({x!r}) should be refused"
             return
         a = np.asarray(x)

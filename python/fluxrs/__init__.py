@@ -13,7 +13,9 @@ from fluxrs.device import cpu, gpu, gpu_available, gpu_info, to_device
 from fluxrs.random import default_rng, seed_
 from fluxrs.tensor import (concat, float32, float64, from_dlpack, full, ones, ones_like, rand, randn, stack, tensor, where,
                            zeros, zeros_like)
-from fluxrs import activations, layers, optimise
+from fluxrs import activations, layers, ops, optimise
+from fluxrs.ops import (abs, clamp, clip, cos, exp, expm1, log, log1p, matmul, max, maximum, mean, min, minimum, pow,
+                        prod, reshape, sign, sin, sqrt, square, sum, tan, transpose)
 from fluxrs.activations import (celu, elu, gelu, hardshrink, hardsigmoid, hardswish, hardtanh, identity, leakyrelu,
                                 lisht, logcosh, logsigmoid, logsoftmax, mish, relu, relu6, rrelu, selu, sigmoid,
                                 softmax, softplus, softshrink, softsign, swish, tanh, tanhshrink, trelu, σ)

@@ -70,10 +70,19 @@ def _activation(name: str | None = None, fused: str | None = None):
     return wrap
 
 
-@_activation(fused="identity")
-def identity(x: Tensor) -> Tensor:
-    """Returns its argument (the default activation of `Dense`)."""
+def identity(x: Any) -> Any:
+    """Returns its argument, whatever it is, unconverted (the default activation of `Dense`;
+    Julia's ``identity``, so ``fx.Chain(fx.identity)(1, 2)`` is the tuple ``(1, 2)``, as in Flux).
+
+    >>> import fluxrs as fx
+    >>> fx.identity((1, 2))
+    (1, 2)
+    """
     return x
+
+
+identity.flux_name = "identity"
+identity.fused_name = "identity"
 
 
 @_activation(name="σ", fused="sigmoid")

@@ -73,7 +73,8 @@ def _embed(weight: Tensor, x: Any, who: Any) -> Tensor:
     n_out, n_in = weight.shape
     if isinstance(x, Tensor):
         if x.ndim == 0 or x.shape[-1] != n_in:
-            raise TypeError(f"{_who(who)}: a float tensor is taken as one-hot input and needs {n_in} "
+            # a wrong size is a shape error (Flux: DimensionMismatch); a float scalar is no index
+            raise (TypeError if x.ndim == 0 else ValueError)(f"{_who(who)}: a float tensor is taken as one-hot input and needs {n_in} "
                             f"entries on its last axis, got {tuple(x.shape)}; pass integer indices as a "
                             "numpy integer array")
         return as_input(x, weight, who) @ weight.T
@@ -153,8 +154,15 @@ class Bilinear(Layer):
     (5, 2)
     """
 
-    def __init__(self, in_: Any, out: Any = None, act: Callable = identity, *, bias: Any = True,
+    def __init__(self, in_: Any, out: Any = None, act: Callable = identity, *more: Any, bias: Any = True,
                  init: Callable = glorot_uniform):
+        if is_int(act) and is_int(in_) and is_int(out):
+            # Bilinear(in1, in2, out, act=identity): Flux's three-size form
+            if len(more) > 1:
+                raise TypeError("Bilinear(in1, in2, out, act): too many positional arguments")
+            in_, out, act = (in_, out), act, (more[0] if more else identity)
+        elif more:
+            raise TypeError("Bilinear((in1, in2), out, act): too many positional arguments")
         if isinstance(in_, (tuple, list)) and sizes_given(in_):
             n1 = size("Bilinear((in1, in2), out)", "in1", in_[0])
             n2 = size("Bilinear((in1, in2), out)", "in2", in_[1])
@@ -179,6 +187,10 @@ class Bilinear(Layer):
         self.weight = weight
         self.bias = _bias(bias, (n_out,), weight, "Bilinear")
         self.act = act
+
+    @property
+    def σ(self) -> Callable:  # Flux's field name for the activation
+        return self.act
 
     def __call__(self, x: Any, y: Any = None) -> Tensor:
         if y is None and isinstance(x, tuple):

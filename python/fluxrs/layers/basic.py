@@ -196,6 +196,7 @@ class Dense(Layer):
 class Chain(Layer):
     """Layers applied in sequence: ``Chain(f, g, h)(x) == h(g(f(x)))``.
 
+    Called with several arguments, ``m(x, y)``, the first layer gets the tuple ``(x, y)``.
     Layers are positional (``Chain(l1, l2)``, stored as a tuple) or named
     (``Chain(enc=l1, dec=l2)``, stored as a dict); any callable works as a layer, e.g.
     `fx.softmax`. ``m[0]``, ``m[-1]``, ``m["enc"]`` give a layer; ``m[0:2]`` a new Chain
@@ -214,6 +215,8 @@ class Chain(Layer):
     def __init__(self, *layers: Any, **named: Any):
         if layers and named:
             raise TypeError("Chain takes either positional layers or named layers, not both")
+        if "layers" in named:  # Flux reserves it: the field that holds them
+            raise ValueError("Chain: a layer cannot be named 'layers'")
         if len(layers) == 1 and isinstance(layers[0], list):
             # Chain([l1, l2]): Flux's vector form, which can grow
             self.layers: Any = list(layers[0])
@@ -228,7 +231,9 @@ class Chain(Layer):
     def _items(self) -> list[tuple[Any, Any]]:
         return list(self.layers.items()) if isinstance(self.layers, dict) else list(enumerate(self.layers))
 
-    def __call__(self, x: Any) -> Any:
+    def __call__(self, x: Any, *ys: Any) -> Any:
+        if ys:  # Flux: several arguments reach the first layer as one tuple
+            x = (x, *ys)
         for l in (self.layers.values() if isinstance(self.layers, dict) else self.layers):
             x = l(x)
         return x

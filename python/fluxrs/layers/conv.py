@@ -118,8 +118,21 @@ def _expand(who: str, name: str, v: Any, n: int, positive: bool = True) -> tuple
     return tuple(int(e) for e in v)
 
 
-def _padding(who: str, pad: Any, k: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
-    """`pad` as Flux stores it: (before, after) per spatial axis, flattened."""
+def _dilation(who: str, dilation: Any, k: tuple[int, ...]) -> tuple[int, ...]:
+    """`dilation` per axis. Flux also takes 0 where the kernel has size 1, which then has no
+    gaps to dilate (so ``dilation = k .÷ 2`` works for any k): stored as 1 there."""
+    d = _expand(who, "dilation", dilation, len(k), positive=False)
+    if any(dj == 0 and kj > 1 for dj, kj in zip(d, k)):
+        raise ValueError(f"{who}: dilation must be positive where the kernel size is above 1, "
+                         f"got dilation {d} for kernel {k}")
+    return tuple(dj or 1 for dj in d)
+
+
+def _padding(who: str, pad: Any, k: tuple[int, ...], dilation: tuple[int, ...],
+             negative_same: bool = False) -> tuple[int, ...]:
+    """`pad` as Flux stores it: (before, after) per spatial axis, flattened. With
+    `negative_same`, SamePad of a kernel below size 1 gives negative padding (ConvTranspose
+    with a stride above its kernel size, which grows the output by it, as in Flux)."""
     d = len(k)
     if isinstance(pad, str):
         if pad.lower() in ("same", "valid"):
@@ -130,7 +143,7 @@ def _padding(who: str, pad: Any, k: tuple[int, ...], dilation: tuple[int, ...]) 
         out: list[int] = []
         for kj, dj in zip(k, dilation):
             total = (kj - 1) * dj
-            if total < 0:
+            if total < 0 and not negative_same:
                 raise ValueError(f"{who}: SamePad cannot be computed for kernel {k} (stride larger than the kernel)")
             out += [-(-total // 2), total // 2]
         return tuple(out)
@@ -283,7 +296,7 @@ class Conv(Layer):
         _check_groups(who, groups, cin, cout)
         d = len(ks)
         self.stride = _expand(who, "stride", stride, d)
-        self.dilation = _expand(who, "dilation", dilation, d)
+        self.dilation = _dilation(who, dilation, ks)
         self.pad = _padding(who, pad, ks, self.dilation)
         self.groups = int(groups)
         if weight is None:
@@ -396,13 +409,13 @@ class ConvTranspose(Layer):
         _check_groups(who, groups, cin, cout)
         d = len(ks)
         self.stride = _expand(who, "stride", stride, d)
-        self.dilation = _expand(who, "dilation", dilation, d)
+        self.dilation = _dilation(who, dilation, ks)
         if isinstance(pad, SamePad):
-            # Flux: SamePad of a Conv with kernel k - stride + 1
+            # Flux's calc_padding(ConvTranspose, SamePad()): that of a Conv with kernel
+            # k - stride + 1, negative where the stride exceeds the kernel size; the output is
+            # then always n * stride.
             eff = tuple(kj - sj + 1 for kj, sj in zip(ks, self.stride))
-            if any(e < 1 for e in eff):
-                raise ValueError(f"{who}: SamePad needs stride <= kernel size, got stride {self.stride} for kernel {ks}")
-            self.pad = _padding(who, pad, eff, self.dilation)
+            self.pad = _padding(who, pad, eff, self.dilation, negative_same=True)
         else:
             self.pad = _padding(who, pad, ks, self.dilation)
         self.outpad = _expand(who, "outpad", outpad, d, positive=False)
@@ -426,10 +439,31 @@ class ConvTranspose(Layer):
         x = as_input(x, self.weight, self)
         d = self.weight.ndim - 2
         _check_input(self, x, d, self._channels()[0])
+        if min(self.pad) < 0:
+            return self._grown(x)
         fused = _fused(self.act)
         y = _core.conv_transpose(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.groups,
                                  flip=True, act=fused or "identity", outpad=self.outpad)
         return y if fused else self.act(y)
+
+    def _grown(self, x: Tensor) -> Tensor:
+        # Negative padding (from SamePad): the kernel pads only non-negatively, so the output
+        # is computed without the negative part, then grown by zeros where no input reaches,
+        # before the bias and activation, as NNlib's ∇conv_data with negative padding gives.
+        pos = tuple(p if p > 0 else 0 for p in self.pad)
+        y = _core.conv_transpose(x, self.weight, None, self.stride, pos, self.dilation, self.groups,
+                                 flip=True, act="identity", outpad=self.outpad)
+        for j in range(len(self.stride)):
+            before, after = (-p if p < 0 else 0 for p in self.pad[2 * j:2 * j + 2])
+            parts = []
+            for n in (before, after):
+                shape = list(y.shape)
+                shape[2 + j] = n
+                parts.append(host_like(np.zeros(shape), y) if n else None)
+            y = _core.concat([t for t in (parts[0], y, parts[1]) if t is not None], 2 + j)
+        if self.bias is not None:
+            y = y + self.bias.reshape([1, -1] + [1] * len(self.stride))
+        return self.act(y)
 
     def _repr_inner(self) -> str:
         cin, cout = self._channels()

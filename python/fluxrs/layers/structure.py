@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 from fluxrs._core import Tensor
 from fluxrs.functor import Layer
+from fluxrs.ops import maximum
 
 __all__ = ["Parallel", "SkipConnection", "PairwiseFusion", "Maxout"]
 
@@ -23,6 +24,8 @@ __all__ = ["Parallel", "SkipConnection", "PairwiseFusion", "Maxout"]
 def _collect(who: str, layers: tuple, named: dict) -> Any:
     if layers and named:
         raise TypeError(f"{who} takes either positional layers or named layers, not both")
+    if "layers" in named:  # Flux reserves it: the field that holds them
+        raise ValueError(f"{who}: a layer cannot be named 'layers'")
     out = dict(named) if named else tuple(layers)
     for k, l in (out.items() if isinstance(out, dict) else enumerate(out)):
         if not callable(l):
@@ -79,16 +82,16 @@ class Parallel(_Multi):
             raise TypeError(f"Parallel(connection, layers...): connection must be callable, got {connection!r}")
         self.connection = connection
         self.layers = _collect("Parallel", layers, named)
-        if not self.layers:
-            raise TypeError("Parallel needs at least one layer")
 
     def __call__(self, *xs: Any) -> Any:
         if len(xs) == 1 and isinstance(xs[0], tuple):
             xs = xs[0]
+        if not xs:
+            raise TypeError("Parallel needs an input: call it as m(x), or m(x1, ..., xn) with one input per layer")
         layers = self._values()
-        if len(xs) == 1:
+        if len(xs) == 1:  # one input, every layer (no layer at all: connection())
             ys = [l(xs[0]) for l in layers]
-        elif len(layers) == 1:
+        elif len(layers) == 1:  # one layer, every input; the connection is still called once
             ys = [layers[0](x) for x in xs]
         elif len(xs) == len(layers):
             ys = [l(x) for l, x in zip(layers, xs)]
@@ -184,7 +187,7 @@ class Maxout(_Multi):
         y = None
         for l in self.layers:
             z = l(x)
-            y = z if y is None else y.maximum(z)
+            y = z if y is None else maximum(y, z)  # any layer output: arrays too
         return y
 
     def _repr_parts(self) -> tuple[str, list[tuple[str, Any]], str]:
