@@ -777,6 +777,15 @@ def test_reduce_lr_on_plateau_scales_a_scheduled_rate(style):
         assert opt.weight.rule is opt.bias.rule  # still one step counter for the model
 
 
+def test_monitors_given_an_optimiser_say_where_it_comes_from():
+    # PyTorch's ReduceLROnPlateau(optimizer) habit
+    m, opt = model_and_opt()
+    for cls in (fx.callbacks.ReduceLROnPlateau, fx.callbacks.EarlyStopping, fx.callbacks.ModelCheckpoint):
+        args = ("ckpt",) if cls is fx.callbacks.ModelCheckpoint else ()
+        with pytest.raises(TypeError, match=r"monitor must be the name of a logged metric.*opt_state"):
+            cls(*args, monitor=opt) if args else cls(opt)
+
+
 def test_reduce_lr_really_changes_the_steps():
     data = regression(2)
     m, opt = model_and_opt(eta=0.1)

@@ -54,6 +54,12 @@ class _Monitor:
     """A metric of the epoch logs, and whether a new value is an improvement."""
 
     def __init__(self, monitor: str, mode: str, min_delta: float):
+        if not isinstance(monitor, str):
+            # PyTorch's ReduceLROnPlateau(optimizer) habit: here the run gives the optimiser state
+            raise TypeError(f"{type(self).__name__}: monitor must be the name of a logged metric, such as 'loss' or "
+                            f"'val_loss', got {type(monitor).__name__}; the optimiser state comes from the run it "
+                            f"watches (train_'s opt_state), so pass {type(self).__name__}(monitor='loss', ...) to "
+                            "callbacks=[...]")
         if mode not in ("min", "max", "auto"):
             raise ValueError(f"{type(self).__name__}: mode must be 'min', 'max' or 'auto', got {mode!r}")
         if mode == "auto":
