@@ -383,3 +383,24 @@ def test_multiheadattention_gradients_and_shapes():
     check_gradients(lambda: m(q)[0], m, q, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="divisible by nheads"):
         fx.MultiHeadAttention(6, nheads=4)
+
+
+def test_multiheadattention_with_infinite_bias_masks():
+    # an -Inf bias masks a key out, a +Inf bias forces it (NNlib's softmax of +Inf), and no NaN
+    # reaches the output or the gradient either way
+    fx.seed_(0)
+    mha = fx.MultiHeadAttention(4, 2)
+    x = fx.randn(2, 3, 4)
+    causal = np.zeros((3, 3), np.float32)
+    causal[np.triu_indices(3, 1)] = -np.inf
+    y, s = mha(x, bias=causal)
+    assert np.isfinite(y.numpy()).all()
+    np.testing.assert_allclose(np.triu(s.numpy(), 1), 0.0)
+    _, mask_scores = mha(x, mask=fx.make_causal_mask(3))
+    np.testing.assert_allclose(s.numpy(), mask_scores.numpy(), rtol=1e-6)
+    force = np.zeros((3, 3), np.float32)
+    force[:, 0] = np.inf
+    y, s = mha(x, bias=force)
+    assert np.isfinite(y.numpy()).all() and (s.numpy()[..., 0] == 1.0).all()
+    g = fx.gradient(lambda m: m(x, bias=causal)[0].sum(), mha)[0]
+    assert np.isfinite(g.q_proj.weight.numpy()).all() and np.isfinite(g.v_proj.weight.numpy()).all()
