@@ -2,7 +2,7 @@
 shard of the data, gradients averaged by one allreduce per step.
 
 Launch one process per worker with the MPI launcher; the script is an ordinary training
-script with three additions::
+script with three additions:
 
     # mpiexec -n 4 python train.py         (pip install 'fluxrs[mpi]' brings mpi4py and MPICH)
     import fluxrs as fx
@@ -650,9 +650,9 @@ def shard(loader: Any, *, rank: int | None = None, size: int | None = None, seed
     Each pass takes a fresh order of all observations (a permutation seeded by
     ``(seed, epoch)``, the same on every rank, when the loader shuffles; the data's order
     otherwise), pads it by repeating its start to a multiple of `size` (or, with `drop_last`,
-    trims it), and gives rank r the observations at positions r, r+size, r+2*size, ..., cut
+    trims it), and gives rank r the observations at positions ``r, r+size, r+2*size, ...``, cut
     into batches of the loader's `batchsize`. Every rank thus has the same number of
-    batches, and at step j the ranks' batches together are observations j*B..(j+1)*B-1 of the
+    batches, and at step j the ranks' batches together are observations ``j*B .. (j+1)*B-1`` of the
     epoch's order, ``B = size * batchsize``. `rank` and `size` default to the job's; `seed`
     to one drawn on rank 0 (from the loader's `rng` or fluxrs's generator) and broadcast.
 

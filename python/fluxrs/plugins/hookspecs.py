@@ -1,7 +1,7 @@
 """The hooks fluxrs calls: what each receives, when it runs, and what it may do.
 
 Implement any of them as a function or method marked ``@fx.hookimpl``, taking only the
-arguments it needs (pluggy passes them by name)::
+arguments it needs (pluggy passes them by name):
 
     import fluxrs as fx
 
@@ -16,7 +16,7 @@ arguments it needs (pluggy passes them by name)::
 Every training hook receives `run` (a `fluxrs.plugins.Run`): the model, the optimiser state,
 the step and epoch counters, the current epoch's `logs`, and ``run.stop_training``.
 
-Training events, in the order they happen::
+Training events, in the order they happen:
 
     on_train_begin
       on_epoch_begin                       (with fx.epochs(n), or train_(..., epoch=k))
