@@ -3,9 +3,6 @@
 //! Nothing here knows about Python; the `fluxrs-python` crate binds it. See `backprop`
 //! for how differentiation is recorded per thread.
 
-// `x % k == 0` stays: `is_multiple_of` is newer than the crate's rust-version (1.85).
-#![allow(clippy::manual_is_multiple_of)]
-
 pub mod backprop;
 pub mod device;
 pub mod dtype;

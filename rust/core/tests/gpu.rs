@@ -294,7 +294,8 @@ fn convolutions_and_their_gradients_match_cpu() {
     use fluxrs_core::ops::conv::ConvSpec;
     use fluxrs_core::ops::nn::Act;
     // (input, weight, stride, pad, dilation, groups, flip, act)
-    let cases: Vec<(Vec<usize>, Vec<usize>, Vec<usize>, Vec<(usize, usize)>, Vec<usize>, usize, bool, Act)> = vec![
+    type Case = (Vec<usize>, Vec<usize>, Vec<usize>, Vec<(usize, usize)>, Vec<usize>, usize, bool, Act);
+    let cases: Vec<Case> = vec![
         (vec![3, 2, 17], vec![4, 2, 5], vec![2], vec![(1, 1)], vec![1], 1, true, Act::Relu),
         (vec![2, 4, 9], vec![6, 2, 3], vec![1], vec![(2, 0)], vec![2], 2, false, Act::Tanh),
         (vec![2, 3, 7, 6], vec![5, 3, 3, 2], vec![2, 1], vec![(1, 1), (0, 1)], vec![1, 1], 1, true, Act::Identity),
