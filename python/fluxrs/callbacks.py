@@ -396,7 +396,7 @@ class TerminateOnNaN:
 
     @hookimpl
     def on_nonfinite_loss(self, run, step, epoch, loss, index):
-        from fluxrs.train import stop
+        from fluxrs.control import stop
         self.terminated = (step, loss)
         where = f" (epoch {epoch})" if epoch is not None else ""
         log.warning("TerminateOnNaN: loss is %s at step %d%s, data item %d; stopping training", loss, step, where,

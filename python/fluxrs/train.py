@@ -40,6 +40,7 @@ from fluxrs import _core
 from fluxrs._core import Tensor
 from fluxrs.autodiff import Params, check_recording
 from fluxrs.compile import record
+from fluxrs.control import SkipStep, StopTraining, skip, stop
 from fluxrs._checks import warn_caller as _warn_caller
 from fluxrs.functor import Struct
 from fluxrs.functor import leaves as leaves_of
@@ -53,14 +54,6 @@ __all__ = ["train_", "stop", "skip", "StopTraining", "SkipStep", "NonFiniteLossE
 log = logging.getLogger("fluxrs")
 
 
-class StopTraining(Exception):
-    """Raised by `stop()`; `train_` catches it and returns (Flux's StopException)."""
-
-
-class SkipStep(Exception):
-    """Raised by `skip()`; `train_` catches it and moves on to the next datapoint."""
-
-
 class NonFiniteLossError(FloatingPointError):
     """The loss was NaN or infinite; raised before the update that would spread it.
 
@@ -70,16 +63,6 @@ class NonFiniteLossError(FloatingPointError):
         self.index, self.value = index, value
         super().__init__(f"loss is {value} on data item {index} (counting from 0), stopping training; "
                          "the parameters were not updated with this item's gradient")
-
-
-def stop() -> None:
-    """End `train_` early and cleanly, from a callback or the loss (Flux's `stop()`)."""
-    raise StopTraining()
-
-
-def skip() -> None:
-    """Skip the current datapoint's update, from inside the loss (Flux's `skip()`)."""
-    raise SkipStep()
 
 
 # ---------------------------------------------------------------- checking what the user gave

@@ -11,6 +11,7 @@ from typing import Any
 
 import pluggy
 
+from fluxrs.control import SkipStep, StopTraining
 from fluxrs.plugins import hookspecs
 
 PROJECT = "fluxrs"
@@ -76,8 +77,6 @@ def _guard(impl: Any, hook: str) -> None:
     """Wrap one hook implementation so that ``fx.stop()``/``fx.skip()`` raised in it become
     requests (the other plugins still get the call) and any other exception becomes a
     `PluginError` naming the plugin and the hook, chained to the original."""
-    from fluxrs.train import SkipStep, StopTraining
-
     f = impl.function
     if getattr(f, "__fluxrs_guarded__", False):
         return

@@ -10,10 +10,10 @@ from typing import Any, Iterable, Iterator
 
 import operator
 
+from fluxrs.control import SkipStep, StopTraining
 from fluxrs.plugins._manager import (ERRORS, SKIP, STOP, PluginError, PluginManager, describe, flags, plugin_error,
                                      request)
 from fluxrs.plugins.hookspecs import TRAINING_HOOKS
-from fluxrs.train import SkipStep, StopTraining
 
 log = logging.getLogger("fluxrs.plugins")
 
