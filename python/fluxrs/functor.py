@@ -23,6 +23,7 @@ import numpy as np
 
 from fluxrs._core import Tensor
 from fluxrs._checks import warn_caller
+from fluxrs._registry import register_layer
 
 # np.ufunc too: numpy functions used as activations (np.cbrt) carry a __dict__ but are no layers
 _ATOMS = (str, bytes, int, float, complex, bool, type(None), types.FunctionType, types.BuiltinFunctionType,
@@ -132,11 +133,7 @@ def layer(cls):
     for name in ("_repr_parts", "_repr_inner"):
         if not hasattr(cls, name):
             setattr(cls, name, getattr(Layer, name))
-    try:
-        from fluxrs import plugins
-        plugins.register_layer(cls.__name__, cls)
-    except Exception:  # registration is a convenience; a name clash must not break class creation
-        pass
+    register_layer(cls.__name__, cls)
     return cls
 
 

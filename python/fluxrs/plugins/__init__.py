@@ -81,6 +81,8 @@ from typing import Any, Iterator
 
 import pluggy
 
+from fluxrs import _registry
+from fluxrs._registry import register_callback, register_layer, register_loss, register_rule
 from fluxrs.plugins import hookspecs
 from fluxrs.plugins._manager import ENTRY_POINT_GROUP, PluginError, PluginManager
 from fluxrs.plugins.hookspecs import REGISTRATION_HOOKS, TRAINING_HOOKS
@@ -108,8 +110,6 @@ class _State:
 
 
 _state = _State()
-_KINDS = tuple(REGISTRATION_HOOKS)
-_local: dict[str, dict[str, Any]] = {k: {} for k in _KINDS}  # register_layer & co, @fx.layer
 
 
 def _env_disabled() -> bool:
@@ -157,8 +157,7 @@ def reset(names: bool = False) -> None:
         _state.autoload = None
         _state.cache.clear()
         if names:
-            for d in _local.values():
-                d.clear()
+            _registry.clear()
 
 
 def register(plugin: Any, name: str | None = None) -> str:
@@ -206,33 +205,6 @@ def installed() -> dict[str, str]:
 
 # ---------------------------------------------------------------- components by name
 
-def register_layer(name: str, obj: Any) -> None:
-    """Make `obj` findable as ``fx.plugins.layer(name)``; ``@fx.layer`` does this for every
-    class it decorates. Names given here come before those of plugins and of fluxrs."""
-    _register("layers", name, obj)
-
-
-def register_loss(name: str, obj: Any) -> None:
-    """Make `obj` findable as ``fx.plugins.loss(name)``."""
-    _register("losses", name, obj)
-
-
-def register_rule(name: str, obj: Any) -> None:
-    """Make `obj` findable as ``fx.plugins.rule(name)``."""
-    _register("rules", name, obj)
-
-
-def register_callback(name: str, obj: Any) -> None:
-    """Make `obj` findable as ``fx.plugins.callback(name)``."""
-    _register("callbacks", name, obj)
-
-
-def _register(kind: str, name: str, obj: Any) -> None:
-    if not isinstance(name, str) or not name or ":" in name:
-        raise ValueError(f"register_{kind[:-1]}: the name must be a non-empty string without ':', got {name!r}")
-    _local[kind][name] = obj
-
-
 def layer(name: str) -> Any:
     """The layer registered as `name` (``"Dense"``, a plugin's ``"MyConv"``, or
     ``"plugin:Name"``)."""
@@ -270,13 +242,13 @@ def registry(kind: str) -> dict[str, Any]:
             out[n] = got[0][1]
         else:
             out.update((f"{p}:{n}", o) for p, o in got)
-    out.update(_local[kind])
+    out.update(_registry.names(kind))
     return out
 
 
 def _check_kind(kind: str) -> None:
     if kind not in REGISTRATION_HOOKS:
-        raise ValueError(f"kind must be one of {', '.join(map(repr, _KINDS))}, got {kind!r}")
+        raise ValueError(f"kind must be one of {', '.join(map(repr, _registry.KINDS))}, got {kind!r}")
 
 
 def _sources(kind: str) -> list[tuple[str, dict[str, Any]]]:
@@ -308,7 +280,7 @@ def _lookup(kind: str, name: str) -> Any:
     what = kind[:-1]
     if not isinstance(name, str):
         raise TypeError(f"fx.plugins.{what}: the name must be a string, got {type(name).__name__}")
-    local = _local[kind]
+    local = _registry.names(kind)
     if ":" in name:
         src, _, short = name.partition(":")
         if src == "local":
