@@ -357,7 +357,7 @@ def test_chain_repr_param_counts():
 
 
 def test_wide_models_print_as_a_tree_with_a_count_per_layer():
-    from fluxrs.layers.show import WIDTH, param_count
+    from fluxrs.functor import WIDTH, param_count
     small = fx.Chain(fx.Dense(2, 3), fx.relu)
     assert "\n" not in repr(small)
     inner = fx.Chain(*[fx.Dense(10, 10, fx.relu) for _ in range(8)])

@@ -20,9 +20,8 @@ import numpy as np
 
 from fluxrs._core import Tensor
 from fluxrs.autodiff import no_grad, params
-from fluxrs.functor import fmap, named_modules
+from fluxrs.functor import fmap, named_modules, short_repr
 from fluxrs.layers.basic import Chain
-from fluxrs.layers.show import short_repr
 from fluxrs.tensor import concat, tensor
 
 __all__ = ["outputsize", "activations", "destructure", "Restructure"]

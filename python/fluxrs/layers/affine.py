@@ -19,10 +19,9 @@ import numpy as np
 from fluxrs._checks import is_int, size, sizes_given
 from fluxrs._core import Tensor
 from fluxrs.activations import identity
-from fluxrs.functor import Layer
+from fluxrs.functor import Layer, short_repr
 from fluxrs.layers.basic import _as_param, _who, as_input
 from fluxrs.layers.init import glorot_uniform, ones32
-from fluxrs.layers.show import short_repr
 from fluxrs.random import default_rng
 from fluxrs.tensor import host_like, stack
 

@@ -23,9 +23,8 @@ from fluxrs import _core
 from fluxrs._checks import size, sizes_given, warn_caller
 from fluxrs._core import Tensor
 from fluxrs.activations import identity
-from fluxrs.functor import Layer
+from fluxrs.functor import Layer, short_repr
 from fluxrs.layers.init import glorot_uniform
-from fluxrs.layers.show import short_repr
 from fluxrs.tensor import host_like
 
 __all__ = ["Dense", "Chain"]

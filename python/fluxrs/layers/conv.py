@@ -35,10 +35,9 @@ from fluxrs._checks import is_int as _is_int
 from fluxrs._checks import size, sizes_given, torch_keywords
 from fluxrs._core import Tensor
 from fluxrs.activations import identity
-from fluxrs.functor import Layer
+from fluxrs.functor import Layer, short_repr
 from fluxrs.layers.basic import _as_param, _who, as_input
 from fluxrs.layers.init import glorot_uniform
-from fluxrs.layers.show import short_repr
 from fluxrs.tensor import host_like, tensor
 
 __all__ = ["SamePad", "Conv", "ConvTranspose", "CrossCor", "DepthwiseConv", "MaxPool", "MeanPool",

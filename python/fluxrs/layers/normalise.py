@@ -33,9 +33,8 @@ from fluxrs.activations import identity
 from fluxrs.autodiff import no_grad
 from fluxrs.layers.basic import as_input
 from fluxrs.layers.init import ones32, zeros32
-from fluxrs.functor import Layer
+from fluxrs.functor import Layer, short_repr
 from fluxrs.layers.mode import ModalLayer
-from fluxrs.layers.show import short_repr
 from fluxrs.tensor import tensor
 
 __all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "normalise"]

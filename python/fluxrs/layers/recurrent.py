@@ -33,10 +33,9 @@ from fluxrs import _core
 from fluxrs._checks import size, sizes_given
 from fluxrs._core import Tensor
 from fluxrs.activations import identity, tanh
-from fluxrs.functor import Layer, fmap
+from fluxrs.functor import Layer, fmap, short_repr
 from fluxrs.layers.basic import as_input
 from fluxrs.layers.init import glorot_uniform
-from fluxrs.layers.show import short_repr
 from fluxrs.tensor import concat, host_like
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "Recurrence", "RNN", "LSTM", "GRU", "Bidirectional"]
