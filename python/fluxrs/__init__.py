@@ -45,7 +45,7 @@ from fluxrs import losses
 from fluxrs.losses import crossentropy, logitcrossentropy, mse
 Losses = losses
 
-__version__ = "0.1.0"
+from fluxrs._version import __version__
 
 
 _LAZY_MODULES = ("plugins", "callbacks", "distributed")
