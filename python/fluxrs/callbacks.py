@@ -223,7 +223,8 @@ def get_lr(opt: Any) -> float | None:
     """The learning rate (``eta``) of an optimiser state from `fx.setup`, or of a rule (the
     first rule of a chain that has one); for a `fx.Scheduler`, the rate the next update will
     use (the schedule's value now, times its ``eta_scale``). None when no rule has one."""
-    from fluxrs.optimise.rules import OptimiserChain, Rule, Scheduler
+    from fluxrs.optimise.rules import OptimiserChain, Rule
+    from fluxrs.optimise.schedules import Scheduler
 
     rules = [opt] if isinstance(opt, Rule) else [leaf.rule for leaf in _leaves(opt)]
     for r in rules:
@@ -263,7 +264,8 @@ def set_lr(opt: Any, lr: float) -> None:
     `fx.Scheduler` keeps its schedule and scales it (its ``eta_scale``) so that the rate of
     the next update is `lr`; later steps follow the schedule's shape from there."""
     from fluxrs.optimise import adjust_
-    from fluxrs.optimise.rules import OptimiserChain, Rule, Scheduler
+    from fluxrs.optimise.rules import OptimiserChain, Rule
+    from fluxrs.optimise.schedules import Scheduler
 
     if isinstance(opt, Rule):
         if isinstance(opt, Scheduler):
