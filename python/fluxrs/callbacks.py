@@ -34,7 +34,7 @@ import os
 import time
 from typing import Any, TextIO
 
-from fluxrs.plugins import hookimpl
+from fluxrs.plugins.hookspecs import hookimpl
 
 __all__ = ["ProgressBar", "CSVLogger", "LearningCurves", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN",
            "ReduceLROnPlateau", "Timer"]

@@ -74,17 +74,14 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import os
-import threading
 from collections.abc import Mapping
 from typing import Any, Iterator
-
-import pluggy
 
 from fluxrs import _registry
 from fluxrs._registry import register_callback, register_layer, register_loss, register_rule
 from fluxrs.plugins import hookspecs
-from fluxrs.plugins._manager import ENTRY_POINT_GROUP, PluginError, PluginManager
+from fluxrs.plugins._manager import (ENTRY_POINT_GROUP, ENV_DISABLE_AUTOLOAD, PluginError, PluginManager, _state,
+                                     manager)
 from fluxrs.plugins.hookspecs import REGISTRATION_HOOKS, TRAINING_HOOKS
 
 __all__ = ["hookimpl", "hookspec", "hookspecs", "PluginError", "PluginManager", "Run", "manager", "reset",
@@ -94,58 +91,9 @@ __all__ = ["hookimpl", "hookspec", "hookspecs", "PluginError", "PluginManager", 
 
 #: Marks a hook implementation: ``@fx.hookimpl``, ``@fx.hookimpl(tryfirst=True)``,
 #: ``@fx.hookimpl(trylast=True)``, ``@fx.hookimpl(wrapper=True)``.
-hookimpl = pluggy.HookimplMarker("fluxrs")
+hookimpl = hookspecs.hookimpl
 #: Marks a hook specification (for plugins that add hooks of their own).
 hookspec = hookspecs.hookspec
-
-ENV_DISABLE_AUTOLOAD = "FLUXRS_DISABLE_PLUGIN_AUTOLOAD"
-
-
-class _State:
-    def __init__(self) -> None:
-        self.pm: PluginManager | None = None
-        self.autoload: bool | None = None  # None: as the environment variable says
-        self.lock = threading.RLock()
-        self.cache: dict[str, tuple[Any, list[tuple[str, dict[str, Any]]]]] = {}
-
-
-_state = _State()
-
-
-def _env_disabled() -> bool:
-    v = os.environ.get(ENV_DISABLE_AUTOLOAD, "").strip().lower()
-    return v not in ("", "0", "false", "no", "off")
-
-
-def manager(autoload: bool | None = None) -> PluginManager:
-    """The plugin manager (a `pluggy.PluginManager`) every run starts from, created on first
-    use with fluxrs's hooks and built-ins, and the installed plugins (entry-point group
-    ``fluxrs``) unless `autoload` is False or ``FLUXRS_DISABLE_PLUGIN_AUTOLOAD=1`` is set.
-
-    ``manager(autoload=False)`` also unregisters installed plugins already loaded, and keeps
-    them out until `reset`; ``manager(autoload=True)`` loads those not yet loaded."""
-    pm = _state.pm
-    if pm is not None and autoload is None:
-        return pm
-    with _state.lock:
-        if autoload is not None:
-            _state.autoload = autoload
-        pm = _state.pm
-        if pm is None:
-            pm = PluginManager()
-            from fluxrs.plugins import builtins
-            pm.register(builtins, name="fluxrs")
-            want = _state.autoload if _state.autoload is not None else not _env_disabled()
-            if want:
-                pm.load_entry_points(ENTRY_POINT_GROUP)
-            _state.pm = pm
-        elif autoload:
-            pm.load_entry_points(ENTRY_POINT_GROUP)
-        elif autoload is False:
-            for name in list(pm.entry_points):
-                pm.unregister(name=name)
-                del pm.entry_points[name]
-        return pm
 
 
 def reset(names: bool = False) -> None:

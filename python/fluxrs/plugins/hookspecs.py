@@ -43,6 +43,7 @@ import pluggy
 from fluxrs._registry import KINDS
 
 hookspec = pluggy.HookspecMarker("fluxrs")
+hookimpl = pluggy.HookimplMarker("fluxrs")
 
 
 # ---------------------------------------------------------------- the training loop
