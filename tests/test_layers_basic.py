@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fluxrs as fx
+from gradcheck import finite_difference
 
 ACTS = {
     "identity": lambda z: z,
@@ -267,24 +268,6 @@ def test_sizes_must_be_ints_for_every_layer(name):
     assert "must be an integer (sizes are ints)" in msg and f"got {value}" in msg, msg
     if float(value).is_integer():
         assert f"write {int(float(value))}" in msg, msg  # the fix
-
-
-def finite_difference(f, tensors, h=1e-6):
-    """Central differences of the scalar f() with respect to every element of every tensor."""
-    out = []
-    for t in tensors:
-        base = t.numpy().copy()
-        g = np.zeros_like(base)
-        for idx in np.ndindex(base.shape):
-            for sign in (1, -1):
-                p = base.copy()
-                p[idx] += sign * h
-                t.assign_(fx.tensor(p, dtype="float64"))
-                g[idx] += sign * float(f())
-            g[idx] /= 2 * h
-        t.assign_(fx.tensor(base, dtype="float64"))
-        out.append(g)
-    return out
 
 
 def test_dense_and_chain_gradients_match_finite_differences():
