@@ -38,7 +38,7 @@ class FluxrsTrain:
 
     `feed`: the batches as fx tensors converted once ("tensors"), as the numpy arrays they are
     ("numpy"), or from an ``fx.DataLoader`` over numpy arrays ("loader"). `loop`: ``train_``
-    ("train"), or seed page 003's custom loop, ``g = fx.gradient(lambda m: loss(m(x), y),
+    ("train"), or the explicit Training page's custom loop, ``g = fx.gradient(lambda m: loss(m(x), y),
     model)[0]; fx.update_(opt, model, g)`` ("custom"), the same with the loss wrapped in
     ``fx.jit`` ("jit")."""
 

@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--feed", default="tensors", choices=["tensors", "numpy", "loader"],
                     help="batches as fx tensors, numpy arrays, or a DataLoader over numpy arrays")
     ap.add_argument("--loop", default="train", choices=["train", "custom", "jit"],
-                    help="train_, or seed page 003's gradient + update_ loop (jit: its loss in fx.jit)")
+                    help="train_, or the explicit Training page's gradient + update_ loop (jit: its loss in fx.jit)")
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:

@@ -63,7 +63,7 @@ SMOKE = {
 # Which libraries each kind of workload is run with (the first is fluxrs; ratios are fluxrs / each other).
 # fluxrs rows are named "fluxrs[-compiled][-FEED][-LOOP]" (adapters.fluxrs_options): fed numpy
 # batches ("-numpy"), a DataLoader ("-loader") or fx tensors (neither); trained with train_ or
-# seed page 003's custom loop ("-custom": gradient + update_, "-jit": the same, its loss in fx.jit).
+# the explicit Training page's custom loop ("-custom": gradient + update_, "-jit": the same, its loss in fx.jit).
 _THREADS = ["fluxrs-1thread", "fluxrs-2threads", "fluxrs-compiled-1thread", "fluxrs-compiled-2threads",
             "fluxrs-numpy-1thread", "fluxrs-numpy-2threads", "fluxrs-loader-1thread", "fluxrs-loader-2threads",
             "fluxrs-numpy-custom-1thread", "fluxrs-numpy-custom-2threads"]

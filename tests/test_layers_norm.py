@@ -37,7 +37,7 @@ def test_batchnorm_flux_documented_example():
     np.testing.assert_allclose(bn.running_var.numpy(), [1.3, 1.3], rtol=1e-6)
 
 
-def test_batchnorm_params_and_repr_as_seed_002():
+def test_batchnorm_params_and_repr_as_the_implicit_training_page():
     bn = fx.BatchNorm(2, relu := fx.relu)
     assert repr(bn) == "BatchNorm(2, relu)  # 4 parameters, plus 4 non-trainable"
     assert bn.act is relu

@@ -5,6 +5,8 @@
 (6.0,)
 """
 
+import importlib as _importlib
+
 from fluxrs._core import Tensor
 from fluxrs.autodiff import (Grads, Params, ValGrad, gradient, in_gradient, no_grad, params, pullback, trainables,
                              withgradient)
@@ -36,6 +38,7 @@ from fluxrs.optimise import (ADADelta, ADAGrad, ADAMW, AMSGrad, NADAM, OADAM, RA
                              RAdam, RMSProp, Rprop, Scheduler, SignDecay)
 from fluxrs.optimise import Constant, CosAnneal, Exp, Inv, Poly, Sequence, Stateful, Step, Triangle, Warmup
 from fluxrs.train import NonFiniteLossError, epochs, ncycle, skip, stop, throttle, train_
+from fluxrs import train as _train
 from fluxrs.compile import jit
 from fluxrs.data import DataLoader, batch, onecold, onehot, onehotbatch, unbatch
 from fluxrs.utils import Restructure, destructure, outputsize
@@ -45,8 +48,18 @@ from fluxrs import losses
 from fluxrs.losses import crossentropy, logitcrossentropy, mse
 Losses = losses
 
-__version__ = "0.1.0"
+from fluxrs._version import __version__
 
+
+def _plugin_hooks():
+    # Training calls the plugin hooks through this (fluxrs.train sits below fluxrs.plugins): the
+    # first train_ call or fx.epochs loop imports them, so `import fluxrs` loads neither the
+    # plugins nor pluggy.
+    from fluxrs.plugins import _run
+    return _run
+
+
+_train.use_plugins(_plugin_hooks)
 
 _LAZY_MODULES = ("plugins", "callbacks", "distributed")
 _LAZY_PLUGIN_NAMES = ("hookimpl", "hookspec", "PluginError")
@@ -56,8 +69,7 @@ def __getattr__(name):
     # Plugins load on first use: `import fluxrs` imports neither pluggy nor any installed plugin;
     # nor mpi4py: fx.distributed loads on first use too.
     if name in _LAZY_MODULES:
-        import importlib
-        return importlib.import_module(f"fluxrs.{name}")
+        return _importlib.import_module(f"fluxrs.{name}")
     if name in _LAZY_PLUGIN_NAMES:
         from fluxrs import plugins
         return getattr(plugins, name)

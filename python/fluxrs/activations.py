@@ -15,7 +15,8 @@ are converted with `fx.tensor`; a plain Python number gives a plain float back.
 (1.0,)
 
 This module is also callable: ``fx.activations(chain, x)`` is Flux's ``activations``, the
-output of every layer of a Chain (`fluxrs.utils.activations`), so both Flux names work.
+output of every layer of a Chain (`fluxrs.utils.activations`, which makes it so), so both
+Flux names work.
 
 Batch-first convention: `softmax` and `logsoftmax` normalise over the last axis by default
 (the class axis of an `(N, C)` batch), where Flux's column-major `dims=1` would be.
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
-import types
 from typing import Any, Callable
 
 from fluxrs._core import Tensor
@@ -363,14 +362,3 @@ ACTIVATIONS: dict[str, Callable] = {f.__name__: f for f in (
     hardshrink, logcosh)}
 ACTIVATIONS["σ"] = sigmoid
 ACTIVATIONS["hardσ"] = hardsigmoid
-
-
-class _CallableModule(types.ModuleType):
-    # Flux has both the activation functions and `activations(chain, x)`; in Python one name
-    # cannot be a module and a function, unless the module is callable.
-    def __call__(self, chain: Any, x: Any) -> tuple:
-        from fluxrs.utils import activations  # utils imports the layers, which import this module
-        return activations(chain, x)
-
-
-sys.modules[__name__].__class__ = _CallableModule

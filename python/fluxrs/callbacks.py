@@ -34,7 +34,7 @@ import os
 import time
 from typing import Any, TextIO
 
-from fluxrs.plugins import hookimpl
+from fluxrs.plugins.hookspecs import hookimpl
 
 __all__ = ["ProgressBar", "CSVLogger", "LearningCurves", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN",
            "ReduceLROnPlateau", "Timer"]
@@ -229,7 +229,8 @@ def get_lr(opt: Any) -> float | None:
     """The learning rate (``eta``) of an optimiser state from `fx.setup`, or of a rule (the
     first rule of a chain that has one); for a `fx.Scheduler`, the rate the next update will
     use (the schedule's value now, times its ``eta_scale``). None when no rule has one."""
-    from fluxrs.optimise.rules import OptimiserChain, Rule, Scheduler
+    from fluxrs.optimise.rules import OptimiserChain, Rule
+    from fluxrs.optimise.schedules import Scheduler
 
     rules = [opt] if isinstance(opt, Rule) else [leaf.rule for leaf in _leaves(opt)]
     for r in rules:
@@ -269,7 +270,8 @@ def set_lr(opt: Any, lr: float) -> None:
     `fx.Scheduler` keeps its schedule and scales it (its ``eta_scale``) so that the rate of
     the next update is `lr`; later steps follow the schedule's shape from there."""
     from fluxrs.optimise import adjust_
-    from fluxrs.optimise.rules import OptimiserChain, Rule, Scheduler
+    from fluxrs.optimise.rules import OptimiserChain, Rule
+    from fluxrs.optimise.schedules import Scheduler
 
     if isinstance(opt, Rule):
         if isinstance(opt, Scheduler):
@@ -402,7 +404,7 @@ class TerminateOnNaN:
 
     @hookimpl
     def on_nonfinite_loss(self, run, step, epoch, loss, index):
-        from fluxrs.train import stop
+        from fluxrs.control import stop
         self.terminated = (step, loss)
         where = f" (epoch {epoch})" if epoch is not None else ""
         log.warning("TerminateOnNaN: loss is %s at step %d%s, data item %d; stopping training", loss, step, where,

@@ -41,6 +41,7 @@ import numpy as np
 
 from fluxrs import _core
 from fluxrs._core import Tensor
+from fluxrs._version import __version__
 from fluxrs.functor import _ATOMS, Struct, children, is_node
 
 __all__ = ["state", "loadmodel_", "load_checkpoint", "save", "load", "Checkpoint", "CheckpointError",
@@ -535,7 +536,6 @@ def save(path: str | os.PathLike, model: Any, opt_state: Any = None, **meta: Any
     """
     from safetensors.numpy import save as st_save
 
-    import fluxrs
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"save(path, model, ...): path must be a file name, got {type(path).__name__}")
     if isinstance(model, (str, bytes, int, float, complex, bool, type(None))):
@@ -545,7 +545,7 @@ def save(path: str | os.PathLike, model: Any, opt_state: Any = None, **meta: Any
         raise TypeError(f"save(path, model, opt_state): opt_state must be the state fx.setup(rule, model) "
                         f"returned, got {type(opt_state).__name__}")
     tensors = {name: _copy(t) for name, t in _model_entries(model).items()}
-    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "fluxrs_version": fluxrs.__version__,
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "fluxrs_version": __version__,
                 "meta": _meta_json(meta)}
     if opt_state is not None:
         manifest, opt_tensors = _encode_opt(opt_state)

@@ -66,7 +66,6 @@ def mean(x: Tensor) -> Tensor:
 
 _MEANS = (mean, np.mean, statistics.mean)
 _SUMS = (builtins.sum, np.sum, math.fsum)
-_sq_err = getattr(_core, "sq_err", None)  # the fused squared error (absent from an older build)
 
 
 def _agg_mode(agg: Any) -> str | None:
@@ -261,8 +260,8 @@ def mse(yhat: Any, y: Any, *, agg: Any = mean) -> Tensor:
     """
     yhat, y = _pair(yhat, y, "mse")
     mode = _agg_mode(agg)
-    if mode is not None and _sq_err is not None and y.shape == yhat.shape:
-        return _sq_err(yhat, y, mode == "mean")  # one op each way instead of three
+    if mode is not None and y.shape == yhat.shape:
+        return _core.sq_err(yhat, y, mode == "mean")  # one op each way instead of three
     return _agg(agg, (yhat - y) ** 2, "mse")
 
 

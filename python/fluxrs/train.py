@@ -40,6 +40,7 @@ from fluxrs import _core
 from fluxrs._core import Tensor
 from fluxrs.autodiff import Params, check_recording
 from fluxrs.compile import record
+from fluxrs.control import SkipStep, StopTraining, skip, stop
 from fluxrs._checks import warn_caller as _warn_caller
 from fluxrs.functor import Struct
 from fluxrs.functor import leaves as leaves_of
@@ -53,14 +54,6 @@ __all__ = ["train_", "stop", "skip", "StopTraining", "SkipStep", "NonFiniteLossE
 log = logging.getLogger("fluxrs")
 
 
-class StopTraining(Exception):
-    """Raised by `stop()`; `train_` catches it and returns (Flux's StopException)."""
-
-
-class SkipStep(Exception):
-    """Raised by `skip()`; `train_` catches it and moves on to the next datapoint."""
-
-
 class NonFiniteLossError(FloatingPointError):
     """The loss was NaN or infinite; raised before the update that would spread it.
 
@@ -70,16 +63,6 @@ class NonFiniteLossError(FloatingPointError):
         self.index, self.value = index, value
         super().__init__(f"loss is {value} on data item {index} (counting from 0), stopping training; "
                          "the parameters were not updated with this item's gradient")
-
-
-def stop() -> None:
-    """End `train_` early and cleanly, from a callback or the loss (Flux's `stop()`)."""
-    raise StopTraining()
-
-
-def skip() -> None:
-    """Skip the current datapoint's update, from inside the loss (Flux's `skip()`)."""
-    raise SkipStep()
 
 
 # ---------------------------------------------------------------- checking what the user gave
@@ -252,11 +235,33 @@ def train_(loss: Callable, *args: Any, cb: Any = None, progress: Any = False, de
                     f"got loss and {len(args)} more positional arguments")
 
 
+# ---------------------------------------------------------------- plugin hooks
+# The plugins (fluxrs.plugins) sit above training: they call into it, and load pluggy. So
+# training reaches their hooks through `_plugins`, a function returning the hook runner (an
+# object with the `session` and `epochs` of fluxrs.plugins._run), which the package installs
+# with `use_plugins`, deferring the plugins' import to the first run.
+_plugins: Callable[[], Any] | None = None
+
+
+def use_plugins(runner: Callable[[], Any]) -> None:
+    """Install the function returning the plugin hook runner that `train_` and `epochs` use:
+    its ``session(callbacks, epoch, model, params, opt, data)`` opens one `train_` call's
+    hooks (None when there are none to call), its ``epochs(n, callbacks, log, start)`` runs
+    an ``fx.epochs`` loop. ``import fluxrs`` installs fluxrs.plugins's."""
+    global _plugins
+    _plugins = runner
+
+
+def _runner() -> Any:
+    if _plugins is None:
+        raise RuntimeError("fluxrs.train: no plugin hook runner is installed; `import fluxrs` installs it")
+    return _plugins()
+
+
 def _hooks(callbacks: Any, epoch: int | None, model: Any, params: Any, opt: Any, data: Any):
     """The plugin hooks of one train_ call (fluxrs.plugins), or None when no plugin implements a
     training hook and there are no `callbacks`: then the loop makes no hook calls at all."""
-    from fluxrs.plugins._run import session
-    return session(callbacks, epoch, model, params, opt, data)
+    return _runner().session(callbacks, epoch, model, params, opt, data)
 
 
 # Compiled steps run in groups per call into Rust: at most this many batches, fewer when the
@@ -727,7 +732,6 @@ def epochs(n: int, callbacks: Any = None, *, start: int = 0) -> Iterator[int]:
     >>> list(fx.epochs(5, start=3))
     [4, 5]
     """
-    from fluxrs.plugins._run import epochs as run_epochs
     n = int(n)
     if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
         raise ValueError(f"epochs: start (the epochs already done) must be a whole number >= 0, got {start!r}")
@@ -735,7 +739,7 @@ def epochs(n: int, callbacks: Any = None, *, start: int = 0) -> Iterator[int]:
         raise ValueError(f"epochs(n={n}, start={start}): start is past n; n is the last epoch, not the number of "
                          f"epochs left (as Keras' epochs and initial_epoch), so resuming after epoch {start} to train "
                          f"k more is epochs({start} + k, start={start})")
-    return run_epochs(n, callbacks, log, int(start))
+    return _runner().epochs(n, callbacks, log, int(start))
 
 
 def ncycle(data: Iterable, n: int) -> Iterator[Any]:

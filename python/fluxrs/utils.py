@@ -14,15 +14,16 @@ vector, and back).
 from __future__ import annotations
 
 import numbers
+import types
 from typing import Any, Callable
 
 import numpy as np
 
+import fluxrs.activations as _activation_functions
 from fluxrs._core import Tensor
 from fluxrs.autodiff import no_grad, params
-from fluxrs.functor import fmap, named_modules
+from fluxrs.functor import fmap, named_modules, short_repr
 from fluxrs.layers.basic import Chain
-from fluxrs.layers.show import short_repr
 from fluxrs.tensor import concat, tensor
 
 __all__ = ["outputsize", "activations", "destructure", "Restructure"]
@@ -195,6 +196,16 @@ def activations(chain: Chain, x: Any) -> tuple:
         x = layer(x)
         out.append(x)
     return tuple(out)
+
+
+class _CallableModule(types.ModuleType):
+    # Flux has both the activation functions and `activations(chain, x)`; in Python one name
+    # cannot be a module and a function, unless the module is callable.
+    def __call__(self, chain: Any, x: Any) -> tuple:
+        return activations(chain, x)
+
+
+_activation_functions.__class__ = _CallableModule
 
 
 # ---------------------------------------------------------------- destructure

@@ -10,7 +10,7 @@ from fluxrs.layers.basic import Chain, Dense
 from fluxrs.layers.init import (glorot_normal, glorot_uniform, identity_init, kaiming_normal, kaiming_uniform,
                                 lecun_normal, nfan, ones32, orthogonal, sparse_init, truncated_normal, zeros32)
 from fluxrs.layers.precision import f32, f64
-from fluxrs.layers.show import param_count, show
+from fluxrs.functor import param_count, show
 
 __all__ = ["Dense", "Chain", "init", "glorot_uniform", "glorot_normal", "kaiming_uniform", "kaiming_normal",
            "zeros32", "ones32", "orthogonal", "sparse_init", "truncated_normal", "lecun_normal", "identity_init",

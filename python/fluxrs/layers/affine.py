@@ -19,10 +19,9 @@ import numpy as np
 from fluxrs._checks import is_int, size, sizes_given
 from fluxrs._core import Tensor
 from fluxrs.activations import identity
-from fluxrs.functor import Layer
+from fluxrs.functor import Layer, short_repr
 from fluxrs.layers.basic import _as_param, _who, as_input
-from fluxrs.layers.init import glorot_uniform, ones32
-from fluxrs.layers.show import short_repr
+from fluxrs.layers.init import create_bias, create_weight, glorot_uniform, ones32
 from fluxrs.random import default_rng
 from fluxrs.tensor import host_like, stack
 
@@ -31,17 +30,6 @@ __all__ = ["Scale", "Bilinear", "Embedding", "EmbeddingBag"]
 
 def _randn32(*dims: int) -> Tensor:
     return Tensor(default_rng().standard_normal(dims), dtype="float32")
-
-
-def _bias(bias: Any, shape: tuple[int, ...], like: Tensor, who: str) -> Tensor | None:
-    if bias is False or bias is None:
-        return None
-    if bias is True:
-        return Tensor(np.zeros(shape), dtype=like.dtype.name)
-    b = bias if isinstance(bias, Tensor) else Tensor(np.asarray(bias), dtype=like.dtype.name)
-    if tuple(b.shape) != shape:
-        raise ValueError(f"{who}: bias must have shape {shape}, got {tuple(b.shape)}")
-    return b
 
 
 def _table(in_: Any, out: Any, init: Callable, who: str) -> Tensor:
@@ -58,13 +46,7 @@ def _table(in_: Any, out: Any, init: Callable, who: str) -> Tensor:
         if weight.ndim != 2:
             raise ValueError(f"{who}(W): the weight must be a matrix (out, in), got {tuple(weight.shape)}")
         return weight
-    weight = init(n_out, n_in)
-    if not isinstance(weight, Tensor):
-        weight = Tensor(np.asarray(weight, dtype=np.float32))
-    if tuple(weight.shape) != (n_out, n_in):
-        raise ValueError(f"{who}({n_in} => {n_out}): init returned shape {tuple(weight.shape)}, "
-                         f"expected {(n_out, n_in)}")
-    return weight
+    return create_weight(init, (n_out, n_in), f"{who}({n_in} => {n_out})")
 
 
 def _embed(weight: Tensor, x: Any, who: Any) -> Tensor:
@@ -116,7 +98,7 @@ class Scale(Layer):
         shape = tuple(size("Scale(size..., act)", "each size", a) for a in args)
         scale = init(*shape)
         self.scale = scale if isinstance(scale, Tensor) else _as_param(scale)
-        self.bias = _bias(bias, shape, self.scale, f"Scale{shape}")
+        self.bias = create_bias(self.scale, bias, shape, f"Scale{shape}")
         self.act = act
 
     def __call__(self, x: Any) -> Tensor:
@@ -179,13 +161,11 @@ class Bilinear(Layer):
             n_out, n1, n2 = weight.shape
         if weight is None:
             n_out = size("Bilinear((in1, in2), out, act)", "out", out)
-            weight = init(n_out, n1, n2)
-            if not isinstance(weight, Tensor):
-                weight = Tensor(np.asarray(weight, dtype=np.float32))
+            weight = create_weight(init, (n_out, n1, n2), f"Bilinear(({n1}, {n2}) => {n_out})")
         if not callable(act):
             raise TypeError(f"Bilinear: the activation must be callable, got {act!r}")
         self.weight = weight
-        self.bias = _bias(bias, (n_out,), weight, "Bilinear")
+        self.bias = create_bias(weight, bias, (n_out,), "Bilinear")
         self.act = act
 
     @property

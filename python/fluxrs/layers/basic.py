@@ -23,16 +23,14 @@ from fluxrs import _core
 from fluxrs._checks import size, sizes_given, warn_caller
 from fluxrs._core import Tensor
 from fluxrs.activations import identity
-from fluxrs.functor import Layer
-from fluxrs.layers.init import glorot_uniform
-from fluxrs.layers.show import short_repr
+from fluxrs.functor import Layer, short_repr
+from fluxrs.layers.init import create_bias, create_weight, glorot_uniform
 from fluxrs.tensor import host_like
 
 __all__ = ["Dense", "Chain"]
 
-# The fused Rust kernel act(x @ W.T + b), when this build of the extension has it: one
-# Python→Rust crossing per layer instead of three.
-_fused_dense = getattr(_core, "dense", None)
+# The activations of the fused Rust kernel act(x @ W.T + b): one Python→Rust crossing per
+# layer instead of three.
 _FUSED_ACTS = {"identity", "relu", "sigmoid", "tanh"}
 
 _warned_f64 = False
@@ -133,26 +131,10 @@ class Dense(Layer):
         if not callable(act):
             raise TypeError(f"Dense: the activation must be callable, got {act!r}")
         if weight is None:
-            weight = init(n_out, n_in)
-            if not isinstance(weight, Tensor):
-                weight = Tensor(np.asarray(weight, dtype=np.float32))
-            if tuple(weight.shape) != (n_out, n_in):
-                raise ValueError(f"Dense({n_in} => {n_out}): init returned shape {tuple(weight.shape)}, "
-                                 f"expected {(n_out, n_in)}")
+            weight = create_weight(init, (n_out, n_in), f"Dense({n_in} => {n_out})")
         self.weight = weight
-        self.bias = self._make_bias(bias, n_out, weight)
+        self.bias = create_bias(weight, bias, (n_out,), "Dense")
         self.act = act
-
-    @staticmethod
-    def _make_bias(bias: Any, n_out: int, weight: Tensor) -> Tensor | None:
-        if bias is False or bias is None:
-            return None
-        if bias is True:
-            return _core.full([n_out], 0.0, weight.dtype.name)
-        b = bias if isinstance(bias, Tensor) else Tensor(np.asarray(bias), dtype=weight.dtype.name)
-        if tuple(b.shape) != (n_out,):
-            raise ValueError(f"Dense: bias must have shape ({n_out},), got {tuple(b.shape)}")
-        return b
 
     @property
     def σ(self) -> Callable:  # Flux's field name for the activation
@@ -177,8 +159,8 @@ class Dense(Layer):
             raise ValueError(f"{self._repr_inner()} expects input with {n_in} features on axis -1, "
                              f"got {shape}{hint}")
         fused = getattr(self.act, "fused_name", None)
-        if _fused_dense is not None and fused in _FUSED_ACTS:
-            return _fused_dense(x, self.weight, self.bias, fused)
+        if fused in _FUSED_ACTS:
+            return _core.dense(x, self.weight, self.bias, fused)
         y = x @ self.weight.T
         if self.bias is not None:
             y = y + self.bias

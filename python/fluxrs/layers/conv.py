@@ -35,10 +35,9 @@ from fluxrs._checks import is_int as _is_int
 from fluxrs._checks import size, sizes_given, torch_keywords
 from fluxrs._core import Tensor
 from fluxrs.activations import identity
-from fluxrs.functor import Layer
+from fluxrs.functor import Layer, short_repr
 from fluxrs.layers.basic import _as_param, _who, as_input
-from fluxrs.layers.init import glorot_uniform
-from fluxrs.layers.show import short_repr
+from fluxrs.layers.init import create_bias, create_weight, glorot_uniform
 from fluxrs.tensor import host_like, tensor
 
 __all__ = ["SamePad", "Conv", "ConvTranspose", "CrossCor", "DepthwiseConv", "MaxPool", "MeanPool",
@@ -182,26 +181,6 @@ def _check_input(layer: Any, x: Tensor, d: int, channels: int) -> None:
     raise ValueError(f"{_who(layer)} expects input of shape {want}, got {shape}{hint}")
 
 
-def _make_weight(who: str, init: Callable, shape: tuple[int, ...]) -> Tensor:
-    w = init(*shape)
-    if not isinstance(w, Tensor):
-        w = Tensor(np.asarray(w, dtype=np.float32))
-    if tuple(w.shape) != shape:
-        raise ValueError(f"{who}: init returned shape {tuple(w.shape)}, expected {shape}")
-    return w
-
-
-def _make_bias(who: str, bias: Any, n: int, weight: Tensor) -> Tensor | None:
-    if bias is False or bias is None:
-        return None
-    if bias is True:
-        return _core.full([n], 0.0, weight.dtype.name)
-    b = bias if isinstance(bias, Tensor) else Tensor(np.asarray(bias), dtype=weight.dtype.name)
-    if tuple(b.shape) != (n,):
-        raise ValueError(f"{who}: bias must have shape ({n},), got {tuple(b.shape)}")
-    return b
-
-
 def _from_weight(who: str, layout: str, k: Any, ch: Any, args: tuple, act: Any, bias: Any) -> tuple:
     """Flux's array constructor, ``Conv(weight, bias, act)``: the weight as a parameter, and the
     bias and activation from the positional or keyword arguments."""
@@ -300,9 +279,9 @@ class Conv(Layer):
         self.pad = _padding(who, pad, ks, self.dilation)
         self.groups = int(groups)
         if weight is None:
-            weight = _make_weight(who, init, (cout, cin // groups) + ks)
+            weight = create_weight(init, (cout, cin // groups) + ks, who)
         self.weight = weight
-        self.bias = _make_bias(who, bias, cout, weight)
+        self.bias = create_bias(weight, bias, (cout,), who)
         self.act = act
 
     @property
@@ -423,9 +402,9 @@ class ConvTranspose(Layer):
             raise ValueError(f"{who}: outpad {self.outpad} must be smaller than the stride {self.stride}")
         self.groups = int(groups)
         if weight is None:
-            weight = _make_weight(who, init, (cin, cout // groups) + ks)
+            weight = create_weight(init, (cin, cout // groups) + ks, who)
         self.weight = weight
-        self.bias = _make_bias(who, bias, cout, weight)
+        self.bias = create_bias(weight, bias, (cout,), who)
         self.act = act
 
     @property

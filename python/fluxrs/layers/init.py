@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fluxrs import _core
 from fluxrs._core import Tensor
 from fluxrs.random import default_rng
 from fluxrs.tensor import float32
@@ -314,3 +315,30 @@ def ones32(*dims, dtype=float32, rng=None) -> Tensor:
 # `init=fx.layers.init.zeros` reads naturally; the top level keeps `fx.zeros` as the tensor constructor.
 zeros = zeros32  # noqa: F811
 ones = ones32  # noqa: F811
+
+
+# ---------------------------------------------------------------- a layer's parameters
+
+def create_weight(init: Callable, shape: tuple[int, ...], who: str) -> Tensor:
+    """``init(*shape)`` as a tensor (an array becomes float32), checked to have `shape`;
+    `who` (the layer as constructed) names it in the error."""
+    w = init(*shape)
+    if not isinstance(w, Tensor):
+        w = Tensor(np.asarray(w, dtype=np.float32))
+    if tuple(w.shape) != shape:
+        raise ValueError(f"{who}: init returned shape {tuple(w.shape)}, expected {shape}")
+    return w
+
+
+def create_bias(weight: Tensor, bias: Any, shape: tuple[int, ...], who: str) -> Tensor | None:
+    """A layer's bias, as Flux's ``create_bias``: None for False (or None), zeros of
+    `weight`'s dtype for True, else the array given (converted to `weight`'s dtype unless it is
+    a tensor), checked to have `shape`."""
+    if bias is False or bias is None:
+        return None
+    if bias is True:
+        return _core.full(list(shape), 0.0, weight.dtype.name)
+    b = bias if isinstance(bias, Tensor) else Tensor(np.asarray(bias), dtype=weight.dtype.name)
+    if tuple(b.shape) != shape:
+        raise ValueError(f"{who}: bias must have shape {shape}, got {tuple(b.shape)}")
+    return b

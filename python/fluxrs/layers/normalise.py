@@ -32,10 +32,9 @@ from fluxrs._core import Tensor
 from fluxrs.activations import identity
 from fluxrs.autodiff import no_grad
 from fluxrs.layers.basic import as_input
-from fluxrs.layers.init import ones32, zeros32
-from fluxrs.functor import Layer
+from fluxrs.layers.init import create_weight, ones32, zeros32
+from fluxrs.functor import Layer, short_repr
 from fluxrs.layers.mode import ModalLayer
-from fluxrs.layers.show import short_repr
 from fluxrs.tensor import tensor
 
 __all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "normalise"]
@@ -47,15 +46,6 @@ def _check_real(v: Any, what: str, who: str, lo: float = 0.0, hi: float = math.i
     return float(v)
 
 
-def _make(init: Callable, shape: tuple[int, ...], who: str) -> Tensor:
-    t = init(*shape)
-    if not isinstance(t, Tensor):
-        t = Tensor(np.asarray(t, dtype=np.float32))
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{who}: init returned shape {tuple(t.shape)}, expected {shape}")
-    return t
-
-
 class _Norm(Layer):
     """Shared machinery: affine parameters ``scale`` (γ) and ``bias`` (β), the activation
     ``act`` (λ); `_Stats` adds running statistics and a training mode."""
@@ -65,8 +55,8 @@ class _Norm(Layer):
         if not callable(act):
             raise TypeError(f"{who}: the activation must be callable, got {act!r}")
         # creation order is parameter order: Flux's params(BatchNorm(2)) is [β, γ]
-        self.bias = _make(init_bias, shape, who) if affine else None
-        self.scale = _make(init_scale, shape, who) if affine else None
+        self.bias = create_weight(init_bias, shape, who) if affine else None
+        self.scale = create_weight(init_scale, shape, who) if affine else None
         self.act = act
         self.eps = _check_real(eps, "eps", who)
         self.affine = bool(affine)

@@ -27,23 +27,16 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import numpy as np
-
 from fluxrs import _core
 from fluxrs._checks import size, sizes_given
 from fluxrs._core import Tensor
 from fluxrs.activations import identity, tanh
-from fluxrs.functor import Layer, fmap
+from fluxrs.functor import Layer, fmap, short_repr
 from fluxrs.layers.basic import as_input
-from fluxrs.layers.init import glorot_uniform
-from fluxrs.layers.show import short_repr
+from fluxrs.layers.init import create_bias, create_weight, glorot_uniform
 from fluxrs.tensor import concat, host_like
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "Recurrence", "RNN", "LSTM", "GRU", "Bidirectional"]
-
-_fused_dense = getattr(_core, "dense", None)
-_gru_sequence = getattr(_core, "gru_sequence", None)
-
 
 def _in_out(who: str, in_: Any, out: Any, act: Any, default_act: Any) -> tuple[int, int, Any]:
     """Flux's ``in => out`` as ``(in, out)`` (activation may follow) or as ``in, out``."""
@@ -59,15 +52,6 @@ def _in_out(who: str, in_: Any, out: Any, act: Any, default_act: Any) -> tuple[i
     return size(f"{who}(in, out)", "in", in_), size(f"{who}(in, out)", "out", out, hint=hint), act
 
 
-def _param(init: Callable, shape: tuple[int, int], who: str) -> Tensor:
-    t = init(*shape)
-    if not isinstance(t, Tensor):
-        t = Tensor(np.asarray(t, dtype=np.float32))
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{who}: init returned shape {tuple(t.shape)}, expected {shape}")
-    return t
-
-
 class _Cell(Layer):
     """Shared parts of the cells: weights, input projection, state checks."""
 
@@ -78,17 +62,9 @@ class _Cell(Layer):
                bias: Any) -> None:
         who = f"{self.name}({n_in} => {n_out})"
         k = self.gates * n_out
-        self.Wi = _param(init_kernel, (k, n_in), who)
-        self.Wh = _param(init_recurrent_kernel, (k, n_out), who)
-        if bias is False or bias is None:
-            self.bias = None
-        elif bias is True:
-            self.bias = Tensor(np.zeros(k), dtype=self.Wi.dtype.name)
-        else:
-            b = bias if isinstance(bias, Tensor) else Tensor(np.asarray(bias), dtype=self.Wi.dtype.name)
-            if tuple(b.shape) != (k,):
-                raise ValueError(f"{who}: bias must have shape ({k},), got {tuple(b.shape)}")
-            self.bias = b
+        self.Wi = create_weight(init_kernel, (k, n_in), who)
+        self.Wh = create_weight(init_recurrent_kernel, (k, n_out), who)
+        self.bias = create_bias(self.Wi, bias, (k,), who)
 
     @property
     def in_features(self) -> int:
@@ -99,11 +75,8 @@ class _Cell(Layer):
         return self.Wh.shape[1]
 
     def _project(self, x: Tensor) -> Tensor:
-        """x @ Wi.T + bias, in one call when the fused kernel exists."""
-        if _fused_dense is not None:
-            return _fused_dense(x, self.Wi, self.bias, "identity")
-        y = x @ self.Wi.T
-        return y if self.bias is None else y + self.bias
+        """x @ Wi.T + bias, in one call."""
+        return _core.dense(x, self.Wi, self.bias, "identity")
 
     def _input(self, x: Any) -> Tensor:
         x = as_input(x, self.Wi, self)
@@ -301,7 +274,7 @@ class Recurrence(Layer):
         if steps == 0:
             raise ValueError(f"{self._repr_inner()}: the sequence is empty (shape {tuple(x.shape)})")
         first = x.select(tax, 0)
-        if isinstance(cell, GRUCell) and _gru_sequence is not None and _core.watch_depth() <= 1 and x.device == "cpu":
+        if isinstance(cell, GRUCell) and _core.watch_depth() <= 1 and x.device == "cpu":
             return self._gru_fused(cell, x, None if state is None else cell._check_state(state, first))
         state = cell.initialstates(first) if state is None else cell._check_state(state, first)
         whT = cell.Wh.T
@@ -320,7 +293,7 @@ class Recurrence(Layer):
         batched = x.ndim == 3
         xb = x if batched else x.reshape(1, *x.shape)
         h0 = state if state is None or batched else state.reshape(1, -1)
-        hs = _gru_sequence(cell._project(xb), cell.Wh, h0)
+        hs = _core.gru_sequence(cell._project(xb), cell.Wh, h0)
         last = hs.select(1, -1)
         return (hs, last) if batched else (hs.select(0, 0), last.select(0, 0))
 

@@ -15,10 +15,10 @@ from fluxrs.optimise.interface import (Leaf, StateMismatchError, adjust, adjust_
 from fluxrs.optimise.rules import (ADADelta, ADAGrad, ADAM, ADAMW, AMSGrad, NADAM, OADAM, RADAM, AccumGrad, AdaBelief,
                                    AdaDelta, AdaGrad, AdaMax, Adam, AdamW, ClipGrad, ClipNorm, ClipValue, Descent,
                                    ExpDecay, InvDecay, Lion, Momentum, NAdam, Nesterov, OAdam, Optimiser,
-                                   OptimiserChain, RAdam, RMSProp, Rprop, Rule, Scheduler, SignDecay, WeightDecay)
+                                   OptimiserChain, RAdam, RMSProp, Rprop, Rule, SignDecay, WeightDecay)
 from fluxrs.optimise import schedules
-from fluxrs.optimise.schedules import (Constant, Cos, CosAnneal, Exp, Interpolator, Inv, Loop, Poly, Schedule, Sequence,
-                                       Shifted, Sin, Stateful, Step, Triangle, Warmup)
+from fluxrs.optimise.schedules import (Constant, Cos, CosAnneal, Exp, Interpolator, Inv, Loop, Poly, Schedule,
+                                       Scheduler, Sequence, Shifted, Sin, Stateful, Step, Triangle, Warmup)
 
 __all__ = ["Rule", "Descent", "Momentum", "Nesterov", "RMSProp", "Rprop", "Adam", "Lion", "RAdam", "AdaMax", "OAdam",
            "AdaGrad", "AdaDelta", "AMSGrad", "NAdam", "AdamW", "AdaBelief", "WeightDecay", "SignDecay", "ClipGrad",

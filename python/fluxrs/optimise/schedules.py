@@ -50,7 +50,7 @@ In a training loop, set the learning rate each epoch (ParameterSchedulers' recip
 >>> opt.weight.rule
 Momentum(0.025, 0.9)
 
-or every step, with a `Scheduler` rule (see `fluxrs.optimise.rules.Scheduler`), or by hand
+or every step, with a `Scheduler` rule (below), or by hand
 with `Stateful`:
 
 >>> st = fx.Stateful(fx.Step(1.0, 0.1, 2))
@@ -60,12 +60,16 @@ with `Stateful`:
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from typing import Any, Callable, Iterator, Sequence as Seq
 
+from fluxrs.optimise.interface import apply_all
+from fluxrs.optimise.rules import OptimiserChain, Rule, _has, _real
+
 __all__ = ["Schedule", "Step", "Exp", "Poly", "Inv", "CosAnneal", "Cos", "Triangle", "Sin", "Constant", "Sequence",
-           "Warmup", "Loop", "Shifted", "Interpolator", "Stateful"]
+           "Warmup", "Loop", "Shifted", "Interpolator", "Stateful", "Scheduler"]
 
 
 def _num(cls: str, key: str, v: Any) -> float:
@@ -462,3 +466,148 @@ class Stateful:
 
     def __repr__(self):
         return f"Stateful({self.schedule!r}, t={self.t})"
+
+
+# ---------------------------------------------------------------- Scheduler: a rule that follows schedules
+
+class Scheduler(Rule):
+    """A rule whose hyperparameters follow schedules (ParameterSchedulers.jl's `Scheduler`):
+    at step t it acts as ``constructor(s₁(t), s₂(t), ...; k=sₖ(t), ...)``.
+
+    * ``Scheduler(fx.Descent, fx.CosAnneal(0.1, 0.8, 10))``: the learning rate follows the
+      schedule (a class or any function returning a rule, and positional schedules);
+    * ``Scheduler(fx.Momentum, fx.CosAnneal(0.1, 0.8, 10), fx.Exp(0.999, 0.8))``: eta and rho;
+    * ``Scheduler(fx.AdamW(), lambd=fx.Exp(1e-3, 0.7))``: a rule with some fields scheduled
+      by keyword (a rule, not a class: its other hyperparameters are kept);
+    * ``Scheduler(lambda eta: fx.OptimiserChain(fx.ClipNorm(), fx.Adam(eta)), sched)``: a chain.
+
+    A plain number in place of a schedule is a constant. The step counter `t` (from 1) is
+    the rule's own and advances once per `update_` (or `train_` step) that reaches it, however
+    many parameters it updates; the update itself is the scheduled rule's, through the fused
+    kernel. Its state is the scheduled rule's, so the rule must keep the same kind at every t.
+    ``adjust_(state, t=...)`` moves the schedule; a saved checkpoint keeps `t`.
+
+    `eta_scale` multiplies the learning rate of the scheduled rule (of each rule of a chain
+    that has one) at every step: the schedule keeps its shape, scaled. It is how
+    ``fx.callbacks.set_lr`` and ``ReduceLROnPlateau`` lower the rate of a scheduled
+    optimiser (as PyTorch's plateau reduction multiplies a scheduled rate);
+    ``adjust_(state, eta_scale=...)`` sets it, and a checkpoint keeps it.
+
+    >>> import fluxrs as fx
+    >>> x = fx.tensor([0.0, 0.0], dtype="float64")
+    >>> opt = fx.Scheduler(fx.Descent, fx.Step(1.0, 0.5, 2))
+    >>> st = fx.setup(opt, x)
+    >>> for _ in range(4):
+    ...     _ = fx.update_(st, x, fx.tensor([1.0, 1.0], dtype="float64"))
+    >>> x.tolist()                               # η = 1, 1, 0.5, 0.5
+    [-3.0, -3.0]
+    >>> st.rule.t, st.rule.current()
+    (5, Descent(0.25))
+    >>> _ = fx.adjust_(st, eta_scale=0.1); st.rule.current()
+    Descent(0.025)
+    """
+
+    fields, defaults = ("t", "eta_scale"), (1, 1.0)
+    chainable = False
+
+    def __init__(self, constructor: Any, *schedules: Any, t: int = 1, eta_scale: float = 1.0, **kw_schedules: Any):
+        if isinstance(constructor, Scheduler):
+            raise TypeError("Scheduler: cannot schedule a Scheduler")
+        if isinstance(constructor, Rule):
+            if len(schedules) > 1:
+                raise TypeError("Scheduler(rule, ...): give one positional schedule (the learning rate) or name the "
+                                "fields by keyword, e.g. Scheduler(fx.AdamW(), eta=s1, lambd=s2)")
+            if schedules:
+                kw_schedules = {"eta": schedules[0], **kw_schedules}
+                schedules = ()
+            for k in kw_schedules:
+                if not _has(constructor, k):
+                    raise TypeError(f"Scheduler: {constructor!r} has no hyperparameter {k!r}")
+        elif not callable(constructor):
+            raise TypeError(f"Scheduler: the first argument must be a rule or a function making one (such as "
+                            f"fx.Adam), got {type(constructor).__name__}")
+        if not schedules and not kw_schedules:
+            raise TypeError("Scheduler: give at least one schedule")
+        for s in (*schedules, *kw_schedules.values()):
+            if not (callable(s) or isinstance(s, numbers.Real)):
+                raise TypeError(f"Scheduler: a schedule must be callable as s(t) or a number, got {s!r}")
+        self.constructor = constructor
+        self.schedules = tuple(schedules)
+        self.kw_schedules = dict(kw_schedules)
+        self.t = self._check("t", t)
+        self.eta_scale = self._check("eta_scale", eta_scale)
+        self.params = None
+        self._implicit = {}
+        first = self.rule_at(1)
+        if not isinstance(first, Rule):
+            raise TypeError(f"Scheduler: the constructor must return a rule, got {type(first).__name__}")
+        if isinstance(first, Scheduler):
+            raise TypeError("Scheduler: cannot schedule a Scheduler")
+
+    def _check(self, key, value):
+        if key == "eta_scale":
+            value = _real("Scheduler", key, value)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"Scheduler: eta_scale (the factor on the scheduled learning rate) must be > 0, "
+                                 f"got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"Scheduler: the step t must be a whole number >= 1, got {value!r}")
+        return int(value)
+
+    @staticmethod
+    def _value(s: Any, t: int) -> Any:
+        return s if isinstance(s, numbers.Real) else s(t)
+
+    def rule_at(self, t: int) -> Rule:
+        """The rule used at step `t` (its learning rate times `eta_scale`)."""
+        pos = [self._value(s, t) for s in self.schedules]
+        kws = {k: self._value(s, t) for k, s in self.kw_schedules.items()}
+        if isinstance(self.constructor, Rule):
+            rule = self.constructor.adjust(**kws)
+        else:
+            rule = self.constructor(*pos, **kws)
+        return rule if self.eta_scale == 1.0 else _scale_eta(rule, self.eta_scale)
+
+    def current(self) -> Rule:
+        """The rule the next update will use."""
+        return self.rule_at(self.t)
+
+    def chain(self):
+        return None
+
+    def init(self, x):
+        return self.current().init(x)
+
+    def apply(self, state, x, dx):
+        """One parameter's update with the current rule (the step counter does not move;
+        `update_` and `train_` advance it once per step)."""
+        return self.current().apply(state, x, dx)
+
+    def apply_batch(self, xs, dxs, states):
+        out = apply_all(self.current(), xs, dxs, states)
+        self.t += 1
+        return out
+
+    def __repr__(self):
+        c = self.constructor
+        name = repr(c) if isinstance(c, Rule) else getattr(c, "__name__", repr(c))
+        parts = [name] + [repr(s) for s in self.schedules] + [f"{k}={s!r}" for k, s in self.kw_schedules.items()]
+        if self.eta_scale != 1.0:
+            parts.append(f"eta_scale={self.eta_scale:g}")
+        return "Scheduler(" + ", ".join(parts) + ")"
+
+
+def _scale_eta(rule: Rule, scale: float) -> Rule:
+    """`rule` with its learning rate (each rule's of a chain) multiplied by `scale`."""
+    if isinstance(rule, OptimiserChain):
+        new = copy.copy(rule)
+        new._implicit = {}
+        new.rules = tuple(_scale_eta(r, scale) for r in rule.rules)
+        return new
+    return rule.adjust(eta=rule.eta * scale) if "eta" in rule.fields else rule
+
+    def __eq__(self, other):
+        return self is other
+
+    __hash__ = object.__hash__

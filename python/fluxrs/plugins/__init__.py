@@ -74,15 +74,14 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import os
-import threading
 from collections.abc import Mapping
 from typing import Any, Iterator
 
-import pluggy
-
+from fluxrs import _registry
+from fluxrs._registry import register_callback, register_layer, register_loss, register_rule
 from fluxrs.plugins import hookspecs
-from fluxrs.plugins._manager import ENTRY_POINT_GROUP, PluginError, PluginManager
+from fluxrs.plugins._manager import (ENTRY_POINT_GROUP, ENV_DISABLE_AUTOLOAD, PluginError, PluginManager, _state,
+                                     manager)
 from fluxrs.plugins.hookspecs import REGISTRATION_HOOKS, TRAINING_HOOKS
 
 __all__ = ["hookimpl", "hookspec", "hookspecs", "PluginError", "PluginManager", "Run", "manager", "reset",
@@ -92,60 +91,9 @@ __all__ = ["hookimpl", "hookspec", "hookspecs", "PluginError", "PluginManager", 
 
 #: Marks a hook implementation: ``@fx.hookimpl``, ``@fx.hookimpl(tryfirst=True)``,
 #: ``@fx.hookimpl(trylast=True)``, ``@fx.hookimpl(wrapper=True)``.
-hookimpl = pluggy.HookimplMarker("fluxrs")
+hookimpl = hookspecs.hookimpl
 #: Marks a hook specification (for plugins that add hooks of their own).
 hookspec = hookspecs.hookspec
-
-ENV_DISABLE_AUTOLOAD = "FLUXRS_DISABLE_PLUGIN_AUTOLOAD"
-
-
-class _State:
-    def __init__(self) -> None:
-        self.pm: PluginManager | None = None
-        self.autoload: bool | None = None  # None: as the environment variable says
-        self.lock = threading.RLock()
-        self.cache: dict[str, tuple[Any, list[tuple[str, dict[str, Any]]]]] = {}
-
-
-_state = _State()
-_KINDS = tuple(REGISTRATION_HOOKS)
-_local: dict[str, dict[str, Any]] = {k: {} for k in _KINDS}  # register_layer & co, @fx.layer
-
-
-def _env_disabled() -> bool:
-    v = os.environ.get(ENV_DISABLE_AUTOLOAD, "").strip().lower()
-    return v not in ("", "0", "false", "no", "off")
-
-
-def manager(autoload: bool | None = None) -> PluginManager:
-    """The plugin manager (a `pluggy.PluginManager`) every run starts from, created on first
-    use with fluxrs's hooks and built-ins, and the installed plugins (entry-point group
-    ``fluxrs``) unless `autoload` is False or ``FLUXRS_DISABLE_PLUGIN_AUTOLOAD=1`` is set.
-
-    ``manager(autoload=False)`` also unregisters installed plugins already loaded, and keeps
-    them out until `reset`; ``manager(autoload=True)`` loads those not yet loaded."""
-    pm = _state.pm
-    if pm is not None and autoload is None:
-        return pm
-    with _state.lock:
-        if autoload is not None:
-            _state.autoload = autoload
-        pm = _state.pm
-        if pm is None:
-            pm = PluginManager()
-            from fluxrs.plugins import builtins
-            pm.register(builtins, name="fluxrs")
-            want = _state.autoload if _state.autoload is not None else not _env_disabled()
-            if want:
-                pm.load_entry_points(ENTRY_POINT_GROUP)
-            _state.pm = pm
-        elif autoload:
-            pm.load_entry_points(ENTRY_POINT_GROUP)
-        elif autoload is False:
-            for name in list(pm.entry_points):
-                pm.unregister(name=name)
-                del pm.entry_points[name]
-        return pm
 
 
 def reset(names: bool = False) -> None:
@@ -157,8 +105,7 @@ def reset(names: bool = False) -> None:
         _state.autoload = None
         _state.cache.clear()
         if names:
-            for d in _local.values():
-                d.clear()
+            _registry.clear()
 
 
 def register(plugin: Any, name: str | None = None) -> str:
@@ -206,33 +153,6 @@ def installed() -> dict[str, str]:
 
 # ---------------------------------------------------------------- components by name
 
-def register_layer(name: str, obj: Any) -> None:
-    """Make `obj` findable as ``fx.plugins.layer(name)``; ``@fx.layer`` does this for every
-    class it decorates. Names given here come before those of plugins and of fluxrs."""
-    _register("layers", name, obj)
-
-
-def register_loss(name: str, obj: Any) -> None:
-    """Make `obj` findable as ``fx.plugins.loss(name)``."""
-    _register("losses", name, obj)
-
-
-def register_rule(name: str, obj: Any) -> None:
-    """Make `obj` findable as ``fx.plugins.rule(name)``."""
-    _register("rules", name, obj)
-
-
-def register_callback(name: str, obj: Any) -> None:
-    """Make `obj` findable as ``fx.plugins.callback(name)``."""
-    _register("callbacks", name, obj)
-
-
-def _register(kind: str, name: str, obj: Any) -> None:
-    if not isinstance(name, str) or not name or ":" in name:
-        raise ValueError(f"register_{kind[:-1]}: the name must be a non-empty string without ':', got {name!r}")
-    _local[kind][name] = obj
-
-
 def layer(name: str) -> Any:
     """The layer registered as `name` (``"Dense"``, a plugin's ``"MyConv"``, or
     ``"plugin:Name"``)."""
@@ -270,13 +190,13 @@ def registry(kind: str) -> dict[str, Any]:
             out[n] = got[0][1]
         else:
             out.update((f"{p}:{n}", o) for p, o in got)
-    out.update(_local[kind])
+    out.update(_registry.names(kind))
     return out
 
 
 def _check_kind(kind: str) -> None:
     if kind not in REGISTRATION_HOOKS:
-        raise ValueError(f"kind must be one of {', '.join(map(repr, _KINDS))}, got {kind!r}")
+        raise ValueError(f"kind must be one of {', '.join(map(repr, _registry.KINDS))}, got {kind!r}")
 
 
 def _sources(kind: str) -> list[tuple[str, dict[str, Any]]]:
@@ -308,7 +228,7 @@ def _lookup(kind: str, name: str) -> Any:
     what = kind[:-1]
     if not isinstance(name, str):
         raise TypeError(f"fx.plugins.{what}: the name must be a string, got {type(name).__name__}")
-    local = _local[kind]
+    local = _registry.names(kind)
     if ":" in name:
         src, _, short = name.partition(":")
         if src == "local":

@@ -1,16 +1,18 @@
 """fluxrs's pluggy PluginManager: readable plugin names, hook errors that name the plugin,
 ``fx.stop()``/``fx.skip()`` inside hooks as requests, typo checks, and entry-point loading
-that says which installed plugin failed."""
+that says which installed plugin failed; and `manager`, the one every run starts from."""
 
 from __future__ import annotations
 
 import difflib
+import os
 import threading
 import types
 from typing import Any
 
 import pluggy
 
+from fluxrs.control import SkipStep, StopTraining
 from fluxrs.plugins import hookspecs
 
 PROJECT = "fluxrs"
@@ -76,8 +78,6 @@ def _guard(impl: Any, hook: str) -> None:
     """Wrap one hook implementation so that ``fx.stop()``/``fx.skip()`` raised in it become
     requests (the other plugins still get the call) and any other exception becomes a
     `PluginError` naming the plugin and the hook, chained to the original."""
-    from fluxrs.train import SkipStep, StopTraining
-
     f = impl.function
     if getattr(f, "__fluxrs_guarded__", False):
         return
@@ -251,4 +251,56 @@ class PluginManager(pluggy.PluginManager):
         for name, plugin in self.list_name_plugin():
             if plugin is not None:
                 pm.register(plugin, name=name)
+        return pm
+
+
+# ---------------------------------------------------------------- the manager every run starts from
+
+ENV_DISABLE_AUTOLOAD = "FLUXRS_DISABLE_PLUGIN_AUTOLOAD"
+
+
+class _State:
+    def __init__(self) -> None:
+        self.pm: PluginManager | None = None
+        self.autoload: bool | None = None  # None: as the environment variable says
+        self.lock = threading.RLock()
+        self.cache: dict[str, tuple[Any, list[tuple[str, dict[str, Any]]]]] = {}
+
+
+_state = _State()
+
+
+def _env_disabled() -> bool:
+    v = os.environ.get(ENV_DISABLE_AUTOLOAD, "").strip().lower()
+    return v not in ("", "0", "false", "no", "off")
+
+
+def manager(autoload: bool | None = None) -> PluginManager:
+    """The plugin manager (a `pluggy.PluginManager`) every run starts from, created on first
+    use with fluxrs's hooks and built-ins, and the installed plugins (entry-point group
+    ``fluxrs``) unless `autoload` is False or ``FLUXRS_DISABLE_PLUGIN_AUTOLOAD=1`` is set.
+
+    ``manager(autoload=False)`` also unregisters installed plugins already loaded, and keeps
+    them out until `reset`; ``manager(autoload=True)`` loads those not yet loaded."""
+    pm = _state.pm
+    if pm is not None and autoload is None:
+        return pm
+    with _state.lock:
+        if autoload is not None:
+            _state.autoload = autoload
+        pm = _state.pm
+        if pm is None:
+            pm = PluginManager()
+            from fluxrs.plugins import builtins
+            pm.register(builtins, name="fluxrs")
+            want = _state.autoload if _state.autoload is not None else not _env_disabled()
+            if want:
+                pm.load_entry_points(ENTRY_POINT_GROUP)
+            _state.pm = pm
+        elif autoload:
+            pm.load_entry_points(ENTRY_POINT_GROUP)
+        elif autoload is False:
+            for name in list(pm.entry_points):
+                pm.unregister(name=name)
+                del pm.entry_points[name]
         return pm

@@ -10,10 +10,10 @@ from typing import Any, Iterable, Iterator
 
 import operator
 
-from fluxrs.plugins._manager import (ERRORS, SKIP, STOP, PluginError, PluginManager, describe, flags, plugin_error,
-                                     request)
+from fluxrs.control import SkipStep, StopTraining
+from fluxrs.plugins._manager import (ERRORS, SKIP, STOP, PluginError, PluginManager, describe, flags, manager,
+                                     plugin_error, request)
 from fluxrs.plugins.hookspecs import TRAINING_HOOKS
-from fluxrs.train import SkipStep, StopTraining
 
 log = logging.getLogger("fluxrs.plugins")
 
@@ -418,7 +418,6 @@ def session(callbacks: Any, epoch: int | None, model: Any, params: Any, opt: Any
             return None
         s = Session(run, False, None)
     else:
-        from fluxrs.plugins import manager
         pm = manager()
         if not cbs and not active(pm):
             return None
@@ -437,7 +436,6 @@ def session(callbacks: Any, epoch: int | None, model: Any, params: Any, opt: Any
 def epochs(n: int, callbacks: Any, log_epoch: logging.Logger, start: int = 0) -> Iterator[int]:
     """The body of ``fx.epochs(n, start=start)``: one run spanning epochs start+1..n, with
     epoch hooks."""
-    from fluxrs.plugins import manager
     run = Run(manager(), epochs=n)
     _stack.runs.append(run)
     i = start

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pluggy
-
-hookimpl = pluggy.HookimplMarker("fluxrs")
+from fluxrs.plugins.hookspecs import hookimpl
 
 # in fluxrs.losses.__all__ but not losses: helpers and a label transform
 _NOT_LOSSES = frozenset({"xlogx", "xlogy", "mean", "label_smoothing"})

@@ -40,7 +40,10 @@ from typing import Any
 
 import pluggy
 
+from fluxrs._registry import KINDS
+
 hookspec = pluggy.HookspecMarker("fluxrs")
+hookimpl = pluggy.HookimplMarker("fluxrs")
 
 
 # ---------------------------------------------------------------- the training loop
@@ -155,5 +158,5 @@ def register_callbacks() -> dict[str, Any]:
 #: `train_` runs its plain loop, without looking for hooks again.
 TRAINING_HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_batch_begin",
                   "on_batch_end", "on_nonfinite_loss")
-REGISTRATION_HOOKS = {"layers": "register_layers", "losses": "register_losses", "rules": "register_rules",
-                      "callbacks": "register_callbacks"}
+#: The registration hook of each kind of named object: ``"layers"`` → ``register_layers``, ...
+REGISTRATION_HOOKS = {kind: f"register_{kind}" for kind in KINDS}

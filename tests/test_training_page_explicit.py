@@ -1,4 +1,4 @@
-"""Seed 003 (Training page, Flux 0.14, the explicit style), translated line by line.
+"""Flux's Training page of Flux 0.14, the explicit style, translated line by line.
 
 Flux                                              fluxrs
 grads = Flux.gradient(model) do m ... end         grads = fx.gradient(lambda m: ..., model)

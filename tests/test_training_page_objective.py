@@ -1,4 +1,5 @@
-"""Seed 000 (the oldest Training page), translated line by line.
+"""Flux's oldest Training page: ``train!(objective, data, opt)`` with the rule bound to
+``params(m)``, translated line by line.
 
 Flux                                    fluxrs
 Flux.train!(objective, data, opt)       fx.train_(objective, data, opt), opt bound to params(m)

@@ -1,4 +1,5 @@
-"""Seed 001 (Training page, Flux ~0.5), translated line by line.
+"""Flux's Training page of Flux ~0.5: ``loss(x, y)``, ``@epochs`` and callbacks, translated line
+by line.
 
 Flux                                            fluxrs
 m = Chain(Dense(784, 32, σ), Dense(32, 10), softmax)

@@ -1,4 +1,4 @@
-"""Seed 002 (Training page, Flux 0.13, the implicit style), translated line by line.
+"""Flux's Training page of Flux 0.13, the implicit style (``Params``), translated line by line.
 
 Flux                                              fluxrs
 grads = Flux.gradient(parameters) do ... end      grads = fx.gradient(lambda: ..., parameters)
