@@ -5,7 +5,13 @@
 //! Each rule is one file here: a struct of named hyperparameters (declared with `hyper!`),
 //! and an `OptRule` impl with its named state, `init`, `apply` and, when it has one, its GPU
 //! kernel. `registry!` below names every rule once; the `Rule` enum, the list `RULES` and the
-//! GPU kernel's switch are generated from it.
+//! GPU kernel's switch are generated from it, and so are the Python bindings' classes
+//! (`_core.Adam(eta=..., beta=..., epsilon=...)`, through `for_each_rule!`).
+//!
+//! A new rule is a file here (`hyper!` for its struct, `impl OptRule`: see `descent.rs`), its
+//! line in `registry!`, and its Python declaration in `python/fluxrs/optimise/rules.py`
+//! (a `Rule` subclass with `native = "Name"`, the same `fields`, defaults, checks, docstring and
+//! the tensor-op `step`); `tests/test_rule_registry.py` fails while the two lists differ.
 
 use crate::dtype::Float;
 use crate::error::{Error, Result};
@@ -326,32 +332,6 @@ registry! { $;
     ClipGrad in clipgrad,
     ClipNorm in clipnorm,
     AccumGrad in accumgrad,
-}
-
-impl Rule {
-    /// The rule from its name and positional hyperparameters (pairs as two numbers, flags
-    /// and counts as numbers).
-    pub fn from_name(name: &str, p: &[f64]) -> Result<Rule> {
-        let info = RULES.iter().find(|r| r.name == name).ok_or_else(|| Error::Value { op: "optimiser", msg: format!("unknown rule {name:?}") })?;
-        let mut it = p.iter().copied();
-        let mut next = |i: usize| it.next().ok_or_else(|| Error::Value { op: "optimiser", msg: format!("{name}: missing hyperparameter #{i}") });
-        let mut values = Vec::with_capacity(info.fields.len());
-        for (i, (_, kind)) in info.fields.iter().enumerate() {
-            values.push(match kind {
-                Kind::Real => Value::Real(next(i)?),
-                Kind::Pair => Value::Pair(next(i)?, next(i)?),
-                Kind::Flag => Value::Flag(next(i)? != 0.0),
-                Kind::Count => {
-                    let n = next(i)?;
-                    if n < 0.0 || n.fract() != 0.0 {
-                        return Err(Error::Value { op: "optimiser", msg: format!("{name}: {} must be a whole number, got {n}", info.fields[i].0) });
-                    }
-                    Value::Count(n as usize)
-                }
-            });
-        }
-        Rule::from_values(name, &values)
-    }
 }
 
 /// The first two state arrays, for rules that keep two.
