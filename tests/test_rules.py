@@ -1234,3 +1234,9 @@ def test_tanh_network(i):
 def test_docstring_examples(mod):
     res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert res.failed == 0 and res.attempted > 0
+
+
+def test_schedulers_are_equal_only_to_themselves():
+    # a Scheduler carries its step count, so two built alike are still two schedules
+    a, b = fx.Scheduler(fx.Adam, fx.Exp(0.1, 0.5)), fx.Scheduler(fx.Adam, fx.Exp(0.1, 0.5))
+    assert a == a and a != b and len({a, b}) == 2

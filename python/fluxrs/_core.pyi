@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension `fluxrs._core` (bindings of the fluxrs-core crate)."""
 
-from typing import Any, Callable, Literal, Optional, Sequence, Union, final
+from typing import Any, Callable, ClassVar, Literal, Optional, Sequence, Union, final
 
 
 import numpy as np
@@ -118,9 +118,24 @@ class NoGrad:
     def __enter__(self) -> NoGrad: ...
     def __exit__(self, *args: Any) -> bool: ...
 
+class NativeRule:
+    """A rule of the fused Rust kernel, built once from its hyperparameters by keyword: each
+    name in `RULES` is a subclass here, ``Adam(eta=1e-3, beta=(0.9, 0.999), epsilon=1e-8)``."""
+    fields: ClassVar[list[str]]
+    """The hyperparameters' names, in Optimisers.jl's order."""
+    name: str
+    state_names: tuple[list[str], list[str]]
+    """The names of its state for one parameter: (arrays, scalars), in `OptState`'s order."""
+    def __init__(self, **hyper: Any) -> None: ...
+    def hyper(self) -> dict[str, Any]: ...
+
+RULES: list[str]
+"""The rules of the Rust registry, each a `NativeRule` subclass of that name in this module."""
+_Chain = Sequence[NativeRule]
+
 @final
 class OptState:
-    def __new__(cls, chain: Sequence[tuple[str, Sequence[float]]], x: Tensor) -> OptState: ...
+    def __new__(cls, chain: _Chain, x: Tensor) -> OptState: ...
     arrays: list[list[Tensor]]
     scalars: list[list[float]]
 
@@ -154,9 +169,9 @@ def conv_transpose(y: Tensor, w: Tensor, b: Optional[Tensor] = None, stride: Opt
                    size: Optional[Sequence[int]] = None) -> Tensor: ...
 def maxpool(x: Tensor, k: _Ints, stride: Optional[_Ints] = None, pad: Optional[_Ints] = None) -> Tensor: ...
 def meanpool(x: Tensor, k: _Ints, stride: Optional[_Ints] = None, pad: Optional[_Ints] = None) -> Tensor: ...
-def optim_update(chain: Sequence[tuple[str, Sequence[float]]], xs: Sequence[Tensor], dxs: Sequence[Tensor],
+def optim_update(chain: _Chain, xs: Sequence[Tensor], dxs: Sequence[Tensor],
                  states: Sequence[OptState]) -> None: ...
-def grad_update(root: Tensor, chain: Sequence[tuple[str, Sequence[float]]], xs: Sequence[Tensor],
+def grad_update(root: Tensor, chain: _Chain, xs: Sequence[Tensor],
                 states: Sequence[OptState]) -> list[Tensor | None] | None:
     """Gradients of `root` w.r.t. `xs`, then the chain's update, in one call: None when it
     updated, else (some parameter got no gradient) the gradients, with nothing updated."""
@@ -180,7 +195,7 @@ class Trace:
         recorded from `params`, for an enclosing gradient to differentiate."""
     def matches(self, inputs: Sequence[Tensor]) -> bool:
         """Whether `inputs` have the shapes and dtypes the trace was recorded with."""
-    def steps(self, batches: Sequence[Sequence[Tensor]], chain: Sequence[tuple[str, Sequence[float]]],
+    def steps(self, batches: Sequence[Sequence[Tensor]], chain: _Chain,
               xs: Sequence[Tensor], states: Sequence[OptState]
               ) -> tuple[list[float], tuple[float, list[Tensor | None] | None] | None]:
         """Forward, gradients and update on each batch in turn, the GIL released throughout, for as

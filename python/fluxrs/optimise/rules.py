@@ -8,8 +8,10 @@ A rule is a small object holding hyperparameters, with two methods:
 
 The built-in rules keep their per-parameter state in a Rust `OptState` (the arrays and
 scalars of Optimisers.jl's state tuples), so that `apply_all` can update every parameter of
-a model in one call into the fused Rust kernel. Their `apply` here is the same math in tensor
-ops: the reference the kernel is tested against, and the path custom rules take.
+a model in one call into the fused Rust kernel. Each names its Rust rule (``native = "Adam"``:
+the class ``_core.Adam``, one per rule of the Rust registry in ``rust/core/src/optim/rules``),
+which it builds once from its hyperparameters by keyword. Their `apply` here is the same math
+in tensor ops: the reference the kernel is tested against, and the path custom rules take.
 
 Every rule of Optimisers.jl v0.4 is here, with its defaults and its update formula (see each
 class): Descent, Momentum, Nesterov, RMSProp, Rprop, Adam, Lion, RAdam, AdaMax, OAdam, AdaGrad,
@@ -83,6 +85,21 @@ _ALIASES = {"η": "eta", "ρ": "rho", "β": "beta", "ϵ": "epsilon", "ε": "epsi
 _REQUIRED = object()  # a hyperparameter without a default (AccumGrad's n)
 
 
+class _Hyper:
+    """A built-in rule's hyperparameter: read from the instance as any attribute; setting it,
+    even with ``object.__setattr__``, also drops the rule's cached Rust rule (see `chain`)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        d = obj.__dict__
+        d[self.name] = value
+        d.pop("_native_chain", None)
+
+
 def _real(rule: str, key: str, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v:
         raise TypeError(f"{rule}: {key} must be a real number, got {v!r}")
@@ -107,10 +124,20 @@ class Rule:
     defaults: ClassVar[tuple[Any, ...]] = ()
     #: Fields that can only be given by keyword (Julia's keyword arguments).
     keyword_only: ClassVar[tuple[str, ...]] = ()
-    #: Name of this rule in the fused Rust kernel; None for a rule implemented only in Python.
+    #: Name of this rule in the fused Rust kernel (its class in `_core`, which takes the
+    #: hyperparameters by keyword); None for a rule implemented only in Python.
     native: ClassVar[str | None] = None
     #: False for a rule that cannot be one step of an OptimiserChain (a Scheduler, which counts whole updates).
     chainable: ClassVar[bool] = True
+    _native_type: ClassVar[type | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if cls.native is not None:
+            cls._native_type = getattr(_core, cls.native)
+            for k in cls.fields:
+                if not isinstance(cls.__dict__.get(k), _Hyper):
+                    setattr(cls, k, _Hyper(k))
 
     def __init__(self, *args: Any, params: Params | None = None, **kwargs: Any):
         positional = []
@@ -189,18 +216,23 @@ class Rule:
 
     # ---------------------------------------------------------------- the rule's math
 
-    def hyper(self) -> list[float]:
-        """Hyperparameters in the order the Rust kernel takes them (switches as 1.0/0.0)."""
-        out: list[float] = []
-        for k in self.fields:
-            v = getattr(self, k)
-            out.extend(v if isinstance(v, tuple) else [float(v)])
-        return out
+    def chain(self) -> tuple[Any, ...] | None:
+        """This rule as the fused kernel's chain of Rust rules (``(_core.Adam(...),)``), or None
+        when some part exists only in Python. Built once, and again after a hyperparameter
+        changes, so an update hands Rust the rule as it is, with nothing to parse."""
+        native = self._native_type
+        if native is None:
+            return None
+        ch = self.__dict__.get("_native_chain")
+        if ch is None:
+            ch = (native(**{k: getattr(self, k) for k in native.fields}),)
+            self.__dict__["_native_chain"] = ch
+        return ch
 
-    def chain(self) -> list[tuple[str, list[float]]] | None:
-        """This rule as the fused kernel's chain of ``(name, hyperparameters)``, or None when
-        some part exists only in Python."""
-        return None if self.native is None else [(self.native, self.hyper())]
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_native_chain", None)  # rebuilt on demand; Rust objects do not pickle
+        return state
 
     def init(self, x: Tensor) -> Any:
         """Fresh state for a parameter like `x` (Optimisers.jl's `init`)."""
@@ -739,7 +771,7 @@ class OptimiserChain(Rule):
         parts = [r.chain() for r in self.rules]
         if any(p is None or len(p) != 1 for p in parts):
             return None
-        return [p[0] for p in parts]
+        return tuple(p[0] for p in parts)
 
     def init(self, x):
         ch = self.chain()

@@ -597,6 +597,11 @@ class Scheduler(Rule):
             parts.append(f"eta_scale={self.eta_scale:g}")
         return "Scheduler(" + ", ".join(parts) + ")"
 
+    def __eq__(self, other):  # it holds a step count: two schedulers are equal only when they are one
+        return self is other
+
+    __hash__ = object.__hash__
+
 
 def _scale_eta(rule: Rule, scale: float) -> Rule:
     """`rule` with its learning rate (each rule's of a chain) multiplied by `scale`."""
@@ -606,8 +611,3 @@ def _scale_eta(rule: Rule, scale: float) -> Rule:
         new.rules = tuple(_scale_eta(r, scale) for r in rule.rules)
         return new
     return rule.adjust(eta=rule.eta * scale) if "eta" in rule.fields else rule
-
-    def __eq__(self, other):
-        return self is other
-
-    __hash__ = object.__hash__

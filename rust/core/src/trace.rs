@@ -223,6 +223,7 @@ mod tests {
     use super::*;
     use crate::backprop::{grad, pop_watch, push_watch};
     use crate::ops::nn::Act;
+    use crate::optim::{Adam, Descent};
 
     fn t(n: usize, shape: &[usize], seed: u64) -> Tensor {
         let v: Vec<f32> = (0..n).map(|i| ((i as u64 * 2654435761 + seed * 40503) % 1000) as f32 / 500.0 - 1.0).collect();
@@ -243,7 +244,7 @@ mod tests {
 
     #[test]
     fn replayed_steps_equal_eager_steps_bit_for_bit() {
-        let chain = [Rule::Adam { eta: 0.01, beta: (0.9, 0.999), eps: 1e-8 }];
+        let chain = [Rule::Adam(Adam { eta: 0.01, beta: (0.9, 0.999), epsilon: 1e-8 })];
         let (pe, pc) = (params(), params());
         let mut se: Vec<ParamState> = pe.iter().map(|p| ParamState::init(&chain, p)).collect();
         let mut sc: Vec<ParamState> = pc.iter().map(|p| ParamState::init(&chain, p)).collect();
@@ -316,7 +317,7 @@ mod tests {
         let l = loss(&ps, &x, &y);
         pop_watch();
         let tr = Trace::build(&l, &ps, &[x.clone(), y.clone()], mark).unwrap();
-        let chain = [Rule::Descent { eta: 0.1 }];
+        let chain = [Rule::Descent(Descent { eta: 0.1 })];
         let mut st: Vec<ParamState> = ps.iter().map(|p| ParamState::init(&chain, p)).collect();
         let before = ps[0].to_vec::<f32>().unwrap();
         let bad = Tensor::from_vec(vec![f32::NAN; 15], &[5, 3]).unwrap();
@@ -327,7 +328,7 @@ mod tests {
 
     #[test]
     fn steps_run_like_single_steps_until_other_shapes_or_a_step_that_does_not_update() {
-        let chain = [Rule::Adam { eta: 0.01, beta: (0.9, 0.999), eps: 1e-8 }];
+        let chain = [Rule::Adam(Adam { eta: 0.01, beta: (0.9, 0.999), epsilon: 1e-8 })];
         let batch = |k: u64, rows: usize| vec![t(rows * 6, &[rows, 6], 10 + k), t(rows * 3, &[rows, 3], 20 + k)];
         let pr = params();
         let mark = TensorId::mark();

@@ -235,22 +235,29 @@ fn optimiser_rules_on_the_gpu_match_the_cpu() {
     if !gpu_or_skip() {
         return;
     }
-    use fluxrs_core::optim::{update, ParamState, Rule};
+    use fluxrs_core::optim::{
+        update, AccumGrad, Adam, AdamW, ClipGrad, ClipNorm, Descent, Lion, Momentum, Nesterov, ParamState, RAdam, RMSProp, Rule, SignDecay, WeightDecay,
+    };
     let b = (0.9, 0.999);
     let chains: Vec<Vec<Rule>> = vec![
         // rules with a WGSL kernel, alone and chained
-        vec![Rule::Descent { eta: 0.1 }],
-        vec![Rule::Momentum { eta: 0.01, rho: 0.9 }],
-        vec![Rule::Nesterov { eta: 0.01, rho: 0.9 }],
-        vec![Rule::Adam { eta: 0.01, beta: b, eps: 1e-8 }],
-        vec![Rule::AdamW { eta: 0.01, beta: b, lambda: 0.1, eps: 1e-8, couple: true }],
-        vec![Rule::AdamW { eta: 0.01, beta: b, lambda: 0.1, eps: 1e-8, couple: false }],
-        vec![Rule::RMSProp { eta: 0.01, rho: 0.9, eps: 1e-8, centred: true }],
-        vec![Rule::Lion { eta: 0.01, beta: b }],
-        vec![Rule::ClipGrad { delta: 0.5 }, Rule::WeightDecay { lambda: 0.01 }, Rule::SignDecay { lambda: 0.01 }, Rule::Descent { eta: 0.1 }],
+        vec![Rule::Descent(Descent { eta: 0.1 })],
+        vec![Rule::Momentum(Momentum { eta: 0.01, rho: 0.9 })],
+        vec![Rule::Nesterov(Nesterov { eta: 0.01, rho: 0.9 })],
+        vec![Rule::Adam(Adam { eta: 0.01, beta: b, epsilon: 1e-8 })],
+        vec![Rule::AdamW(AdamW { eta: 0.01, beta: b, lambd: 0.1, epsilon: 1e-8, couple: true })],
+        vec![Rule::AdamW(AdamW { eta: 0.01, beta: b, lambd: 0.1, epsilon: 1e-8, couple: false })],
+        vec![Rule::RMSProp(RMSProp { eta: 0.01, rho: 0.9, epsilon: 1e-8, centred: true })],
+        vec![Rule::Lion(Lion { eta: 0.01, beta: b })],
+        vec![
+            Rule::ClipGrad(ClipGrad { delta: 0.5 }),
+            Rule::WeightDecay(WeightDecay { lambd: 0.01 }),
+            Rule::SignDecay(SignDecay { lambd: 0.01 }),
+            Rule::Descent(Descent { eta: 0.1 }),
+        ],
         // rules that take the CPU path, with their state on the GPU
-        vec![Rule::ClipNorm { omega: 1.0, p: 2.0, throw: false }, Rule::Adam { eta: 0.01, beta: b, eps: 1e-8 }],
-        vec![Rule::AccumGrad { n: 2 }, Rule::RAdam { eta: 0.01, beta: b, eps: 1e-8 }],
+        vec![Rule::ClipNorm(ClipNorm { omega: 1.0, p: 2.0, throw: false }), Rule::Adam(Adam { eta: 0.01, beta: b, epsilon: 1e-8 })],
+        vec![Rule::AccumGrad(AccumGrad { n: 2 }), Rule::RAdam(RAdam { eta: 0.01, beta: b, epsilon: 1e-8 })],
     ];
     for chain in &chains {
         let x = t(&[4, 3], 17);

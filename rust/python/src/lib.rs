@@ -149,6 +149,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gpu_info, m)?)?;
     m.add_class::<NoGrad>()?;
     m.add_class::<optim::OptState>()?;
+    optim::add_rules(m)?;
     m.add_function(wrap_pyfunction!(optim::optim_update, m)?)?;
     m.add_function(wrap_pyfunction!(optim::grad_update, m)?)?;
     m.add_class::<trace::Trace>()?;

@@ -6,7 +6,7 @@ use fluxrs_core::{Tensor, TensorId};
 use pyo3::prelude::*;
 
 use crate::errors::run;
-use crate::optim::{parse_chain, with_locked, OptState};
+use crate::optim::{rules_of, with_locked, NativeRule, OptState};
 use crate::tensor::PyTensor;
 
 fn inner(ts: &[PyRef<'_, PyTensor>]) -> Vec<Tensor> {
@@ -60,12 +60,12 @@ impl Trace {
         &self,
         py: Python<'_>,
         batches: Vec<Vec<PyRef<'_, PyTensor>>>,
-        chain: Vec<(String, Vec<f64>)>,
+        chain: Vec<PyRef<'_, NativeRule>>,
         xs: Vec<PyRef<'_, PyTensor>>,
         states: Vec<PyRef<'_, OptState>>,
     ) -> PyResult<(Vec<f64>, Option<Stopped>)> {
         let batches: Vec<Vec<Tensor>> = batches.iter().map(|b| inner(b)).collect();
-        let rules = parse_chain(&chain)?;
+        let rules = rules_of(&chain);
         let xs = inner(&xs);
         let states: Vec<&OptState> = states.iter().map(|s| &**s).collect();
         let (losses, stop) = run(py, move || with_locked(&states, |refs| self.inner.steps(&xs, &batches, &rules, refs)))?;

@@ -3,7 +3,7 @@
 
 mod rules;
 
-pub use rules::{Rule, Step};
+pub use rules::*;
 
 use rayon::prelude::*;
 
@@ -25,18 +25,19 @@ impl ParamState {
         let mut arrays = Vec::with_capacity(chain.len());
         let mut scalars = Vec::with_capacity(chain.len());
         for r in chain {
-            let (init, sc) = r.state_spec();
+            let init = r.init();
             // On the parameter's device, so a GPU model's update never leaves the GPU.
             let dev = x.device();
             arrays.push(
-                init.into_iter()
-                    .map(|v| {
+                init.arrays
+                    .into_iter()
+                    .map(|(_, v)| {
                         let t = Tensor::full(x.shape(), v, x.dtype());
                         t.to_device(dev).unwrap_or(t)
                     })
                     .collect(),
             );
-            scalars.push(sc);
+            scalars.push(init.scalars.into_iter().map(|(_, v)| v).collect());
         }
         ParamState { arrays, scalars }
     }
@@ -79,7 +80,7 @@ pub fn update(chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut 
             return Err(Error::Value { op: "update", msg: format!("state of parameter #{i} was made for a different rule") });
         }
         for (r, arrs) in chain.iter().zip(&st.arrays) {
-            if arrs.len() != r.state_spec().0.len() || arrs.iter().any(|a| a.shape() != x.shape() || a.dtype() != x.dtype() || !a.is_contiguous()) {
+            if arrs.len() != r.init().arrays.len() || arrs.iter().any(|a| a.shape() != x.shape() || a.dtype() != x.dtype() || !a.is_contiguous()) {
                 return Err(Error::Value { op: "update", msg: format!("state of parameter #{i} does not fit its shape {:?} or rule", x.shape()) });
             }
         }
@@ -146,7 +147,7 @@ const PAR_CHUNKED: usize = 1 << 17;
 type Chunk<'a, T> = (&'a mut [T], &'a [T], Vec<Vec<&'a mut [T]>>);
 
 fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamState) -> Result<()> {
-    if let [Rule::Descent { eta }] = chain {
+    if let [Rule::Descent(Descent { eta })] = chain {
         if dx.is_contiguous() && !dx.same_storage(x) {
             // Plain gradient descent in one pass, without the chunks' step copies
             // (the same arithmetic: x - dx * eta).
@@ -180,11 +181,11 @@ fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamSt
     let xs: &mut [T] = &mut T::slice_mut(&mut xguard)[off..off + n];
     let views: Vec<Vec<&mut [T]>> =
         guards.iter_mut().zip(&offsets).map(|(gs, offs)| gs.iter_mut().zip(offs).map(|(g, &o)| &mut T::slice_mut(g)[o..o + n]).collect()).collect();
-    // ClipNorm scales by the norm of the whole gradient, so a chain with it takes one chunk.
+    // A rule that needs the whole gradient (ClipNorm's norm) makes the chain take one chunk.
     // Every other rule is elementwise, and its scalars (Adam's beta powers, AccumGrad's
     // counter) advance the same way whatever the chunk: each chunk starts from the scalars
     // as they were, and the parameter keeps the advanced ones.
-    let whole = chain.iter().any(|r| matches!(r, Rule::ClipNorm { .. }));
+    let whole = chain.iter().any(Rule::whole);
     let chunk = if whole { n.max(1) } else { CHUNK };
     let mut items = Vec::with_capacity(n.div_ceil(chunk).max(1));
     let mut state_chunks: Vec<Vec<_>> = views.into_iter().map(|vs| vs.into_iter().map(|v| v.chunks_mut(chunk)).collect()).collect();
@@ -238,7 +239,7 @@ mod tests {
     #[test]
     fn accumgrad_chain_matches_optimisers_jl_docstring() {
         // Optimisers.jl's AccumGrad example: x = [1], y = [2]; gradients (33, 0) then (0, 444).
-        let chain = [Rule::AccumGrad { n: 2 }, Rule::WeightDecay { lambda: 0.01 }, Rule::Descent { eta: 0.1 }];
+        let chain = [Rule::AccumGrad(AccumGrad { n: 2 }), Rule::WeightDecay(WeightDecay { lambd: 0.01 }), Rule::Descent(Descent { eta: 0.1 })];
         let x = Tensor::from_vec(vec![1.0f64], &[1]).unwrap();
         let y = Tensor::from_vec(vec![2.0f64], &[1]).unwrap();
         let (mut sx, mut sy) = (ParamState::init(&chain, &x), ParamState::init(&chain, &y));
@@ -254,7 +255,7 @@ mod tests {
     #[test]
     fn adam_first_step_is_eta_times_sign() {
         // After one step Adam's bias-corrected update is eta * g / (|g| + eps') ~ eta * sign(g).
-        let chain = [Rule::Adam { eta: 0.1, beta: (0.9, 0.999), eps: 1e-8 }];
+        let chain = [Rule::Adam(Adam { eta: 0.1, beta: (0.9, 0.999), epsilon: 1e-8 })];
         let x = Tensor::from_vec(vec![1.0f64, 1.0], &[2]).unwrap();
         let mut st = ParamState::init(&chain, &x);
         step(&chain, &x, &[2.0, -3.0], &mut st);
@@ -265,7 +266,7 @@ mod tests {
 
     #[test]
     fn clipnorm_errors_on_nonfinite_and_leaves_model() {
-        let chain = [Rule::ClipNorm { omega: 1.0, p: 2.0, throw: true }, Rule::Descent { eta: 1.0 }];
+        let chain = [Rule::ClipNorm(ClipNorm { omega: 1.0, p: 2.0, throw: true }), Rule::Descent(Descent { eta: 1.0 })];
         let x = Tensor::from_vec(vec![1.0f32], &[1]).unwrap();
         let mut st = ParamState::init(&chain, &x);
         let dx = Tensor::from_vec(vec![f32::NAN], &[1]).unwrap();
@@ -283,12 +284,12 @@ mod tests {
         let probes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, n / 2, n - 1];
         let ab = (0.9, 0.999);
         let chains: Vec<Vec<Rule>> = vec![
-            vec![Rule::Adam { eta: 0.01, beta: ab, eps: 1e-8 }],
-            vec![Rule::AccumGrad { n: 2 }, Rule::WeightDecay { lambda: 0.1 }, Rule::Momentum { eta: 0.1, rho: 0.9 }],
-            vec![Rule::ClipGrad { delta: 0.5 }, Rule::RAdam { eta: 0.01, beta: ab, eps: 1e-8 }],
-            vec![Rule::AdamW { eta: 0.01, beta: ab, lambda: 0.1, eps: 1e-8, couple: true }],
-            vec![Rule::OAdam { eta: 0.01, beta: ab, eps: 1e-8 }],
-            vec![Rule::ClipNorm { omega: 1.0, p: 2.0, throw: true }, Rule::Descent { eta: 0.1 }],
+            vec![Rule::Adam(Adam { eta: 0.01, beta: ab, epsilon: 1e-8 })],
+            vec![Rule::AccumGrad(AccumGrad { n: 2 }), Rule::WeightDecay(WeightDecay { lambd: 0.1 }), Rule::Momentum(Momentum { eta: 0.1, rho: 0.9 })],
+            vec![Rule::ClipGrad(ClipGrad { delta: 0.5 }), Rule::RAdam(RAdam { eta: 0.01, beta: ab, epsilon: 1e-8 })],
+            vec![Rule::AdamW(AdamW { eta: 0.01, beta: ab, lambd: 0.1, epsilon: 1e-8, couple: true })],
+            vec![Rule::OAdam(OAdam { eta: 0.01, beta: ab, epsilon: 1e-8 })],
+            vec![Rule::ClipNorm(ClipNorm { omega: 1.0, p: 2.0, throw: true }), Rule::Descent(Descent { eta: 0.1 })],
         ];
         let grad = |step: usize, i: usize| ((i * 7919 + step * 104729) % 1000) as f32 / 250.0 - 2.0;
         for chain in chains {
@@ -330,7 +331,7 @@ mod tests {
 
     #[test]
     fn mismatched_gradient_is_an_error_not_a_panic() {
-        let chain = [Rule::Descent { eta: 0.1 }];
+        let chain = [Rule::Descent(Descent { eta: 0.1 })];
         let x = Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap();
         let mut st = ParamState::init(&chain, &x);
         let dx = Tensor::from_vec(vec![1.0f32], &[1]).unwrap();
@@ -352,11 +353,11 @@ mod nan_tests {
 
     #[test]
     fn nan_gradients_stay_visible_as_in_optimisers_jl() {
-        let v = run(&[Rule::ClipGrad { delta: 1.0 }, Rule::Descent { eta: 1.0 }], &[1.0, f64::NAN]);
+        let v = run(&[Rule::ClipGrad(ClipGrad { delta: 1.0 }), Rule::Descent(Descent { eta: 1.0 })], &[1.0, f64::NAN]);
         assert!(v[0] == -1.0 && v[1].is_nan(), "ClipGrad {v:?}");
-        let v = run(&[Rule::ClipNorm { omega: 1.0, p: 2.0, throw: false }, Rule::Descent { eta: 1.0 }], &[3.0, f64::NAN]);
+        let v = run(&[Rule::ClipNorm(ClipNorm { omega: 1.0, p: 2.0, throw: false }), Rule::Descent(Descent { eta: 1.0 })], &[3.0, f64::NAN]);
         assert!(v.iter().all(|x| x.is_nan()), "ClipNorm {v:?}");
-        let v = run(&[Rule::Lion { eta: 0.1, beta: (0.9, 0.999) }], &[1.0, f64::NAN]);
+        let v = run(&[Rule::Lion(Lion { eta: 0.1, beta: (0.9, 0.999) })], &[1.0, f64::NAN]);
         assert!(v[0] == -0.1 && v[1].is_nan(), "Lion {v:?}");
     }
 }

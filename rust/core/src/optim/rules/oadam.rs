@@ -1,0 +1,33 @@
+use super::*;
+
+hyper! {
+    /// Optimistic Adam: with Adam's step `a` (η included), `step = 2a - a_prev`.
+    pub struct OAdam { eta: f64, beta: (f64, f64), epsilon: f64 }
+}
+
+impl OptRule for OAdam {
+    fn init(&self) -> State {
+        State { arrays: vec![("mt", 0.0), ("vt", 0.0), ("term", 0.0)], scalars: beta_powers(self.beta) }
+    }
+
+    #[inline(always)]
+    fn apply<T: Float>(&self, _x: &[T], dx: &mut [T], st: &mut [&mut [T]], sc: &mut [f64]) -> Result<Step> {
+        let c = T::from_f64;
+        let (b1, b2, ep, e) = (c(self.beta.0), c(self.beta.1), c(self.epsilon), c(self.eta));
+        let (bt1, bt2) = (c(sc[0]), c(sc[1]));
+        let [mt, vt, term] = st else { unreachable!("OAdam has three state arrays") };
+        for i in 0..dx.len() {
+            let d = dx[i];
+            mt[i] = b1 * mt[i] + (T::ONE - b1) * d;
+            vt[i] = b2 * vt[i] + (T::ONE - b2) * d * d;
+            let prev = term[i];
+            term[i] = e * mt[i] / (T::ONE - bt1) / ((vt[i] / (T::ONE - bt2)).sqrt() + ep);
+            dx[i] = c(2.0) * term[i] - prev;
+        }
+        Ok(Step::Apply)
+    }
+
+    fn advance(&self, sc: &mut [f64]) {
+        advance_powers(self.beta, sc);
+    }
+}
