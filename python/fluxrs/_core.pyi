@@ -2,6 +2,8 @@
 
 from typing import Any, Callable, ClassVar, Literal, Optional, Sequence, Union, final
 
+from typing_extensions import disjoint_base
+
 
 import numpy as np
 
@@ -118,6 +120,7 @@ class NoGrad:
     def __enter__(self) -> NoGrad: ...
     def __exit__(self, *args: Any) -> bool: ...
 
+@disjoint_base
 class NativeRule:
     """A rule of the fused Rust kernel, built once from its hyperparameters by keyword: each
     name in `RULES` is a subclass here, ``Adam(eta=1e-3, beta=(0.9, 0.999), epsilon=1e-8)``."""
@@ -126,8 +129,52 @@ class NativeRule:
     name: str
     state_names: tuple[list[str], list[str]]
     """The names of its state for one parameter: (arrays, scalars), in `OptState`'s order."""
-    def __init__(self, **hyper: Any) -> None: ...
+    def __new__(cls, **kwargs: Any) -> NativeRule: ...
     def hyper(self) -> dict[str, Any]: ...
+
+# one class per rule of the registry (RULES), built by keyword: Adam(eta=..., beta=..., epsilon=...)
+@final
+class Descent(NativeRule): ...
+@final
+class Momentum(NativeRule): ...
+@final
+class Nesterov(NativeRule): ...
+@final
+class RMSProp(NativeRule): ...
+@final
+class Rprop(NativeRule): ...
+@final
+class Adam(NativeRule): ...
+@final
+class Lion(NativeRule): ...
+@final
+class RAdam(NativeRule): ...
+@final
+class AdaMax(NativeRule): ...
+@final
+class OAdam(NativeRule): ...
+@final
+class AdaGrad(NativeRule): ...
+@final
+class AdaDelta(NativeRule): ...
+@final
+class AMSGrad(NativeRule): ...
+@final
+class NAdam(NativeRule): ...
+@final
+class AdamW(NativeRule): ...
+@final
+class AdaBelief(NativeRule): ...
+@final
+class WeightDecay(NativeRule): ...
+@final
+class SignDecay(NativeRule): ...
+@final
+class ClipGrad(NativeRule): ...
+@final
+class ClipNorm(NativeRule): ...
+@final
+class AccumGrad(NativeRule): ...
 
 RULES: list[str]
 """The rules of the Rust registry, each a `NativeRule` subclass of that name in this module."""
@@ -204,11 +251,34 @@ class Trace:
         (loss, None) for a non-finite loss, (loss, gradients) when some parameter got no gradient."""
 
 __all__ = [
+    "AMSGrad",
+    "AccumGrad",
+    "AdaBelief",
+    "AdaDelta",
+    "AdaGrad",
+    "AdaMax",
+    "Adam",
+    "AdamW",
+    "ClipGrad",
+    "ClipNorm",
+    "Descent",
     "GPU_COMPILED",
+    "Lion",
+    "Momentum",
+    "NAdam",
+    "NativeRule",
+    "Nesterov",
     "NoGrad",
+    "OAdam",
     "OptState",
+    "RAdam",
+    "RMSProp",
+    "RULES",
+    "Rprop",
+    "SignDecay",
     "Tensor",
     "Trace",
+    "WeightDecay",
     "concat",
     "conv",
     "conv_transpose",
