@@ -168,21 +168,45 @@ class _TwinBackend(dist.Backend):
         pass
 
 
-def test_grad_averager_means_and_presence():
+@pytest.mark.parametrize("bucket_mb", [None, 1e-6])
+def test_grad_averager_means_and_presence(bucket_mb):
     xs = [fx.zeros((2, 3)), fx.zeros((3,)), fx.zeros((1,))]
-    grads = [fx.Tensor(np.full((2, 3), 4.0, np.float32)), None, None]
-
-    def twin(buf):  # the other rank: gradient 2 for xs[0], 6 for xs[1], none for xs[2]; loss 3
-        other = np.zeros_like(buf)
-        other[:6], other[6:9] = 2.0, 6.0
-        other[10:12] = 1.0  # presence of xs[0], xs[1]
-        other[13], other[14] = 3.0, buf[14]  # loss, step tag
-        return other
-
-    avg = dist.GradAverager(_TwinBackend(twin))
-    gs, loss = avg(xs, grads, 1.0)
+    mine = [fx.Tensor(np.full((2, 3), 4.0, np.float32)), None, None]
+    theirs = [fx.Tensor(np.full((2, 3), 2.0, np.float32)), fx.Tensor(np.full((3,), 6.0, np.float32)), None]
+    other = dist.GradAverager(dist.LocalBackend(), bucket_mb)
+    other(xs, theirs, 3.0)  # the other rank's buffers, packed as this rank's will be
+    bufs = iter([bk.buf.copy() for bk in other._layout(xs).buckets])
+    assert len(other._layout(xs).buckets) == (1 if bucket_mb is None else 3)
+    avg = dist.GradAverager(_TwinBackend(lambda buf: next(bufs)), bucket_mb)
+    gs, loss = avg(xs, mine, 1.0)
     assert gs[0].tolist() == [[3.0] * 3] * 2 and gs[1].tolist() == [3.0] * 3 and gs[2] is None
     assert loss == 2.0
+
+
+def test_grad_averager_starts_buckets_in_order_as_they_complete():
+    xs = [fx.zeros((4,)) for _ in range(3)]
+    gs = [fx.Tensor(np.full((4,), i + 1.0, np.float32)) for i in range(3)]
+    started = []
+
+    class Recording(_TwinBackend):
+        def iallreduce_(self, buf, what="allreduce"):
+            started.append(float(buf[0]))  # which gradient the bucket starts with
+            return super().iallreduce_(buf, what)
+
+    avg = dist.GradAverager(Recording(lambda b: b), bucket_mb=1e-6)  # a bucket per parameter, in reverse order
+    on_final = avg.begin(xs)
+    on_final(1, gs[1])
+    assert started == []  # bucket 1 is complete, but bucket 0 (the last parameter) goes first
+    on_final(2, gs[2])
+    assert started == [3.0, 2.0]
+    on_final(0, gs[0])
+    assert started == [3.0, 2.0]  # the last bucket also carries the loss: sent after the backward pass
+    out, loss = avg(xs, gs, 0.5)
+    assert started == [3.0, 2.0, 1.0] and loss == 0.5
+    assert [g.tolist() for g in out] == [[i + 1.0] * 4 for i in range(3)]
+    assert dist.GradAverager(Recording(lambda b: b), bucket_mb=None).begin(xs) is None  # nothing to overlap
+    with pytest.raises(ValueError, match="bucket_mb"):
+        dist.GradAverager(Recording(lambda b: b), bucket_mb=0)
 
 
 def test_grad_averager_detects_ranks_out_of_step():
@@ -245,11 +269,11 @@ def _mpi() -> tuple[str | None, str, bool]:
     return exe, "", "HYDRA" in v.upper()
 
 
-def _launch(mode: str, out: pathlib.Path, extra=(), timeout_s=20, limit=120):
+def _launch(mode: str, out: pathlib.Path, extra=(), timeout_s=20, limit=120, env=None):
     exe, why, _ = _mpi()
     if exe is None:
         pytest.skip(why)
-    env = dict(os.environ, WORKER_TIMEOUT=str(timeout_s), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, WORKER_TIMEOUT=str(timeout_s), PYTHONUNBUFFERED="1", **(env or {}))
     t0 = time.monotonic()
     try:
         r = subprocess.run([exe, *extra, "-n", "2", sys.executable, str(WORKER), mode, str(out)], capture_output=True,
@@ -276,11 +300,14 @@ def test_two_ranks_on_shards_equal_one_process_on_full_batches(tmp_path):
             assert np.abs(a - s).max() > 1e-2  # it trained
 
 
-def test_a_rank_that_exits_fails_the_job_fast(tmp_path):
+# "1e-6": a bucket per parameter, most of them started during the backward pass
+@pytest.mark.parametrize("bucket_mb", ["", "1e-6"])
+def test_a_rank_that_exits_fails_the_job_fast(tmp_path, bucket_mb):
     # MPICH's launcher kills the survivors when a rank exits; -disable-auto-cleanup lets them
     # report it: the launcher signals them, and the one waiting in the allreduce says so.
     hydra = _mpi()[2]
-    r, dt = _launch("die", tmp_path, extra=("-disable-auto-cleanup",) if hydra else (), timeout_s=10)
+    r, dt = _launch("die", tmp_path, extra=("-disable-auto-cleanup",) if hydra else (), timeout_s=10,
+                    env={"WORKER_BUCKET_MB": bucket_mb})
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     assert dt < 60, dt
@@ -295,8 +322,9 @@ def test_a_rank_that_exits_under_default_launcher_fails_the_job(tmp_path):
     assert "finished training" not in r.stdout
 
 
-def test_a_hung_rank_times_out_with_a_clear_message(tmp_path):
-    r, dt = _launch("hang", tmp_path, timeout_s=5)
+@pytest.mark.parametrize("bucket_mb", ["", "1e-6"])
+def test_a_hung_rank_times_out_with_a_clear_message(tmp_path, bucket_mb):
+    r, dt = _launch("hang", tmp_path, timeout_s=5, env={"WORKER_BUCKET_MB": bucket_mb})
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     assert 5 <= dt < 60, dt
@@ -308,3 +336,24 @@ def test_docstring_examples():
     import doctest
     res = doctest.testmod(dist, optionflags=doctest.ELLIPSIS)
     assert res.failed == 0 and res.attempted >= 3
+
+
+def test_overlapped_buckets_give_bit_identical_results(tmp_path):
+    r, _ = _launch("buckets", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ranks = [np.load(tmp_path / f"buckets_rank{k}.npz") for k in (0, 1)]
+    names = [f for f in ranks[0].files if f.startswith("None_")]
+    assert len(names) == 6
+    for f in names:
+        tiny = f.replace("None_", "1e-06_")
+        for z in ranks:
+            np.testing.assert_array_equal(z[f], z[tiny], err_msg=f"{f}: overlapped buckets differ")
+        np.testing.assert_array_equal(ranks[0][f], ranks[1][f], err_msg=f"{f}: ranks differ")
+    one = json.loads((tmp_path / "buckets_None.json").read_text())
+    many = json.loads((tmp_path / "buckets_1e-06.json").read_text())
+    steps = worker.EPOCHS * worker.N // worker.GLOBAL_BATCH
+    assert one["early"] == [0] * steps and one["starts"] == steps
+    # six parameters, six buckets: five start during the backward pass, the last (with the
+    # step's loss and tag) after it
+    assert many["early"] == [5] * steps and many["starts"] == 6 * steps
+
