@@ -357,3 +357,114 @@ def test_overlapped_buckets_give_bit_identical_results(tmp_path):
     # step's loss and tag) after it
     assert many["early"] == [5] * steps and many["starts"] == 6 * steps
 
+
+# ---------------------------------------------------------------- two hosts: network namespaces
+
+NETNS_PREFIX = "fxdist-"  # this test's namespaces are fxdist-<pid>-a and fxdist-<pid>-b
+HOSTS = ("198.18.0.1", "198.18.0.2")  # the benchmarking range (RFC 2544): reachable only through the test's veth
+
+# Hydra's ssh launcher runs `BOOT -x HOST COMMAND`; this starts COMMAND in HOST's namespace
+# instead, and nowhere else.
+BOOT = """#!/bin/sh
+while [ "${1#-}" != "$1" ]; do shift; done
+case "$1" in
+  %s) ns=%s ;;
+  %s) ns=%s ;;
+  *) echo "netns boot: unknown host $1" >&2; exit 1 ;;
+esac
+shift
+exec ip netns exec "$ns" sh -c "$*"
+"""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
+
+
+def _delete_stale_namespaces() -> None:
+    """Namespaces of this test left by a run that died (its pid is gone); a concurrent run's
+    stay."""
+    for line in _ip("netns", "list").stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(NETNS_PREFIX):
+            pid = name[len(NETNS_PREFIX):].split("-")[0]
+            if not (pid.isdigit() and os.path.exists(f"/proc/{pid}")):
+                _ip("netns", "del", name, check=False)
+
+
+def _operstate(ns: str, dev: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/operstate"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def _veth_bytes(ns: str, dev: str) -> tuple[int, int]:
+    out = subprocess.run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/statistics/tx_bytes",
+                          f"/sys/class/net/{dev}/statistics/rx_bytes"], capture_output=True, text=True, check=True)
+    tx, rx = map(int, out.stdout.split())
+    return tx, rx
+
+
+def test_two_ranks_in_two_network_namespaces_over_the_network(tmp_path):
+    """One rank per network namespace (two "hosts" joined by a veth pair), MPICH's shared
+    memory ruled out: the gradients must cross the veth, and training still equals one
+    process."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    if shutil.which("ip") is None or _ip("netns", "list", check=False).returncode != 0:
+        pytest.skip("no usable `ip netns` (iproute2)")
+    exe, why, hydra = _mpi()
+    if exe is None:
+        pytest.skip(why)
+    if not hydra:
+        pytest.skip("launching a rank in another namespace uses MPICH's hydra launcher")
+    _delete_stale_namespaces()
+    pid = os.getpid()
+    ns = (f"{NETNS_PREFIX}{pid}-a", f"{NETNS_PREFIX}{pid}-b")
+    dev = (f"fxd{pid}a", f"fxd{pid}b")  # at most 15 characters
+    made = []
+    try:
+        for n in ns:
+            r = _ip("netns", "add", n, check=False)
+            if r.returncode != 0:
+                pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
+            made.append(n)
+        _ip("link", "add", dev[0], "netns", ns[0], "type", "veth", "peer", "name", dev[1], "netns", ns[1])
+        for n, d, host in zip(ns, dev, HOSTS):
+            _ip("-n", n, "addr", "add", f"{host}/30", "dev", d)
+            _ip("-n", n, "link", "set", d, "up")
+            _ip("-n", n, "link", "set", "lo", "up")  # UCX's tcp transport is unavailable without it
+        # The kernel marks a new link running up to a second later; UCX skips it until then.
+        deadline = time.monotonic() + 10
+        while not all(_operstate(n, d) == "up" for n, d in zip(ns, dev)):
+            assert time.monotonic() < deadline, "the veth pair did not come up within 10 s"
+            time.sleep(0.05)
+        boot = tmp_path / "boot.sh"
+        boot.write_text(BOOT % (HOSTS[0], ns[0], HOSTS[1], ns[1]))
+        boot.chmod(0o755)
+        before = [_veth_bytes(n, d) for n, d in zip(ns, dev)]
+        env = dict(os.environ, WORKER_TIMEOUT="20", PYTHONUNBUFFERED="1", WORKER_HIDDEN="2048",
+                   MPIR_CVAR_NOLOCAL="1",  # MPICH: no shared memory between the ranks...
+                   UCX_TLS="tcp,self")  # ...nor UCX's own (/dev/shm is shared across network namespaces)
+        cmd = ["ip", "netns", "exec", ns[0], exe, "-launcher", "ssh", "-launcher-exec", str(boot),
+               "-hosts", ",".join(HOSTS), "-n", "2", sys.executable, str(WORKER), "equiv", str(tmp_path)]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"the two-namespace job did not finish within 60 s: {e.stdout!r} {e.stderr!r}")
+        assert r.returncode == 0, r.stdout + r.stderr
+        after = [_veth_bytes(n, d) for n, d in zip(ns, dev)]
+    finally:
+        for n in made:
+            _ip("netns", "del", n, check=False)
+    assert not any(n in _ip("netns", "list").stdout for n in ns)
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["size"] == 2 and info["gradient_bytes"] > 1_000_000
+    for (tx0, rx0), (tx1, rx1) in zip(before, after):  # each rank sends and receives at least its whole buffer
+        assert tx1 - tx0 >= info["gradient_bytes"] and rx1 - rx0 >= info["gradient_bytes"], (before, after, info)
+    for kind in worker.KINDS:
+        p0, p1 = ([z[f] for f in z.files] for z in (np.load(tmp_path / f"{kind}_rank{k}.npz") for k in (0, 1)))
+        for a, b in zip(p0, p1):
+            np.testing.assert_array_equal(a, b, err_msg=f"{kind}: ranks differ")
+        ref = worker.params(worker.train(kind, rank=0, size=1, distributed=False, hidden=2048))
+        for a, b in zip(p0, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{kind}: 2 hosts != full batch")
