@@ -153,6 +153,26 @@ def test_local_backend_training_equals_plain_training():
     dist.barrier()
 
 
+def test_checkpoint_records_the_data_order_and_warns_of_other_batches(tmp_path):
+    dist.init("local")
+    X, Y = worker.problem()
+    m = worker.build(1)
+    opt = fx.setup(fx.Adam(0.01), m)
+    loader = dist.shard(fx.DataLoader((X, Y), batchsize=8, shuffle=True), seed=11)
+    dist.train_(worker.loss, m, loader, opt)
+    dist.save(tmp_path / "c.safetensors", m, opt, loader=loader, epoch=1, rng=fx.random.get_state())
+    fresh = worker.build(2)
+    other = dist.shard(fx.DataLoader((X, Y), batchsize=8, shuffle=True), seed=5)
+    assert dist.load_checkpoint(tmp_path / "c.safetensors", fresh, fx.setup(fx.Adam(0.01), fresh), loader=other) == 1
+    assert (other.seed, other.epoch) == (11, 1)
+    assert fresh[0].weight.tolist() == m[0].weight.tolist()
+    with pytest.warns(UserWarning, match="global batches of 8"):
+        dist.load_checkpoint(tmp_path / "c.safetensors", fresh, fx.setup(fx.Adam(0.01), fresh),
+                             loader=dist.shard(fx.DataLoader((X, Y), batchsize=6)))
+    with pytest.raises(Exception, match="nope"):
+        dist.load_checkpoint(tmp_path / "nope.safetensors", fresh)
+
+
 class _TwinBackend(dist.Backend):
     """A pretend world of two ranks: the other rank's buffer is `twin(buf)`."""
 
@@ -468,3 +488,45 @@ def test_two_ranks_in_two_network_namespaces_over_the_network(tmp_path):
         ref = worker.params(worker.train(kind, rank=0, size=1, distributed=False, hidden=2048))
         for a, b in zip(p0, ref):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{kind}: 2 hosts != full batch")
+
+
+def test_a_checkpoint_of_two_ranks_resumes_on_one_and_on_three(tmp_path):
+    # The single-process continuation of the checkpoint: the same global batches, in the same order.
+    exe, why, _ = _mpi()
+    if exe is None:
+        pytest.skip(why)
+    r, _ = _launch("save", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    path = tmp_path / "ckpt.safetensors"
+    X, Y = worker.problem()
+    model = worker.build(seed=9)
+    opt = fx.setup(fx.Adam(0.01), model)
+    assert fx.load_checkpoint(path, model, opt) == worker.RESUME_AT
+    loader = dist.shard(fx.DataLoader((X, Y), batchsize=worker.GLOBAL_BATCH, shuffle=True), rank=0, size=1,
+                        seed=worker.SHUFFLE_SEED)
+    loader.set_epoch(worker.RESUME_AT)
+    saved = worker.opt_arrays(opt)
+    for _ in fx.epochs(worker.EPOCHS, start=worker.RESUME_AT):
+        fx.train_(worker.loss, model, loader, opt)
+    want = {f"arr_{j}": p for j, p in enumerate(worker.params(model))} | worker.opt_arrays(opt)
+    for size in (1, 3):
+        env = dict(os.environ, WORKER_TIMEOUT="20", PYTHONUNBUFFERED="1")
+        r = subprocess.run([exe, "-n", str(size), sys.executable, str(WORKER), "resume", str(tmp_path)],
+                           capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        ranks = [np.load(tmp_path / f"resumed{size}_rank{k}.npz") for k in range(size)]
+        assert sorted(ranks[0].files) == sorted(want) and len(want) == 4 + len(saved)
+        for z in ranks[1:]:
+            for f in z.files:
+                np.testing.assert_array_equal(z[f], ranks[0][f], err_msg=f"{size} ranks: ranks differ")
+        for name, b in want.items():
+            a = ranks[0][name]
+            if size == 1:  # the same computation as the single process's
+                np.testing.assert_array_equal(a, b, err_msg=f"resumed on 1 rank: {name}")
+            else:  # the same global batches, their mean gradient summed in another order
+                np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6, err_msg=f"resumed on {size} ranks: {name}")
+    # the step counts (powers of beta) went on from the checkpoint's, one per global batch
+    steps = (worker.EPOCHS - worker.RESUME_AT) * worker.N // worker.GLOBAL_BATCH
+    for k, v in saved.items():
+        if "scalars" in k:
+            np.testing.assert_allclose(ranks[0][k], v * np.array([0.9, 0.999]) ** steps, rtol=1e-12)

@@ -42,6 +42,21 @@ What each piece does:
   the logging, checkpointing callbacks (`ProgressBar`, `CSVLogger`, `ModelCheckpoint`, any
   plugin with ``root_only = True``) run on rank 0 only.
 
+**Resuming, also with another number of ranks.** ``save(path, model, opt, loader=sharded,
+epoch=epoch)`` records, beside the model and the optimiser state (moments, step counts), the
+shuffling seed, the passes done and the global batch. A job of any size resumes with
+``start = load_checkpoint(path, model, opt, loader=sharded)`` and ``epochs(n, start=start)``.
+What "the same data order" means across sizes: each pass's order is a permutation drawn
+from (seed, pass) alone, and step j of a pass trains on its observations j*B..(j+1)*B-1,
+B = ranks x per-rank batch, split among the ranks. So a job of P ranks with per-rank batch
+B/P takes the same global batches in the same order as the saved run and as one process
+with batches of B, provided P divides both B and the number of observations (otherwise the
+padding or the split changes the batches, and `load_checkpoint` warns when B differs). The
+update is then the gradient of the mean loss over the same global batch: identical to the
+single-process continuation for P = 1, and equal to it up to float rounding for other P
+(the mean over ranks of per-rank means sums in another order). Random layers (Dropout) draw
+from each rank's own generator; only rank 0's is saved, so they do not carry over.
+
 **Swapping the engine.** The communication is a `Backend` (``allreduce_``, ``broadcast_``,
 ``abort``); `MPIBackend` is the default, `LocalBackend` a single process. A plugin can
 ``register_backend("name", factory)`` and users ``init("name")`` (or set
@@ -70,8 +85,8 @@ from fluxrs._core import Tensor
 
 __all__ = ["init", "is_initialized", "shutdown", "rank", "size", "is_root", "backend", "barrier", "broadcast_",
            "broadcast_object", "allreduce", "shard", "ShardedLoader", "train_", "epochs", "root_only", "save",
-           "GradAverager", "Backend", "MPIBackend", "LocalBackend", "register_backend", "CommError", "CommTimeout",
-           "PeerFailure", "DesyncError", "DEFAULT_TIMEOUT", "DEFAULT_BUCKET_MB"]
+           "load_checkpoint", "GradAverager", "Backend", "MPIBackend", "LocalBackend", "register_backend", "CommError",
+           "CommTimeout", "PeerFailure", "DesyncError", "DEFAULT_TIMEOUT", "DEFAULT_BUCKET_MB"]
 
 log = logging.getLogger("fluxrs.distributed")
 
@@ -628,6 +643,12 @@ class ShardedLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def state(self) -> dict:
+        """What fixes the data order from here on, as `save` records it: the seed, the passes
+        done, the global batch (ranks x batchsize) and the number of observations."""
+        return {"seed": self.seed, "epoch": self.epoch, "global_batch": self.size * self.loader.batchsize,
+                "nobs": self.loader.nobs}
+
     def indices(self, epoch: int | None = None) -> np.ndarray:
         """The observations (positions in the loader's data) this rank gets in `epoch`."""
         epoch = self.epoch if epoch is None else epoch
@@ -1034,10 +1055,67 @@ def train_(loss: Callable, *args: Any, progress: Any = False, callbacks: Any = N
         raise
 
 
-def save(path: Any, model: Any, opt_state: Any = None, **meta: Any) -> None:
-    """``fx.save`` on rank 0 only, then a barrier, so that no rank reads the file early."""
+def save(path: Any, model: Any, opt_state: Any = None, *, loader: ShardedLoader | None = None, **meta: Any) -> None:
+    """``fx.save`` on rank 0 only, then a barrier, so that no rank reads the file early.
+
+    With `loader` (the `ShardedLoader` trained on), the file also records what fixes the
+    data order, for `load_checkpoint`: the shuffling seed, the passes done and the global
+    batch. Save ``epoch=`` too (and ``rng=fx.random.get_state()``) to resume exactly.
+    """
     from fluxrs.io import save as plain_save
     b = backend()
+    if loader is not None:
+        meta["shard"] = loader.state()
     if b.rank == 0:
         plain_save(path, model, opt_state, **meta)
     b.barrier(f"barrier after saving {os.fspath(path)!r}")
+
+
+def load_checkpoint(path: Any, model: Any, opt_state: Any = None, *, loader: ShardedLoader | None = None,
+                    strict: bool = True) -> int:
+    """``fx.load_checkpoint`` for a job of any number of ranks, including another number than
+    the job that saved it: rank 0 reads the file (model, optimiser state, its random
+    generator) and broadcasts the model and optimiser state to every rank; every rank gets
+    the epoch to continue from, which it returns (for ``epochs(n, start=...)``). With
+    `loader` (this job's `ShardedLoader`), its seed and epoch are set from the file, so the
+    next pass continues the saved run's data order (see "Resuming" in the module's
+    documentation); a loader whose global batch differs from the saved run's gets a warning.
+    A file that cannot be loaded raises `fx.io.CheckpointError` on every rank.
+    """
+    import warnings
+
+    from fluxrs.io import CheckpointError, load as plain_load, load_checkpoint as plain_load_checkpoint
+    b = backend()
+    err, epoch, shard_state = None, 0, None
+    if b.rank == 0:
+        try:
+            ckpt = plain_load(path)
+            epoch = plain_load_checkpoint(ckpt, model, opt_state, strict=strict)
+            shard_state = ckpt.meta.get("shard")
+        except Exception as e:  # every rank must learn of it, or the others would wait for rank 0
+            err = e
+    why, epoch, shard_state = b.broadcast_object((None if err is None else f"{type(err).__name__}: {err}", epoch,
+                                                  shard_state), 0, "broadcast of the checkpoint's epoch")
+    if err is not None:
+        raise err
+    if why is not None:
+        raise CheckpointError(f"load_checkpoint({os.fspath(path)!r}) failed on rank 0: {why}")
+    broadcast_(model, opt_state)
+    _first_sight(model)  # train_ need not broadcast them again
+    if opt_state is not None:
+        _first_sight(opt_state)
+    if loader is not None:
+        if shard_state is None:
+            warnings.warn(f"load_checkpoint: {os.fspath(path)!r} records no data order (save it with "
+                          "fx.distributed.save(..., loader=sharded)): the loader keeps its own seed and epoch",
+                          UserWarning, stacklevel=2)
+        else:
+            loader.seed, loader.epoch = int(shard_state["seed"]), int(shard_state["epoch"])
+            mine = loader.size * loader.loader.batchsize
+            if shard_state.get("global_batch") != mine or shard_state.get("nobs") != loader.loader.nobs:
+                warnings.warn(f"load_checkpoint: the saved run trained on global batches of "
+                              f"{shard_state.get('global_batch')} of {shard_state.get('nobs')} observations, this "
+                              f"job on {mine} ({loader.size} ranks x {loader.loader.batchsize}) of "
+                              f"{loader.loader.nobs}: the steps will see other batches than the saved run would have",
+                              UserWarning, stacklevel=2)
+    return int(epoch)

@@ -10,6 +10,11 @@ MODE
          backward pass (bucket_mb=None) and with one bucket per parameter overlapping it;
          writes OUTDIR/buckets_rank{r}.npz and, on rank 0, OUTDIR/buckets_{bucket_mb}.json
          with how many allreduces each step started before its backward pass ended.
+  save   train RESUME_AT epochs of Adam on global batches of GLOBAL_BATCH, and save a checkpoint
+         with the data order (OUTDIR/ckpt.safetensors).
+  resume  in a job of any size, load that checkpoint into a fresh model and train to epoch
+         EPOCHS on the same global batches; each rank writes its parameters and optimiser
+         state to OUTDIR/resumed{size}_rank{r}.npz.
   die    rank 1 exits abruptly (os._exit(1)) in its 3rd step; rank 0 keeps training (with
          train_(bucket_mb=WORKER_BUCKET_MB) when set, as hang).
   hang   rank 1 stops (sleeps) in its 3rd step; rank 0 keeps training.
@@ -104,6 +109,8 @@ def main() -> None:
         if r == 0:
             with open(os.path.join(out, "info.json"), "w") as f:
                 json.dump({"size": n, "rayon": os.environ.get("RAYON_NUM_THREADS"), "gradient_bytes": sent[0]}, f)
+    elif mode in ("save", "resume"):
+        elastic(mode, out, r, n)
     elif mode == "buckets":
         buckets(out, r, n)
     elif mode in ("die", "hang"):
@@ -131,6 +138,31 @@ def main() -> None:
         bench(out, r, n)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
+
+
+RESUME_AT = 2
+
+
+def opt_arrays(opt) -> dict[str, np.ndarray]:
+    """The optimiser state's arrays (moments, and step counts as the powers of beta)."""
+    from fluxrs.io import _encode_opt
+    return _encode_opt(opt)[1]
+
+
+def elastic(mode: str, out: str, r: int, n: int) -> None:
+    X, Y = problem()
+    model = build(seed=1 + r)  # a fresh model: what the checkpoint holds must replace it
+    opt = fx.setup(fx.Adam(0.01), model)
+    loader = fx.distributed.shard(fx.DataLoader((X, Y), batchsize=GLOBAL_BATCH // n, shuffle=True),
+                                  seed=SHUFFLE_SEED if mode == "save" else None)
+    path = os.path.join(out, "ckpt.safetensors")
+    start = 0 if mode == "save" else fx.distributed.load_checkpoint(path, model, opt, loader=loader)
+    for epoch in fx.distributed.epochs(RESUME_AT if mode == "save" else EPOCHS, start=start):
+        fx.distributed.train_(loss, model, loader, opt)
+    if mode == "save":
+        fx.distributed.save(path, model, opt, loader=loader, epoch=RESUME_AT, rng=fx.random.get_state())
+    else:
+        np.savez(os.path.join(out, f"resumed{n}_rank{r}.npz"), *params(model), **opt_arrays(opt))
 
 
 def buckets(out: str, r: int, n: int) -> None:
