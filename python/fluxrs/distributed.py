@@ -163,9 +163,10 @@ class Backend:
     def wait_(self, handles: Sequence[Any], what: str = "allreduce") -> None:
         """Complete the sums `iallreduce_` started (with the deadline)."""
 
-    def progress_(self, handles: Sequence[Any]) -> None:
+    def progress_(self, handles: Sequence[Any]) -> bool:
         """Let started sums advance without waiting for them (an MPI without a progress
-        thread moves a message along only inside its calls)."""
+        thread moves a message along only inside its calls); whether all are complete."""
+        return True
 
     def allreduce_many_(self, bufs: Sequence[np.ndarray], what: str = "allreduce") -> None:
         """Sum several buffers (a backend may overlap them)."""
@@ -298,10 +299,9 @@ class MPIBackend(Backend):
             for r in reqs:
                 self._wait(r, what)
 
-    def progress_(self, handles: Sequence[Any]) -> None:
+    def progress_(self, handles: Sequence[Any]) -> bool:
         reqs = [h for h in handles if h is not None]
-        if reqs:
-            self.MPI.Request.Testall(reqs)
+        return not reqs or bool(self.MPI.Request.Testall(reqs))
 
     def broadcast_(self, buf: np.ndarray, root: int = 0, what: str = "broadcast") -> None:
         if self.size == 1:
@@ -802,8 +802,6 @@ class GradAverager:
     """
 
     def __init__(self, backend: Backend, bucket_mb: float | None = DEFAULT_BUCKET_MB):
-        if bucket_mb is not None and not bucket_mb > 0:
-            raise ValueError(f"GradAverager: bucket_mb must be a positive number of MiB or None, got {bucket_mb!r}")
         self.backend = backend
         self.bucket_mb = bucket_mb
         self.step = 0
@@ -820,6 +818,16 @@ class GradAverager:
                 self._layouts.clear()
             lay = self._layouts[key] = _Layout(xs, nbytes)
         return lay
+
+    @property
+    def bucket_mb(self) -> float | None:
+        return self._bucket_mb
+
+    @bucket_mb.setter
+    def bucket_mb(self, mb: float | None) -> None:
+        if mb is not None and (isinstance(mb, bool) or not (isinstance(mb, (int, float)) and mb > 0)):
+            raise ValueError(f"GradAverager: bucket_mb must be a positive number of MiB or None, got {mb!r}")
+        self._bucket_mb = mb
 
     def _driver(self) -> "_Progress | None":
         """The thread that moves started allreduces along during the backward pass, for
@@ -914,56 +922,57 @@ class _Step:
 
     def launch(self, upto: int) -> None:
         """Start the allreduces of buckets started..upto-1."""
-        b, first = self.backend, not self.handles
+        b, p = self.backend, self.progress
         while self.started < upto:
-            if self.progress is not None:
-                with self.progress.lock:
-                    self.handles.append(b.iallreduce_(self.lay.buckets[self.started].buf, self.what))
+            buf = self.lay.buckets[self.started].buf
+            if p is None:
+                self.handles.append(b.iallreduce_(buf, self.what))
             else:
-                self.handles.append(b.iallreduce_(self.lay.buckets[self.started].buf, self.what))
+                with p.lock:
+                    self.handles.append(b.iallreduce_(buf, self.what))
+                    p.pending.append(self.handles[-1])
+                    p.active.set()
             self.started += 1
-        if first and self.handles and self.progress is not None:
-            self.progress.start(self.handles)
 
 
 class _Progress:
-    """A thread calling ``backend.progress_`` every `INTERVAL` seconds while a step's
-    allreduces run beside its backward pass. MPICH moves a message between processes only
-    inside MPI calls, and the backward pass makes none: without it, a bucket started during
-    the backward pass would not advance until the wait after it. The backward pass runs
-    without the GIL, so the thread gets it at once; it sleeps between polls and waits on an
-    event between steps."""
+    """A thread calling ``backend.progress_`` every `INTERVAL` seconds while allreduces
+    started during the backward pass are unfinished. MPICH moves a message between processes
+    only inside MPI calls, and the backward pass makes none: without this thread a bucket
+    would not advance until the wait after the backward pass. The backward pass runs without
+    the GIL, so the thread gets it at once; it sleeps between polls, and waits on an event
+    while nothing is in flight."""
 
-    INTERVAL = float(os.environ.get("FLUXRS_DIST_PROGRESS_US", "200")) * 1e-6
+    INTERVAL = 200e-6  # bench/README.md, "Overlapping the allreduce"
 
     def __init__(self, backend: Backend):
         import threading
         self.backend = backend
         self.lock = threading.Lock()  # one thread in the backend at a time
-        self.handles: list = []
+        self.pending: list = []       # started, not yet seen complete
         self.active = threading.Event()
         self.thread = threading.Thread(target=self._run, name="fluxrs-allreduce-progress", daemon=True)
         self.thread.start()
 
-    def start(self, handles: list) -> None:
-        self.handles = handles
-        self.active.set()
-
     def stop(self) -> None:
-        self.active.clear()
-        with self.lock:  # a poll in progress ends before the caller goes on
-            self.handles = []
+        """The backward pass is over: the caller waits for the rest itself."""
+        with self.lock:
+            self.pending.clear()
+            self.active.clear()
 
     def _run(self) -> None:
         sleep, interval = time.sleep, self.INTERVAL
         while True:
             self.active.wait()
             with self.lock:
-                if self.handles:
+                if self.pending:
                     try:
-                        self.backend.progress_(list(self.handles))
-                    except Exception:  # the wait after the backward pass reports the failure
-                        self.handles = []
+                        done = self.backend.progress_(list(self.pending))
+                    except Exception:  # the wait after the backward pass reports it
+                        done = True
+                    if done:
+                        self.pending.clear()
+                        self.active.clear()
             sleep(interval)
 
 
@@ -972,7 +981,7 @@ def _reducer(bucket_mb: float | None) -> GradAverager:
     if _averager is None or _averager.backend is not _backend:
         _averager = GradAverager(backend(), bucket_mb)
     elif _averager.bucket_mb != bucket_mb:
-        _averager = GradAverager(_averager.backend, bucket_mb)
+        _averager.bucket_mb = bucket_mb  # the same averager: its step count and progress thread go on
     return _averager
 
 

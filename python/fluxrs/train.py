@@ -434,7 +434,7 @@ def _grads_and_loss(val: Any, xs: list[Tensor], i: int) -> tuple[list | None, fl
         # communicating it during the rest of the backward pass).
         begin = getattr(reduce, "begin", None)
         on_final = begin(xs) if begin is not None else None
-        gs = _core.grad(val, xs, on_final=on_final) if on_final is not None else _core.grad(val, xs)
+        gs = _core.grad(val, xs, on_final=on_final)
     else:
         gs = [None] * len(xs)
     gs, v = reduce(xs, gs, float(val))

@@ -19,6 +19,7 @@ MODE
          train_(bucket_mb=WORKER_BUCKET_MB) when set, as hang).
   hang   rank 1 stops (sleeps) in its 3rd step; rank 0 keeps training.
   bench  (not a test) samples/s of the MNIST-1D-sized MLP: BENCH_BATCH per rank, BENCH_STEPS steps.
+  overlap  (not a test) exposed communication per bucket size, alternated within one job.
 
 The functions below are also imported by the test, to train the single-process reference.
 """
@@ -136,6 +137,8 @@ def main() -> None:
         print("rank", r, "finished training, which it should not have", flush=True)
     elif mode == "bench":
         bench(out, r, n)
+    elif mode == "overlap":
+        bench_overlap(r)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 
@@ -203,6 +206,57 @@ def buckets(out: str, r: int, n: int) -> None:
     np.savez(os.path.join(out, f"buckets_rank{r}.npz"), **got)
 
 
+def bench_overlap(r: int) -> None:
+    """Exposed communication of each bucket size (BENCH_BUCKETS, e.g. "none,1"), alternating
+    them every 5 steps within one job, so that load from elsewhere hits all alike (separate
+    jobs minutes apart on a shared machine differ by more than what is measured). Model and
+    batch as `bench`; BENCH_ROUNDS alternations. Used by bench/distributed_scaling.py --overlap."""
+    import statistics
+    bs = int(os.environ.get("BENCH_BATCH", "256"))
+    wide = os.environ.get("BENCH_MODEL", "wide") == "wide"
+    d_in, hidden = (784, 1024) if wide else (40, 100)
+    rng = np.random.default_rng(r)
+    X = rng.normal(size=(bs, d_in)).astype(np.float32)
+    Y = fx.onehotbatch(rng.integers(0, 10, bs), range(10)).numpy()
+    fx.seed_(0)
+    model = fx.Chain(fx.Dense(d_in, hidden, fx.relu), fx.Dense(hidden, hidden, fx.relu), fx.Dense(hidden, 10))
+    opt = fx.setup(fx.Adam(1e-3), model)
+    lossf = lambda m, x, y: fx.logitcrossentropy(m(x), y)  # noqa: E731
+    b = fx.distributed.backend()
+    waited = [0.0]
+
+    def timed(f):
+        def call(*a):
+            t = time.perf_counter()
+            try:
+                return f(*a)
+            finally:
+                waited[0] += time.perf_counter() - t
+        return call
+
+    b.allreduce_, b.iallreduce_, b.wait_ = map(timed, (b.allreduce_, b.iallreduce_, b.wait_))
+    names = os.environ.get("BENCH_BUCKETS", "none,1").split(",")
+    avgs = {m: fx.distributed.GradAverager(b, None if m == "none" else float(m)) for m in names}
+    got = {m: ([], []) for m in names}
+    data = [(X, Y)] * (5 if wide else 200)
+    for rnd in range(int(os.environ.get("BENCH_ROUNDS", "12")) + 1):
+        for m, avg in avgs.items():
+            fx.distributed.barrier()
+            waited[0] = 0.0
+            t = time.perf_counter()
+            fx.distributed.train_(lossf, model, data, opt, reducer=avg)
+            if rnd > 0:  # the first round warms up
+                got[m][0].append((time.perf_counter() - t) / len(data))
+                got[m][1].append(waited[0] / len(data))
+    if r == 0:
+        for m, (step, wait) in got.items():
+            share = [w / s for w, s in zip(wait, step)]
+            print(json.dumps({"model": "wide" if wide else "mnist1d", "batch_per_rank": bs, "bucket_mb": m,
+                              "step_ms": 1e3 * statistics.median(step), "exposed_ms": 1e3 * statistics.median(wait),
+                              "exposed_share": statistics.median(share), "exposed_share_min": min(share),
+                              "exposed_share_max": max(share)}), flush=True)
+
+
 def bench(out: str, r: int, n: int) -> None:
     """Throughput of the MNIST-1D MLP (40-100-100-10, Adam, logitcrossentropy; BENCH_MODEL=mnist1d)
     or of a wide MLP (784-1024-1024-10; BENCH_MODEL=wide) on random data; per-rank batch
@@ -224,7 +278,9 @@ def bench(out: str, r: int, n: int) -> None:
     b = fx.distributed.backend()
     waited = [0.0]
 
-    def timed(f):  # time in the gradient allreduce's calls: the communication not hidden by the backward pass
+    # Time in the gradient allreduce's calls on the training thread (not the progress thread's
+    # polls, which run during the backward pass): the communication the backward pass did not hide.
+    def timed(f):
         def call(*a):
             t = time.perf_counter()
             try:
@@ -233,7 +289,7 @@ def bench(out: str, r: int, n: int) -> None:
                 waited[0] += time.perf_counter() - t
         return call
 
-    b.allreduce_, b.iallreduce_, b.wait_, b.progress_ = map(timed, (b.allreduce_, b.iallreduce_, b.wait_, b.progress_))
+    b.allreduce_, b.iallreduce_, b.wait_ = map(timed, (b.allreduce_, b.iallreduce_, b.wait_))
     mb = os.environ.get("BENCH_BUCKET_MB", "")
     if train is not fx.train_ and mb:
         train = functools.partial(train, bucket_mb=None if mb == "none" else float(mb))
