@@ -356,3 +356,34 @@ def test_float_arrays_inside_container_arguments_are_differentiated():
     g = fx.gradient(lambda b: (b[0] * 3).sum(), (xs, labels))[0]
     assert g[0].tolist() == [3.0, 3.0] and g[1] is None
     assert g[0].dtype == np.float64  # a float64 argument is differentiated in float64, as at the top level
+
+
+def test_grad_on_final_reports_each_gradient_once_it_is_final():
+    import fluxrs._core as core
+    fx.seed_(0)
+    m = fx.Chain(fx.Dense(4, 8, fx.relu), fx.Dense(8, 3))
+    xs = list(fx.params(m))
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+
+    def loss():
+        core.push_watch(xs)
+        try:
+            return (m(x) ** 2).sum()
+        finally:
+            core.pop_watch()
+
+    seen = []
+    gs = core.grad(loss(), xs, on_final=lambda i, g: seen.append((i, g.numpy().copy())))
+    order = [i for i, _ in seen]
+    assert sorted(order) == [0, 1, 2, 3] and max(order.index(2), order.index(3)) < min(order.index(0), order.index(1))
+    for i, g in seen:  # the value reported is the final one
+        np.testing.assert_array_equal(g, gs[i].numpy())
+
+    class Stop(Exception):
+        pass
+
+    def fail(i, g):
+        raise Stop(i)
+
+    with pytest.raises(Stop):
+        core.grad(loss(), xs, on_final=fail)

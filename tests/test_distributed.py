@@ -153,6 +153,26 @@ def test_local_backend_training_equals_plain_training():
     dist.barrier()
 
 
+def test_checkpoint_records_the_data_order_and_warns_of_other_batches(tmp_path):
+    dist.init("local")
+    X, Y = worker.problem()
+    m = worker.build(1)
+    opt = fx.setup(fx.Adam(0.01), m)
+    loader = dist.shard(fx.DataLoader((X, Y), batchsize=8, shuffle=True), seed=11)
+    dist.train_(worker.loss, m, loader, opt)
+    dist.save(tmp_path / "c.safetensors", m, opt, loader=loader, epoch=1, rng=fx.random.get_state())
+    fresh = worker.build(2)
+    other = dist.shard(fx.DataLoader((X, Y), batchsize=8, shuffle=True), seed=5)
+    assert dist.load_checkpoint(tmp_path / "c.safetensors", fresh, fx.setup(fx.Adam(0.01), fresh), loader=other) == 1
+    assert (other.seed, other.epoch) == (11, 1)
+    assert fresh[0].weight.tolist() == m[0].weight.tolist()
+    with pytest.warns(UserWarning, match="global batches of 8"):
+        dist.load_checkpoint(tmp_path / "c.safetensors", fresh, fx.setup(fx.Adam(0.01), fresh),
+                             loader=dist.shard(fx.DataLoader((X, Y), batchsize=6)))
+    with pytest.raises(Exception, match="nope"):
+        dist.load_checkpoint(tmp_path / "nope.safetensors", fresh)
+
+
 class _TwinBackend(dist.Backend):
     """A pretend world of two ranks: the other rank's buffer is `twin(buf)`."""
 
@@ -168,21 +188,45 @@ class _TwinBackend(dist.Backend):
         pass
 
 
-def test_grad_averager_means_and_presence():
+@pytest.mark.parametrize("bucket_mb", [None, 1e-6])
+def test_grad_averager_means_and_presence(bucket_mb):
     xs = [fx.zeros((2, 3)), fx.zeros((3,)), fx.zeros((1,))]
-    grads = [fx.Tensor(np.full((2, 3), 4.0, np.float32)), None, None]
-
-    def twin(buf):  # the other rank: gradient 2 for xs[0], 6 for xs[1], none for xs[2]; loss 3
-        other = np.zeros_like(buf)
-        other[:6], other[6:9] = 2.0, 6.0
-        other[10:12] = 1.0  # presence of xs[0], xs[1]
-        other[13], other[14] = 3.0, buf[14]  # loss, step tag
-        return other
-
-    avg = dist.GradAverager(_TwinBackend(twin))
-    gs, loss = avg(xs, grads, 1.0)
+    mine = [fx.Tensor(np.full((2, 3), 4.0, np.float32)), None, None]
+    theirs = [fx.Tensor(np.full((2, 3), 2.0, np.float32)), fx.Tensor(np.full((3,), 6.0, np.float32)), None]
+    other = dist.GradAverager(dist.LocalBackend(), bucket_mb)
+    other(xs, theirs, 3.0)  # the other rank's buffers, packed as this rank's will be
+    bufs = iter([bk.buf.copy() for bk in other._layout(xs).buckets])
+    assert len(other._layout(xs).buckets) == (1 if bucket_mb is None else 3)
+    avg = dist.GradAverager(_TwinBackend(lambda buf: next(bufs)), bucket_mb)
+    gs, loss = avg(xs, mine, 1.0)
     assert gs[0].tolist() == [[3.0] * 3] * 2 and gs[1].tolist() == [3.0] * 3 and gs[2] is None
     assert loss == 2.0
+
+
+def test_grad_averager_starts_buckets_in_order_as_they_complete():
+    xs = [fx.zeros((4,)) for _ in range(3)]
+    gs = [fx.Tensor(np.full((4,), i + 1.0, np.float32)) for i in range(3)]
+    started = []
+
+    class Recording(_TwinBackend):
+        def iallreduce_(self, buf, what="allreduce"):
+            started.append(float(buf[0]))  # which gradient the bucket starts with
+            return super().iallreduce_(buf, what)
+
+    avg = dist.GradAverager(Recording(lambda b: b), bucket_mb=1e-6)  # a bucket per parameter, in reverse order
+    on_final = avg.begin(xs)
+    on_final(1, gs[1])
+    assert started == []  # bucket 1 is complete, but bucket 0 (the last parameter) goes first
+    on_final(2, gs[2])
+    assert started == [3.0, 2.0]
+    on_final(0, gs[0])
+    assert started == [3.0, 2.0]  # the last bucket also carries the loss: sent after the backward pass
+    out, loss = avg(xs, gs, 0.5)
+    assert started == [3.0, 2.0, 1.0] and loss == 0.5
+    assert [g.tolist() for g in out] == [[i + 1.0] * 4 for i in range(3)]
+    assert dist.GradAverager(Recording(lambda b: b), bucket_mb=None).begin(xs) is None  # nothing to overlap
+    with pytest.raises(ValueError, match="bucket_mb"):
+        dist.GradAverager(Recording(lambda b: b), bucket_mb=0)
 
 
 def test_grad_averager_detects_ranks_out_of_step():
@@ -245,11 +289,11 @@ def _mpi() -> tuple[str | None, str, bool]:
     return exe, "", "HYDRA" in v.upper()
 
 
-def _launch(mode: str, out: pathlib.Path, extra=(), timeout_s=20, limit=120):
+def _launch(mode: str, out: pathlib.Path, extra=(), timeout_s=20, limit=120, env=None):
     exe, why, _ = _mpi()
     if exe is None:
         pytest.skip(why)
-    env = dict(os.environ, WORKER_TIMEOUT=str(timeout_s), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, WORKER_TIMEOUT=str(timeout_s), PYTHONUNBUFFERED="1", **(env or {}))
     t0 = time.monotonic()
     try:
         r = subprocess.run([exe, *extra, "-n", "2", sys.executable, str(WORKER), mode, str(out)], capture_output=True,
@@ -276,11 +320,14 @@ def test_two_ranks_on_shards_equal_one_process_on_full_batches(tmp_path):
             assert np.abs(a - s).max() > 1e-2  # it trained
 
 
-def test_a_rank_that_exits_fails_the_job_fast(tmp_path):
+# "1e-6": a bucket per parameter, most of them started during the backward pass
+@pytest.mark.parametrize("bucket_mb", ["", "1e-6"])
+def test_a_rank_that_exits_fails_the_job_fast(tmp_path, bucket_mb):
     # MPICH's launcher kills the survivors when a rank exits; -disable-auto-cleanup lets them
     # report it: the launcher signals them, and the one waiting in the allreduce says so.
     hydra = _mpi()[2]
-    r, dt = _launch("die", tmp_path, extra=("-disable-auto-cleanup",) if hydra else (), timeout_s=10)
+    r, dt = _launch("die", tmp_path, extra=("-disable-auto-cleanup",) if hydra else (), timeout_s=10,
+                    env={"WORKER_BUCKET_MB": bucket_mb})
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     assert dt < 60, dt
@@ -295,8 +342,9 @@ def test_a_rank_that_exits_under_default_launcher_fails_the_job(tmp_path):
     assert "finished training" not in r.stdout
 
 
-def test_a_hung_rank_times_out_with_a_clear_message(tmp_path):
-    r, dt = _launch("hang", tmp_path, timeout_s=5)
+@pytest.mark.parametrize("bucket_mb", ["", "1e-6"])
+def test_a_hung_rank_times_out_with_a_clear_message(tmp_path, bucket_mb):
+    r, dt = _launch("hang", tmp_path, timeout_s=5, env={"WORKER_BUCKET_MB": bucket_mb})
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     assert 5 <= dt < 60, dt
@@ -308,3 +356,177 @@ def test_docstring_examples():
     import doctest
     res = doctest.testmod(dist, optionflags=doctest.ELLIPSIS)
     assert res.failed == 0 and res.attempted >= 3
+
+
+def test_overlapped_buckets_give_bit_identical_results(tmp_path):
+    r, _ = _launch("buckets", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ranks = [np.load(tmp_path / f"buckets_rank{k}.npz") for k in (0, 1)]
+    names = [f for f in ranks[0].files if f.startswith("None_")]
+    assert len(names) == 6
+    for f in names:
+        tiny = f.replace("None_", "1e-06_")
+        for z in ranks:
+            np.testing.assert_array_equal(z[f], z[tiny], err_msg=f"{f}: overlapped buckets differ")
+        np.testing.assert_array_equal(ranks[0][f], ranks[1][f], err_msg=f"{f}: ranks differ")
+    one = json.loads((tmp_path / "buckets_None.json").read_text())
+    many = json.loads((tmp_path / "buckets_1e-06.json").read_text())
+    steps = worker.EPOCHS * worker.N // worker.GLOBAL_BATCH
+    assert one["early"] == [0] * steps and one["starts"] == steps
+    # six parameters, six buckets: five start during the backward pass, the last (with the
+    # step's loss and tag) after it
+    assert many["early"] == [5] * steps and many["starts"] == 6 * steps
+
+
+# ---------------------------------------------------------------- two hosts: network namespaces
+
+NETNS_PREFIX = "fxdist-"  # this test's namespaces are fxdist-<pid>-a and fxdist-<pid>-b
+HOSTS = ("198.18.0.1", "198.18.0.2")  # the benchmarking range (RFC 2544): reachable only through the test's veth
+
+# Hydra's ssh launcher runs `BOOT -x HOST COMMAND`; this starts COMMAND in HOST's namespace
+# instead, and nowhere else.
+BOOT = """#!/bin/sh
+while [ "${1#-}" != "$1" ]; do shift; done
+case "$1" in
+  %s) ns=%s ;;
+  %s) ns=%s ;;
+  *) echo "netns boot: unknown host $1" >&2; exit 1 ;;
+esac
+shift
+exec ip netns exec "$ns" sh -c "$*"
+"""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
+
+
+def _delete_stale_namespaces() -> None:
+    """Namespaces of this test left by a run that died (its pid is gone); a concurrent run's
+    stay."""
+    for line in _ip("netns", "list").stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(NETNS_PREFIX):
+            pid = name[len(NETNS_PREFIX):].split("-")[0]
+            if not (pid.isdigit() and os.path.exists(f"/proc/{pid}")):
+                _ip("netns", "del", name, check=False)
+
+
+def _operstate(ns: str, dev: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/operstate"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def _veth_bytes(ns: str, dev: str) -> tuple[int, int]:
+    out = subprocess.run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/statistics/tx_bytes",
+                          f"/sys/class/net/{dev}/statistics/rx_bytes"], capture_output=True, text=True, check=True)
+    tx, rx = map(int, out.stdout.split())
+    return tx, rx
+
+
+def test_two_ranks_in_two_network_namespaces_over_the_network(tmp_path):
+    """One rank per network namespace (two "hosts" joined by a veth pair), MPICH's shared
+    memory ruled out: the gradients must cross the veth, and training still equals one
+    process."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    if shutil.which("ip") is None or _ip("netns", "list", check=False).returncode != 0:
+        pytest.skip("no usable `ip netns` (iproute2)")
+    exe, why, hydra = _mpi()
+    if exe is None:
+        pytest.skip(why)
+    if not hydra:
+        pytest.skip("launching a rank in another namespace uses MPICH's hydra launcher")
+    _delete_stale_namespaces()
+    pid = os.getpid()
+    ns = (f"{NETNS_PREFIX}{pid}-a", f"{NETNS_PREFIX}{pid}-b")
+    dev = (f"fxd{pid}a", f"fxd{pid}b")  # at most 15 characters
+    made = []
+    try:
+        for n in ns:
+            r = _ip("netns", "add", n, check=False)
+            if r.returncode != 0:
+                pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
+            made.append(n)
+        _ip("link", "add", dev[0], "netns", ns[0], "type", "veth", "peer", "name", dev[1], "netns", ns[1])
+        for n, d, host in zip(ns, dev, HOSTS):
+            _ip("-n", n, "addr", "add", f"{host}/30", "dev", d)
+            _ip("-n", n, "link", "set", d, "up")
+            _ip("-n", n, "link", "set", "lo", "up")  # UCX's tcp transport is unavailable without it
+        # The kernel marks a new link running up to a second later; UCX skips it until then.
+        deadline = time.monotonic() + 10
+        while not all(_operstate(n, d) == "up" for n, d in zip(ns, dev)):
+            assert time.monotonic() < deadline, "the veth pair did not come up within 10 s"
+            time.sleep(0.05)
+        boot = tmp_path / "boot.sh"
+        boot.write_text(BOOT % (HOSTS[0], ns[0], HOSTS[1], ns[1]))
+        boot.chmod(0o755)
+        before = [_veth_bytes(n, d) for n, d in zip(ns, dev)]
+        env = dict(os.environ, WORKER_TIMEOUT="20", PYTHONUNBUFFERED="1", WORKER_HIDDEN="2048",
+                   MPIR_CVAR_NOLOCAL="1",  # MPICH: no shared memory between the ranks...
+                   UCX_TLS="tcp,self")  # ...nor UCX's own (/dev/shm is shared across network namespaces)
+        cmd = ["ip", "netns", "exec", ns[0], exe, "-launcher", "ssh", "-launcher-exec", str(boot),
+               "-hosts", ",".join(HOSTS), "-n", "2", sys.executable, str(WORKER), "equiv", str(tmp_path)]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"the two-namespace job did not finish within 60 s: {e.stdout!r} {e.stderr!r}")
+        assert r.returncode == 0, r.stdout + r.stderr
+        after = [_veth_bytes(n, d) for n, d in zip(ns, dev)]
+    finally:
+        for n in made:
+            _ip("netns", "del", n, check=False)
+    assert not any(n in _ip("netns", "list").stdout for n in ns)
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["size"] == 2 and info["gradient_bytes"] > 1_000_000
+    for (tx0, rx0), (tx1, rx1) in zip(before, after):  # each rank sends and receives at least its whole buffer
+        assert tx1 - tx0 >= info["gradient_bytes"] and rx1 - rx0 >= info["gradient_bytes"], (before, after, info)
+    for kind in worker.KINDS:
+        p0, p1 = ([z[f] for f in z.files] for z in (np.load(tmp_path / f"{kind}_rank{k}.npz") for k in (0, 1)))
+        for a, b in zip(p0, p1):
+            np.testing.assert_array_equal(a, b, err_msg=f"{kind}: ranks differ")
+        ref = worker.params(worker.train(kind, rank=0, size=1, distributed=False, hidden=2048))
+        for a, b in zip(p0, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{kind}: 2 hosts != full batch")
+
+
+def test_a_checkpoint_of_two_ranks_resumes_on_one_and_on_three(tmp_path):
+    # The single-process continuation of the checkpoint: the same global batches, in the same order.
+    exe, why, _ = _mpi()
+    if exe is None:
+        pytest.skip(why)
+    r, _ = _launch("save", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    path = tmp_path / "ckpt.safetensors"
+    X, Y = worker.problem()
+    model = worker.build(seed=9)
+    opt = fx.setup(fx.Adam(0.01), model)
+    assert fx.load_checkpoint(path, model, opt) == worker.RESUME_AT
+    loader = dist.shard(fx.DataLoader((X, Y), batchsize=worker.GLOBAL_BATCH, shuffle=True), rank=0, size=1,
+                        seed=worker.SHUFFLE_SEED)
+    loader.set_epoch(worker.RESUME_AT)
+    saved = worker.opt_arrays(opt)
+    for _ in fx.epochs(worker.EPOCHS, start=worker.RESUME_AT):
+        fx.train_(worker.loss, model, loader, opt)
+    want = {f"arr_{j}": p for j, p in enumerate(worker.params(model))} | worker.opt_arrays(opt)
+    for size in (1, 3):
+        env = dict(os.environ, WORKER_TIMEOUT="20", PYTHONUNBUFFERED="1")
+        r = subprocess.run([exe, "-n", str(size), sys.executable, str(WORKER), "resume", str(tmp_path)],
+                           capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        ranks = [np.load(tmp_path / f"resumed{size}_rank{k}.npz") for k in range(size)]
+        assert sorted(ranks[0].files) == sorted(want) and len(want) == 4 + len(saved)
+        for z in ranks[1:]:
+            for f in z.files:
+                np.testing.assert_array_equal(z[f], ranks[0][f], err_msg=f"{size} ranks: ranks differ")
+        for name, b in want.items():
+            a = ranks[0][name]
+            if size == 1:  # the same computation as the single process's
+                np.testing.assert_array_equal(a, b, err_msg=f"resumed on 1 rank: {name}")
+            else:  # the same global batches, their mean gradient summed in another order
+                np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6, err_msg=f"resumed on {size} ranks: {name}")
+    # the step counts (powers of beta) went on from the checkpoint's, one per global batch
+    steps = (worker.EPOCHS - worker.RESUME_AT) * worker.N // worker.GLOBAL_BATCH
+    for k, v in saved.items():
+        if "scalars" in k:
+            np.testing.assert_allclose(ranks[0][k], v * np.array([0.9, 0.999]) ** steps, rtol=1e-12)

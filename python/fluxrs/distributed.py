@@ -31,14 +31,31 @@ What each piece does:
   trains on ``size()`` times as many observations.
 * `train_` is ``fx.train_`` with, the first time it sees a model or optimiser state, the
   parameters (every tensor of the model) and the optimiser state broadcast from rank 0, and
-  on every step the gradients and the loss averaged over ranks by `GradAverager`: packed
-  into one flat float32 buffer, summed by one ``MPI_Allreduce`` (non-blocking, polled
-  against the deadline), divided by the number of ranks. With the mean loss over equal
+  on every step the gradients and the loss averaged over ranks by `GradAverager`: packed,
+  in reverse parameter order, into flat buckets of about ``bucket_mb`` MiB, each summed by
+  an ``MPI_Iallreduce`` started during the backward pass as soon as the bucket's gradients
+  are final (so communication overlaps the rest of the backward pass, as in PyTorch DDP),
+  polled against the deadline, then divided by the number of ranks. With the mean loss over equal
   shards this is the gradient of the whole batch, so every rank applies the same update and
   the replicas stay identical. The averaged loss is what progress bars, NaN checks and
   plugins see, so `EarlyStopping` and friends decide alike on every rank. Progress bars and
   the logging, checkpointing callbacks (`ProgressBar`, `CSVLogger`, `ModelCheckpoint`, any
   plugin with ``root_only = True``) run on rank 0 only.
+
+**Resuming, also with another number of ranks.** ``save(path, model, opt, loader=sharded,
+epoch=epoch)`` records, beside the model and the optimiser state (moments, step counts), the
+shuffling seed, the passes done and the global batch. A job of any size resumes with
+``start = load_checkpoint(path, model, opt, loader=sharded)`` and ``epochs(n, start=start)``.
+What "the same data order" means across sizes: each pass's order is a permutation drawn
+from (seed, pass) alone, and step j of a pass trains on its observations j*B..(j+1)*B-1,
+B = ranks x per-rank batch, split among the ranks. So a job of P ranks with per-rank batch
+B/P takes the same global batches in the same order as the saved run and as one process
+with batches of B, provided P divides both B and the number of observations (otherwise the
+padding or the split changes the batches, and `load_checkpoint` warns when B differs). The
+update is then the gradient of the mean loss over the same global batch: identical to the
+single-process continuation for P = 1, and equal to it up to float rounding for other P
+(the mean over ranks of per-rank means sums in another order). Random layers (Dropout) draw
+from each rank's own generator; only rank 0's is saved, so they do not carry over.
 
 **Swapping the engine.** The communication is a `Backend` (``allreduce_``, ``broadcast_``,
 ``abort``); `MPIBackend` is the default, `LocalBackend` a single process. A plugin can
@@ -68,14 +85,18 @@ from fluxrs._core import Tensor
 
 __all__ = ["init", "is_initialized", "shutdown", "rank", "size", "is_root", "backend", "barrier", "broadcast_",
            "broadcast_object", "allreduce", "shard", "ShardedLoader", "train_", "epochs", "root_only", "save",
-           "GradAverager", "Backend", "MPIBackend", "LocalBackend", "register_backend", "CommError", "CommTimeout",
-           "PeerFailure", "DesyncError", "DEFAULT_TIMEOUT"]
+           "load_checkpoint", "GradAverager", "Backend", "MPIBackend", "LocalBackend", "register_backend", "CommError",
+           "CommTimeout", "PeerFailure", "DesyncError", "DEFAULT_TIMEOUT", "DEFAULT_BUCKET_MB"]
 
 log = logging.getLogger("fluxrs.distributed")
 
 #: Seconds a rank waits in one collective before raising `CommTimeout` (``FLUXRS_DIST_TIMEOUT``
 #: overrides it; ``init(timeout=None)`` waits forever, with blocking MPI calls).
 DEFAULT_TIMEOUT = 300.0
+
+#: MiB of gradients per bucket: each bucket's allreduce starts during the backward pass as
+#: soon as its gradients are final (bench/README.md, "Data parallelism: overlapping the allreduce").
+DEFAULT_BUCKET_MB = 1.0
 
 
 # ---------------------------------------------------------------- errors
@@ -132,10 +153,24 @@ class Backend:
     def allreduce_(self, buf: np.ndarray, what: str = "allreduce") -> None:
         raise NotImplementedError
 
+    def iallreduce_(self, buf: np.ndarray, what: str = "allreduce") -> Any:
+        """Start summing `buf` over ranks and return a handle for `wait_`; `buf` must stay
+        untouched until then. Every rank must start the same sums in the same order. This
+        default sums at once (no overlap)."""
+        self.allreduce_(buf, what)
+        return None
+
+    def wait_(self, handles: Sequence[Any], what: str = "allreduce") -> None:
+        """Complete the sums `iallreduce_` started (with the deadline)."""
+
+    def progress_(self, handles: Sequence[Any]) -> bool:
+        """Let started sums advance without waiting for them (an MPI without a progress
+        thread moves a message along only inside its calls); whether all are complete."""
+        return True
+
     def allreduce_many_(self, bufs: Sequence[np.ndarray], what: str = "allreduce") -> None:
         """Sum several buffers (a backend may overlap them)."""
-        for b in bufs:
-            self.allreduce_(b, what)
+        self.wait_([self.iallreduce_(b, what) for b in bufs], what)
 
     def broadcast_(self, buf: np.ndarray, root: int = 0, what: str = "broadcast") -> None:
         raise NotImplementedError
@@ -241,9 +276,6 @@ class MPIBackend(Backend):
                 time.sleep(delay)
                 delay = min(2 * delay, 1e-3)
 
-    def _waitall(self, reqs: list, what: str) -> None:
-        for r in reqs:
-            self._wait(r, what)
 
     def allreduce_(self, buf: np.ndarray, what: str = "allreduce") -> None:
         if self.size == 1:
@@ -254,14 +286,22 @@ class MPIBackend(Backend):
         else:
             self._wait(self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM), what)
 
-    def allreduce_many_(self, bufs: Sequence[np.ndarray], what: str = "allreduce") -> None:
+    def iallreduce_(self, buf: np.ndarray, what: str = "allreduce") -> Any:
         if self.size == 1:
-            return
-        MPI = self.MPI
+            return None
+        return self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+
+    def wait_(self, handles: Sequence[Any], what: str = "allreduce") -> None:
+        reqs = [h for h in handles if h is not None]
         if self.timeout is None:
-            self.MPI.Request.Waitall([self.comm.Iallreduce(MPI.IN_PLACE, b, op=MPI.SUM) for b in bufs])
+            self.MPI.Request.Waitall(reqs)
         else:
-            self._waitall([self.comm.Iallreduce(MPI.IN_PLACE, b, op=MPI.SUM) for b in bufs], what)
+            for r in reqs:
+                self._wait(r, what)
+
+    def progress_(self, handles: Sequence[Any]) -> bool:
+        reqs = [h for h in handles if h is not None]
+        return not reqs or bool(self.MPI.Request.Testall(reqs))
 
     def broadcast_(self, buf: np.ndarray, root: int = 0, what: str = "broadcast") -> None:
         if self.size == 1:
@@ -603,6 +643,12 @@ class ShardedLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def state(self) -> dict:
+        """What fixes the data order from here on, as `save` records it: the seed, the passes
+        done, the global batch (ranks x batchsize) and the number of observations."""
+        return {"seed": self.seed, "epoch": self.epoch, "global_batch": self.size * self.loader.batchsize,
+                "nobs": self.loader.nobs}
+
     def indices(self, epoch: int | None = None) -> np.ndarray:
         """The observations (positions in the loader's data) this rank gets in `epoch`."""
         epoch = self.epoch if epoch is None else epoch
@@ -680,106 +726,161 @@ def shard(loader: Any, *, rank: int | None = None, size: int | None = None, seed
 
 # ---------------------------------------------------------------- gradient averaging
 
+class _Bucket:
+    """Consecutive gradients (in reverse parameter order) of one dtype in one flat buffer,
+    summed by one allreduce."""
+
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+        self.items: list[tuple[int, int, int]] = []  # (parameter index, offset, size)
+        self.size = 0
+        self.flat: Tensor | None = None
+        self.buf: np.ndarray | None = None
+
+
 class _Layout:
-    """Where each gradient lives in the flat buffers, and tensors viewing those places."""
+    """Where each gradient lives in the flat buffers, and tensors viewing those places.
 
-    def __init__(self, xs: list[Tensor]):
-        n = len(xs)
-        self.n = n
-        dtypes = sorted({x.dtype.name for x in xs}, key=lambda d: (d != "float32", d)) or ["float32"]
-        self.bufs: list[np.ndarray] = []    # one flat buffer per dtype, float32 first
-        self.grads: list[np.ndarray] = []   # the gradient part of each (scaled after the sum)
-        self.dsts: list[tuple[int, np.ndarray]] = []  # (i, numpy view of gradient i's place, shaped as xs[i])
-        self.views: list[Tensor | None] = [None] * n  # tensors viewing the same places, handed to the update
-        self.flats: list[Tensor] = []
-        for gi, dt in enumerate(dtypes):
-            items, o = [], 0
-            for i, x in enumerate(xs):
-                if x.dtype.name == dt:
-                    k = int(x.size)
-                    items.append((i, o, k))
-                    o += k
-            extra = n + 2 if gi == 0 else 0  # group 0 ends with: presence per gradient, loss, step
-            flat = Tensor(np.zeros(o + extra, dtype=dt))
-            buf = flat.numpy()
-            if not (buf.flags["C_CONTIGUOUS"] and buf.flags["WRITEABLE"] and np.shares_memory(buf, flat.numpy())):
+    Parameters are walked in reverse order (the order the backward pass finishes them) and
+    packed, per dtype, into buckets of at most `bucket_bytes` (one larger parameter makes a
+    bucket alone); None: one bucket per dtype. The last bucket ends with the step's metadata:
+    a presence flag per gradient, the loss and a step tag."""
+
+    def __init__(self, xs: list[Tensor], bucket_bytes: int | None):
+        n = self.n = len(xs)
+        buckets: list[_Bucket] = []
+        open_: dict[str, _Bucket] = {}
+        for i in reversed(range(n)):
+            dt, k = xs[i].dtype.name, int(xs[i].size)
+            bk = open_.get(dt)
+            if bk is None or (bucket_bytes is not None and bk.items and
+                              (bk.size + k) * np.dtype(dt).itemsize > bucket_bytes):
+                bk = open_[dt] = _Bucket(dt)
+                buckets.append(bk)
+            bk.items.append((i, bk.size, k))
+            bk.size += k
+        if not buckets:
+            buckets.append(_Bucket("float32"))
+        self.buckets = buckets
+        self.bucket_of = [0] * n      # parameter -> its bucket's index
+        self.dsts: list[np.ndarray | None] = [None] * n  # numpy view of gradient i's place
+        self.views: list[Tensor | None] = [None] * n     # tensors viewing the same places, handed to the update
+        self.grads: list[np.ndarray] = []  # the gradient part of each buffer (scaled after the sum)
+        for bi, bk in enumerate(buckets):
+            extra = n + 2 if bi == len(buckets) - 1 else 0
+            bk.flat = Tensor(np.zeros(bk.size + extra, dtype=bk.dtype))
+            bk.buf = bk.flat.numpy()
+            if not (bk.buf.flags["C_CONTIGUOUS"] and bk.buf.flags["WRITEABLE"]
+                    and np.shares_memory(bk.buf, bk.flat.numpy())):
                 raise RuntimeError("GradAverager: Tensor.numpy() did not give a writeable view of the tensor")
-            for i, off, k in items:
+            for i, off, k in bk.items:
                 shape = tuple(xs[i].shape)
-                self.views[i] = flat[off:off + k].reshape(shape)
-                self.dsts.append((i, buf[off:off + k].reshape(shape)))
-            self.flats.append(flat)
-            self.bufs.append(buf)
-            self.grads.append(buf[:o])
-            if gi == 0:
-                self.meta = buf[o:]  # presence flags (n), loss, step tag
-        self.pieces: list[np.ndarray] | None = None
-
-    def buckets(self, nbytes: int) -> list[np.ndarray]:
-        if self.pieces is None:
-            self.pieces = []
-            for buf in self.bufs:
-                step = max(1, nbytes // buf.itemsize)
-                self.pieces.extend(buf[j:j + step] for j in range(0, len(buf), step))
-        return self.pieces
+                self.bucket_of[i] = bi
+                self.views[i] = bk.flat[off:off + k].reshape(shape)
+                self.dsts[i] = bk.buf[off:off + k].reshape(shape)
+            self.grads.append(bk.buf[:bk.size])
+        self.meta = buckets[-1].buf[buckets[-1].size:]  # presence flags (n), loss, step tag
 
 
 class GradAverager:
     """The gradient reducer of `fx.distributed.train_` (a ``fx.train.grad_reducer``).
 
-    Per step: copies every gradient into one flat buffer per dtype (float32: one buffer) whose
-    tail holds a presence flag per gradient, the loss and a step counter; sums it over ranks
-    with one allreduce; divides by the number of ranks. The returned gradients are views of
-    that buffer (valid until the next step, as DDP's ``gradient_as_bucket_view``); a gradient
-    no rank had stays None. The step counters are checked, so ranks that fell out of step
-    (one skipped a batch) raise `DesyncError` on every rank instead of mixing steps.
+    Per step: copies every gradient into flat buffers (buckets, see `bucket_mb`) whose last
+    one ends with a presence flag per gradient, the loss and a step counter; sums them over
+    ranks, one allreduce per bucket; divides by the number of ranks. The returned gradients
+    are views of those buffers (valid until the next step, as DDP's
+    ``gradient_as_bucket_view``); a gradient no rank had stays None. The step counters are
+    checked, so ranks that fell out of step (one skipped a batch) raise `DesyncError` on
+    every rank instead of mixing steps.
 
-    `bucket_bytes` splits the buffer into pieces reduced concurrently; measured no faster on
-    one machine (bench/distributed_scaling.py --allreduce), so off by default.
+    `bucket_mb`: with a size, parameters are grouped in reverse order into buckets of about
+    that many MiB (as PyTorch DDP's ``bucket_cap_mb``), and each bucket's allreduce starts
+    during the backward pass, as soon as its last gradient is final (`begin` hands `train_`
+    the callback), so that communication overlaps the rest of the backward pass. None: one
+    buffer per dtype, summed after the backward pass. Either way each element is the same
+    sum over ranks, so results are identical.
     """
 
-    def __init__(self, backend: Backend, bucket_bytes: int | None = None):
+    def __init__(self, backend: Backend, bucket_mb: float | None = DEFAULT_BUCKET_MB):
         self.backend = backend
-        self.bucket_bytes = bucket_bytes
+        self.bucket_mb = bucket_mb
         self.step = 0
         self._layouts: dict[tuple, _Layout] = {}
+        self._open: _Step | None = None
+        self._progress: _Progress | None = None
 
     def _layout(self, xs: list[Tensor]) -> _Layout:
-        key = tuple(map(id, xs))
+        nbytes = None if self.bucket_mb is None else max(1, int(self.bucket_mb * 2 ** 20))
+        key = (nbytes,) + tuple(map(id, xs))
         lay = self._layouts.get(key)
         if lay is None:
             if len(self._layouts) >= 8:
                 self._layouts.clear()
-            lay = self._layouts[key] = _Layout(xs)
+            lay = self._layouts[key] = _Layout(xs, nbytes)
         return lay
+
+    @property
+    def bucket_mb(self) -> float | None:
+        return self._bucket_mb
+
+    @bucket_mb.setter
+    def bucket_mb(self, mb: float | None) -> None:
+        if mb is not None and (isinstance(mb, bool) or not (isinstance(mb, (int, float)) and mb > 0)):
+            raise ValueError(f"GradAverager: bucket_mb must be a positive number of MiB or None, got {mb!r}")
+        self._bucket_mb = mb
+
+    def _driver(self) -> "_Progress | None":
+        """The thread that moves started allreduces along during the backward pass, for
+        backends that need it (`Backend.progress_`)."""
+        if type(self.backend).progress_ is Backend.progress_:
+            return None
+        if self._progress is None:
+            self._progress = _Progress(self.backend)
+        return self._progress
+
+    def begin(self, xs: list[Tensor]) -> Callable[[int, Tensor], None] | None:
+        """Called by `train_` before the backward pass: the callback for ``_core.grad``'s
+        `on_final`, which packs each final gradient and starts its bucket's allreduce when the
+        bucket is complete; None when there is nothing to overlap."""
+        self._open = None
+        if self.bucket_mb is None or self.backend.size == 1:
+            return None
+        lay = self._layout(xs)
+        if len(lay.buckets) == 1:
+            return None
+        self.step += 1
+        st = self._open = _Step(self, lay, xs, self._driver())
+        return st.on_final
 
     def __call__(self, xs: list[Tensor], grads: list[Tensor | None], loss: float) -> tuple[list, float]:
         b = self.backend
-        self.step += 1
-        lay = self._layout(xs)
-        n, meta = lay.n, lay.meta
+        st, self._open = self._open, None
+        if st is None or st.xs is not xs:  # no overlap this step: everything is packed now
+            self.step += 1
+            st = _Step(self, self._layout(xs), xs)
+        lay, n = st.lay, st.lay.n
+        meta = lay.meta
         copyto = np.copyto
-        for i, dst in lay.dsts:
+        for i in range(n):
+            if st.done[i]:
+                continue
             g = grads[i]
             if g is None:
-                dst.fill(0)
+                lay.dsts[i].fill(0)
                 meta[i] = 0
             else:
-                copyto(dst, g.numpy())
+                copyto(lay.dsts[i], g.numpy())
                 meta[i] = 1
         tag = float(self.step % 4096)
         meta[n] = loss
         meta[n + 1] = tag
         if b.size > 1:
-            what = f"gradient allreduce of step {self.step}"
-            if self.bucket_bytes:
-                b.allreduce_many_(lay.buckets(self.bucket_bytes), what)
-            elif len(lay.bufs) == 1:
-                b.allreduce_(lay.bufs[0], what)
-            else:
-                b.allreduce_many_(lay.bufs, what)
+            st.launch(len(lay.buckets))
+            if st.progress is not None:
+                st.progress.stop()
+            b.wait_(st.handles, st.what)
             if meta[n + 1] != tag * b.size:
-                raise DesyncError(f"rank {b.rank} of {b.size}: the ranks are out of step at the {what}: the step "
+                raise DesyncError(f"rank {b.rank} of {b.size}: the ranks are out of step at the {st.what}: the step "
                                   f"counters sum to {meta[n + 1]:g}, not {b.size} x {tag:g}. A rank skipped a batch, "
                                   "or ran a different number of batches or train_ calls; skips (fx.skip, hooks) "
                                   "must be taken on every rank alike.")
@@ -792,10 +893,95 @@ class GradAverager:
         return [views[i] if have[i] > 0 else None for i in range(n)], loss
 
 
-def _reducer() -> GradAverager:
+class _Step:
+    """One step's gradients on their way into the buckets: which are packed, which buckets
+    are complete, and the allreduces started so far (always in bucket order, the same on
+    every rank, as MPI requires)."""
+
+    def __init__(self, avg: GradAverager, lay: _Layout, xs: list[Tensor], progress: "_Progress | None" = None):
+        self.backend, self.lay, self.xs, self.progress = avg.backend, lay, xs, progress
+        self.what = f"gradient allreduce of step {avg.step}"
+        self.done = [False] * lay.n
+        self.left = [len(bk.items) for bk in lay.buckets]
+        self.left[-1] += 1  # the last bucket also waits for the metadata, written after the backward pass
+        self.started = 0
+        self.handles: list[Any] = []
+
+    def on_final(self, i: int, g: Tensor) -> None:
+        lay = self.lay
+        np.copyto(lay.dsts[i], g.numpy())
+        lay.meta[i] = 1
+        self.done[i] = True
+        bi = lay.bucket_of[i]
+        self.left[bi] -= 1
+        if bi == self.started and self.left[bi] == 0:
+            ready = self.started + 1
+            while ready < len(self.left) and self.left[ready] == 0:
+                ready += 1
+            self.launch(ready)
+
+    def launch(self, upto: int) -> None:
+        """Start the allreduces of buckets started..upto-1."""
+        b, p = self.backend, self.progress
+        while self.started < upto:
+            buf = self.lay.buckets[self.started].buf
+            if p is None:
+                self.handles.append(b.iallreduce_(buf, self.what))
+            else:
+                with p.lock:
+                    self.handles.append(b.iallreduce_(buf, self.what))
+                    p.pending.append(self.handles[-1])
+                    p.active.set()
+            self.started += 1
+
+
+class _Progress:
+    """A thread calling ``backend.progress_`` every `INTERVAL` seconds while allreduces
+    started during the backward pass are unfinished. MPICH moves a message between processes
+    only inside MPI calls, and the backward pass makes none: without this thread a bucket
+    would not advance until the wait after the backward pass. The backward pass runs without
+    the GIL, so the thread gets it at once; it sleeps between polls, and waits on an event
+    while nothing is in flight."""
+
+    INTERVAL = 200e-6  # a poll costs a few µs: a few % of a core, and only while a bucket is in flight
+
+    def __init__(self, backend: Backend):
+        import threading
+        self.backend = backend
+        self.lock = threading.Lock()  # one thread in the backend at a time
+        self.pending: list = []       # started, not yet seen complete
+        self.active = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="fluxrs-allreduce-progress", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """The backward pass is over: the caller waits for the rest itself."""
+        with self.lock:
+            self.pending.clear()
+            self.active.clear()
+
+    def _run(self) -> None:
+        sleep, interval = time.sleep, self.INTERVAL
+        while True:
+            self.active.wait()
+            with self.lock:
+                if self.pending:
+                    try:
+                        done = self.backend.progress_(list(self.pending))
+                    except Exception:  # the wait after the backward pass reports it
+                        done = True
+                    if done:
+                        self.pending.clear()
+                        self.active.clear()
+            sleep(interval)
+
+
+def _reducer(bucket_mb: float | None) -> GradAverager:
     global _averager
     if _averager is None or _averager.backend is not _backend:
-        _averager = GradAverager(backend())
+        _averager = GradAverager(backend(), bucket_mb)
+    elif _averager.bucket_mb != bucket_mb:
+        _averager.bucket_mb = bucket_mb  # the same averager: its step count and progress thread go on
     return _averager
 
 
@@ -832,7 +1018,7 @@ def epochs(n: int, callbacks: Any = None, *, start: int = 0) -> Iterator[int]:
 
 
 def train_(loss: Callable, *args: Any, progress: Any = False, callbacks: Any = None, reducer: Callable | None = None,
-           **kwargs: Any) -> None:
+           bucket_mb: float | None = DEFAULT_BUCKET_MB, **kwargs: Any) -> None:
     """``fx.train_`` across the job's processes: same arguments, same three styles.
 
     The first time a model (or `Params`) and an optimiser state are seen, rank 0's are
@@ -840,7 +1026,9 @@ def train_(loss: Callable, *args: Any, progress: Any = False, callbacks: Any = N
     ranks (`GradAverager`, or `reducer`) before the update. `progress` and the root-only
     `callbacks` (loggers, checkpoints: `ProgressBar`, `CSVLogger`, `ModelCheckpoint`, or any
     with ``root_only = True``) take effect on rank 0 only; the others run everywhere, and
-    see the averaged loss. Initialises the job (`init`) if needed.
+    see the averaged loss. Initialises the job (`init`) if needed. `bucket_mb`: the size of
+    the gradient buckets whose allreduce starts during the backward pass (`GradAverager`;
+    None: one allreduce after it).
 
     Every rank must make the same calls with data of the same number of batches (use
     `shard`). A `CommError` (a rank died, hangs, or fell out of step) aborts the job after
@@ -866,7 +1054,7 @@ def train_(loss: Callable, *args: Any, progress: Any = False, callbacks: Any = N
             progress = False
         if callbacks is not None:
             kwargs["callbacks"] = root_only(callbacks)
-        with grad_reducer(reducer if reducer is not None else _reducer()):
+        with grad_reducer(reducer if reducer is not None else _reducer(bucket_mb)):
             return plain_train_(loss, *args, progress=progress, **kwargs)
     except CommError as e:
         if b.size > 1:
@@ -876,10 +1064,67 @@ def train_(loss: Callable, *args: Any, progress: Any = False, callbacks: Any = N
         raise
 
 
-def save(path: Any, model: Any, opt_state: Any = None, **meta: Any) -> None:
-    """``fx.save`` on rank 0 only, then a barrier, so that no rank reads the file early."""
+def save(path: Any, model: Any, opt_state: Any = None, *, loader: ShardedLoader | None = None, **meta: Any) -> None:
+    """``fx.save`` on rank 0 only, then a barrier, so that no rank reads the file early.
+
+    With `loader` (the `ShardedLoader` trained on), the file also records what fixes the
+    data order, for `load_checkpoint`: the shuffling seed, the passes done and the global
+    batch. Save ``epoch=`` too (and ``rng=fx.random.get_state()``) to resume exactly.
+    """
     from fluxrs.io import save as plain_save
     b = backend()
+    if loader is not None:
+        meta["shard"] = loader.state()
     if b.rank == 0:
         plain_save(path, model, opt_state, **meta)
     b.barrier(f"barrier after saving {os.fspath(path)!r}")
+
+
+def load_checkpoint(path: Any, model: Any, opt_state: Any = None, *, loader: ShardedLoader | None = None,
+                    strict: bool = True) -> int:
+    """``fx.load_checkpoint`` for a job of any number of ranks, including another number than
+    the job that saved it: rank 0 reads the file (model, optimiser state, its random
+    generator) and broadcasts the model and optimiser state to every rank; every rank gets
+    the epoch to continue from, which it returns (for ``epochs(n, start=...)``). With
+    `loader` (this job's `ShardedLoader`), its seed and epoch are set from the file, so the
+    next pass continues the saved run's data order (see "Resuming" in the module's
+    documentation); a loader whose global batch differs from the saved run's gets a warning.
+    A file that cannot be loaded raises `fx.io.CheckpointError` on every rank.
+    """
+    import warnings
+
+    from fluxrs.io import CheckpointError, load as plain_load, load_checkpoint as plain_load_checkpoint
+    b = backend()
+    err, epoch, shard_state = None, 0, None
+    if b.rank == 0:
+        try:
+            ckpt = plain_load(path)
+            epoch = plain_load_checkpoint(ckpt, model, opt_state, strict=strict)
+            shard_state = ckpt.meta.get("shard")
+        except Exception as e:  # every rank must learn of it, or the others would wait for rank 0
+            err = e
+    why, epoch, shard_state = b.broadcast_object((None if err is None else f"{type(err).__name__}: {err}", epoch,
+                                                  shard_state), 0, "broadcast of the checkpoint's epoch")
+    if err is not None:
+        raise err
+    if why is not None:
+        raise CheckpointError(f"load_checkpoint({os.fspath(path)!r}) failed on rank 0: {why}")
+    broadcast_(model, opt_state)
+    _first_sight(model)  # train_ need not broadcast them again
+    if opt_state is not None:
+        _first_sight(opt_state)
+    if loader is not None:
+        if shard_state is None:
+            warnings.warn(f"load_checkpoint: {os.fspath(path)!r} records no data order (save it with "
+                          "fx.distributed.save(..., loader=sharded)): the loader keeps its own seed and epoch",
+                          UserWarning, stacklevel=2)
+        else:
+            loader.seed, loader.epoch = int(shard_state["seed"]), int(shard_state["epoch"])
+            mine = loader.size * loader.loader.batchsize
+            if shard_state.get("global_batch") != mine or shard_state.get("nobs") != loader.loader.nobs:
+                warnings.warn(f"load_checkpoint: the saved run trained on global batches of "
+                              f"{shard_state.get('global_batch')} of {shard_state.get('nobs')} observations, this "
+                              f"job on {mine} ({loader.size} ranks x {loader.loader.batchsize}) of "
+                              f"{loader.loader.nobs}: the steps will see other batches than the saved run would have",
+                              UserWarning, stacklevel=2)
+    return int(epoch)

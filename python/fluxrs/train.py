@@ -414,6 +414,11 @@ def grad_reducer(reduce: Callable | None) -> Iterator[None]:
     `loss` the step's loss as a float; the loss returned is the one checked for NaN, shown
     and passed to hooks. It is called on every step (with all-None grads when the loss is
     not a tensor), so every process makes the same calls.
+
+    A reducer may also have ``begin(params) -> callback or None``, called before each
+    backward pass: the callback gets ``(i, grad)`` for each parameter as soon as its gradient
+    is final, during the backward pass (`fx.distributed` starts sending buckets of them while
+    the rest are computed); ``reduce`` is then called as usual with all the gradients.
     """
     token = _reducer.set(reduce)
     try:
@@ -429,7 +434,14 @@ def _grads_and_loss(val: Any, xs: list[Tensor], i: int) -> tuple[list | None, fl
     if reduce is None:
         v = _finite(val, i)
         return (_core.grad(val, xs) if isinstance(val, Tensor) and xs else None), v
-    gs = _core.grad(val, xs) if isinstance(val, Tensor) and xs else [None] * len(xs)
+    if isinstance(val, Tensor) and xs:
+        # A reducer with `begin` may take each gradient as soon as it is final (to start
+        # communicating it during the rest of the backward pass).
+        begin = getattr(reduce, "begin", None)
+        on_final = begin(xs) if begin is not None else None
+        gs = _core.grad(val, xs, on_final=on_final)
+    else:
+        gs = [None] * len(xs)
     gs, v = reduce(xs, gs, float(val))
     return gs, _finite(v, i)
 

@@ -249,6 +249,19 @@ pub(crate) fn topo_order(root: &Tensor, leaves: &HashSet<TensorId>) -> (Vec<Tens
 /// When called inside an outer differentiation context, the backward pass is itself
 /// recorded, so its results can be differentiated again.
 pub fn grad(root: &Tensor, leaves: &[Tensor], seed: Option<&Tensor>) -> Result<Vec<Option<Tensor>>> {
+    grad_with(root, leaves, seed, None)
+}
+
+/// Called by `grad_with` with a leaf's index in `leaves` and its gradient, as soon as that
+/// gradient is final. An error stops the backward pass and is returned by `grad_with`.
+pub type OnFinal<'a> = &'a mut dyn FnMut(usize, &Tensor) -> Result<()>;
+
+/// `grad`, calling `on_final(i, gradient)` for each leaf `i` that gets a gradient as soon as
+/// no later step of the backward pass can change it: right after the last node that feeds
+/// it (data-parallel training starts sending a gradient while the rest are computed). Leaves
+/// are reported in the order their gradients complete, roughly the reverse of the forward
+/// pass; each once, and only those whose result is not None.
+pub fn grad_with(root: &Tensor, leaves: &[Tensor], seed: Option<&Tensor>, mut on_final: Option<OnFinal<'_>>) -> Result<Vec<Option<Tensor>>> {
     let seed = match seed {
         Some(s) => {
             if s.shape() != root.shape() {
@@ -266,59 +279,109 @@ pub fn grad(root: &Tensor, leaves: &[Tensor], seed: Option<&Tensor>) -> Result<V
     let leaf_ids: HashSet<TensorId> = leaves.iter().map(|t| t.id()).collect();
     let (order, needs) = topo_order(root, &leaf_ids);
 
+    // For the callback: the step of the backward pass (index into the reversed order) after
+    // which each leaf's gradient is final, i.e. the last node reading that leaf.
+    let mut final_at: HashMap<usize, Vec<TensorId>> = HashMap::new();
+    if on_final.is_some() {
+        let mut last: HashMap<TensorId, usize> = HashMap::new();
+        for (k, t) in order.iter().rev().enumerate() {
+            if !needs.contains(&t.id()) {
+                continue;
+            }
+            for i in &t.node().expect("ordered tensors have nodes").inputs {
+                if leaf_ids.contains(&i.id()) {
+                    last.insert(i.id(), k);
+                }
+            }
+        }
+        for (id, k) in last {
+            final_at.entry(k).or_default().push(id);
+        }
+    }
+    let mut positions: HashMap<TensorId, Vec<usize>> = HashMap::new();
+    if on_final.is_some() {
+        for (i, l) in leaves.iter().enumerate() {
+            positions.entry(l.id()).or_default().push(i);
+        }
+    }
+    let mut reported: HashSet<TensorId> = HashSet::new();
+    let mut report = |ids: &[TensorId], grads: &HashMap<TensorId, Tensor>, reported: &mut HashSet<TensorId>| -> Result<()> {
+        let Some(cb) = on_final.as_mut() else { return Ok(()) };
+        for id in ids {
+            let Some(g) = grads.get(id) else { continue };
+            if reported.insert(*id) {
+                for &i in &positions[id] {
+                    cb(i, g)?;
+                }
+            }
+        }
+        Ok(())
+    };
+
     let create_graph = watch_depth() > 0 && is_recording();
     let _guard = if create_graph { None } else { Some(NoGradGuard::new()) };
 
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
     grads.insert(root.id(), seed);
-    for t in order.iter().rev() {
-        if !needs.contains(&t.id()) {
-            continue;
+    for (k, t) in order.iter().rev().enumerate() {
+        if needs.contains(&t.id()) {
+            backward_step(t, &leaf_ids, &needs, create_graph, &mut grads)?;
         }
-        let node = t.node().expect("ordered tensors have nodes");
-        let g = if leaf_ids.contains(&t.id()) {
-            match grads.get(&t.id()) {
-                Some(g) => g.clone(),
-                None => continue,
-            }
-        } else {
-            // Intermediate gradients are freed as soon as they have been pushed back.
-            match grads.remove(&t.id()) {
-                Some(g) => g,
-                None => continue,
-            }
-        };
-        if !create_graph && node.op.accumulates() && needs.contains(&node.inputs[0].id()) && !node.inputs[0].is_gpu() {
-            let input = &node.inputs[0];
-            let acc = match grads.remove(&input.id()) {
-                Some(a) => a.into_exclusive()?,
-                None => Tensor::zeros(input.shape(), input.dtype()),
-            };
-            node.op.accumulate_into(&node.inputs, &g, &acc)?;
-            grads.insert(input.id(), acc);
-            continue;
-        }
-        let need: Vec<bool> = node.inputs.iter().map(|i| needs.contains(&i.id())).collect();
-        let input_grads = node.op.backward(&node.inputs, t, &g, &need)?;
-        for ((input, ig), &nd) in node.inputs.iter().zip(input_grads).zip(&need) {
-            let Some(ig) = ig else { continue };
-            if !nd {
-                continue;
-            }
-            if ig.shape() != input.shape() {
-                return Err(Error::Autodiff(format!(
-                    "internal: backward of {} gave a gradient of shape {:?} for an input of shape {:?}",
-                    node.op.name(),
-                    ig.shape(),
-                    input.shape()
-                )));
-            }
-            let acc = match grads.remove(&input.id()) {
-                Some(prev) => prev.add(&ig)?,
-                None => ig,
-            };
-            grads.insert(input.id(), acc);
+        if let Some(ids) = final_at.get(&k) {
+            report(ids, &grads, &mut reported)?;
         }
     }
+    // Leaves no node reads (the root itself, when it is watched) are final now.
+    let rest: Vec<TensorId> = leaves.iter().map(|l| l.id()).filter(|id| !reported.contains(id)).collect();
+    report(&rest, &grads, &mut reported)?;
     Ok(leaves.iter().map(|l| grads.get(&l.id()).cloned()).collect())
+}
+
+/// One node of the backward pass: push the gradient of `t` back to its inputs.
+fn backward_step(t: &Tensor, leaf_ids: &HashSet<TensorId>, needs: &HashSet<TensorId>, create_graph: bool, grads: &mut HashMap<TensorId, Tensor>) -> Result<()> {
+    let node = t.node().expect("ordered tensors have nodes");
+    let g = if leaf_ids.contains(&t.id()) {
+        match grads.get(&t.id()) {
+            Some(g) => g.clone(),
+            None => return Ok(()),
+        }
+    } else {
+        // Intermediate gradients are freed as soon as they have been pushed back.
+        match grads.remove(&t.id()) {
+            Some(g) => g,
+            None => return Ok(()),
+        }
+    };
+    if !create_graph && node.op.accumulates() && needs.contains(&node.inputs[0].id()) && !node.inputs[0].is_gpu() {
+        let input = &node.inputs[0];
+        let acc = match grads.remove(&input.id()) {
+            Some(a) => a.into_exclusive()?,
+            None => Tensor::zeros(input.shape(), input.dtype()),
+        };
+        node.op.accumulate_into(&node.inputs, &g, &acc)?;
+        grads.insert(input.id(), acc);
+        return Ok(());
+    }
+    let need: Vec<bool> = node.inputs.iter().map(|i| needs.contains(&i.id())).collect();
+    let input_grads = node.op.backward(&node.inputs, t, &g, &need)?;
+    for ((input, ig), &nd) in node.inputs.iter().zip(input_grads).zip(&need) {
+        let Some(ig) = ig else { continue };
+        if !nd {
+            continue;
+        }
+        if ig.shape() != input.shape() {
+            return Err(Error::Autodiff(format!(
+                "internal: backward of {} gave a gradient of shape {:?} for an input of shape {:?}",
+                node.op.name(),
+                ig.shape(),
+                input.shape()
+            )));
+        }
+        let acc = match grads.remove(&input.id()) {
+            Some(prev) => prev.add(&ig)?,
+            None => ig,
+        };
+        grads.insert(input.id(), acc);
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@ pub mod tensor;
 pub mod trace;
 pub mod vmath;
 
-pub use backprop::{grad, no_grad, pop_watch, push_watch, BackwardOp, NoGradGuard, WatchGuard};
+pub use backprop::{grad, grad_with, no_grad, pop_watch, push_watch, BackwardOp, NoGradGuard, WatchGuard};
 pub use device::Device;
 pub use dtype::{DType, Float};
 pub use error::{Error, Result};

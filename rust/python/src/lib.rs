@@ -28,14 +28,47 @@ fn unwrap_all(ts: &[PyRef<'_, PyTensor>]) -> Vec<Tensor> {
 }
 
 /// Gradients of `root` w.r.t. each of `leaves` (None where it does not depend on one).
-/// `seed` is the incoming gradient (ones for a scalar root when omitted).
+/// `seed` is the incoming gradient (ones for a scalar root when omitted). `on_final(i, g)`,
+/// when given, is called during the backward pass as soon as leaf i's gradient g is final;
+/// the pass runs without the GIL and takes it only for these calls. An exception raised by
+/// `on_final` stops the pass and propagates unchanged.
 #[pyfunction]
-#[pyo3(signature = (root, leaves, seed = None))]
-fn grad(py: Python<'_>, root: PyRef<'_, PyTensor>, leaves: Vec<PyRef<'_, PyTensor>>, seed: Option<PyRef<'_, PyTensor>>) -> PyResult<Vec<Option<PyTensor>>> {
+#[pyo3(signature = (root, leaves, seed = None, on_final = None))]
+fn grad(
+    py: Python<'_>,
+    root: PyRef<'_, PyTensor>,
+    leaves: Vec<PyRef<'_, PyTensor>>,
+    seed: Option<PyRef<'_, PyTensor>>,
+    on_final: Option<Py<PyAny>>,
+) -> PyResult<Vec<Option<PyTensor>>> {
     let root = root.inner.clone();
     let leaves = unwrap_all(&leaves);
     let seed = seed.map(|s| s.inner.clone());
-    let gs = run(py, move || fluxrs_core::grad(&root, &leaves, seed.as_ref()))?;
+    let Some(cb) = on_final else {
+        let gs = run(py, move || fluxrs_core::grad(&root, &leaves, seed.as_ref()))?;
+        return Ok(gs.into_iter().map(|g| g.map(PyTensor::wrap)).collect());
+    };
+    // The callback's exception is kept here and raised instead of the core's error that
+    // stopped the pass.
+    let (gs, raised) = run(py, move || {
+        let mut raised: Option<PyErr> = None;
+        let mut call = |i: usize, g: &Tensor| {
+            Python::attach(|py| cb.call1(py, (i, PyTensor::wrap(g.clone())))).map(drop).map_err(|e| {
+                raised = Some(e);
+                fluxrs_core::Error::Value { op: "grad", msg: "the on_final callback raised".into() }
+            })
+        };
+        match fluxrs_core::grad_with(&root, &leaves, seed.as_ref(), Some(&mut call)) {
+            Ok(gs) => Ok((gs, None)),
+            Err(e) => match raised {
+                Some(err) => Ok((vec![], Some(err))),
+                None => Err(e),
+            },
+        }
+    })?;
+    if let Some(e) = raised {
+        return Err(e);
+    }
     Ok(gs.into_iter().map(|g| g.map(PyTensor::wrap)).collect())
 }
 
