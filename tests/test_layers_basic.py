@@ -135,6 +135,7 @@ def test_softmax_of_infinite_logits():
     assert fx.softmax(fx.tensor([[inf, 2.0, inf], [1.0, 1.0, 1.0]])).numpy()[0].tolist() == [0.5, 0.0, 0.5]
     assert fx.logsoftmax(fx.tensor([2.0, inf])).tolist() == [-inf, 0.0]
     np.testing.assert_allclose(fx.logsoftmax(fx.tensor([inf, inf])).numpy(), [-np.log(2)] * 2, rtol=1e-6)
+    assert np.isnan(fx.softmax(fx.tensor([np.nan, inf])).numpy()).all()  # NaN still wins, as without +Inf
     # -Inf entries (a mask) stay finite elsewhere, forward and backward
     x = fx.tensor([[1.0, -inf, 2.0]])
     np.testing.assert_allclose(fx.softmax(x).numpy(), [numpy_softmax(np.array([1.0, 2.0])).tolist()[:1] + [0.0] +

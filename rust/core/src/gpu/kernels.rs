@@ -309,7 +309,9 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
     let base = (j / inner) * len * inner + j % inner;
     var m = bitcast<f32>(0xff800000u);
     for (var t = 0u; t < len; t++) { m = max(m, x[base + t * inner]); }
-    if (m > 3.0e38) {
+    var nan = false;
+    for (var t = 0u; t < len; t++) { let v = x[base + t * inner]; if (v != v) { nan = true; } }
+    if (m > 3.0e38 && !nan) {
         // +Inf in the lane: the +Inf entries share the mass (NNlib), as the CPU kernel does
         var k = 0.0;
         for (var t = 0u; t < len; t++) { if (x[base + t * inner] > 3.0e38) { k += 1.0; } }

@@ -37,6 +37,11 @@ fn lane<T: Elem>(o: &mut [T], i: &[T], log: bool) {
 /// share the mass equally and the others get none, where `exp(x - max)` would give NaN.
 #[cold]
 fn infinite_lane<T: Elem>(o: &mut [T], i: &[T], log: bool) {
+    if i.iter().any(|a| a.is_nan()) {
+        // NaN wins, as in the finite case (exp(NaN - max) poisons the sum)
+        o.fill(T::from_f64(f64::NAN));
+        return;
+    }
     let k = i.iter().filter(|&&a| a == T::INFINITY).count();
     let share = T::from_f64(1.0 / k as f64);
     for (oo, &a) in o.iter_mut().zip(i) {
