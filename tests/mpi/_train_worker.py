@@ -206,23 +206,10 @@ def buckets(out: str, r: int, n: int) -> None:
     np.savez(os.path.join(out, f"buckets_rank{r}.npz"), **got)
 
 
-def bench_overlap(r: int) -> None:
-    """Exposed communication of each bucket size (BENCH_BUCKETS, e.g. "none,1"), alternating
-    them every 5 steps within one job, so that load from elsewhere hits all alike (separate
-    jobs minutes apart on a shared machine differ by more than what is measured). Model and
-    batch as `bench`; BENCH_ROUNDS alternations. Used by bench/distributed_scaling.py --overlap."""
-    import statistics
-    bs = int(os.environ.get("BENCH_BATCH", "256"))
-    wide = os.environ.get("BENCH_MODEL", "wide") == "wide"
-    d_in, hidden = (784, 1024) if wide else (40, 100)
-    rng = np.random.default_rng(r)
-    X = rng.normal(size=(bs, d_in)).astype(np.float32)
-    Y = fx.onehotbatch(rng.integers(0, 10, bs), range(10)).numpy()
-    fx.seed_(0)
-    model = fx.Chain(fx.Dense(d_in, hidden, fx.relu), fx.Dense(hidden, hidden, fx.relu), fx.Dense(hidden, 10))
-    opt = fx.setup(fx.Adam(1e-3), model)
-    lossf = lambda m, x, y: fx.logitcrossentropy(m(x), y)  # noqa: E731
-    b = fx.distributed.backend()
+def _time_communication(b) -> list[float]:
+    """Wrap the backend's allreduce calls so that ``waited[0]`` adds up the time spent in them on
+    the training thread (not the progress thread's polls, which run during the backward pass):
+    the communication the backward pass did not hide."""
     waited = [0.0]
 
     def timed(f):
@@ -235,6 +222,32 @@ def bench_overlap(r: int) -> None:
         return call
 
     b.allreduce_, b.iallreduce_, b.wait_ = map(timed, (b.allreduce_, b.iallreduce_, b.wait_))
+    return waited
+
+
+def _bench_mlp(d_in: int, hidden: int):
+    """The benchmarks' MLP (d_in-hidden-hidden-10, relu) with Adam(1e-3), the same on every rank."""
+    fx.seed_(0)
+    model = fx.Chain(fx.Dense(d_in, hidden, fx.relu), fx.Dense(hidden, hidden, fx.relu), fx.Dense(hidden, 10))
+    return model, fx.setup(fx.Adam(1e-3), model)
+
+
+def bench_overlap(r: int) -> None:
+    """Exposed communication of each bucket size (BENCH_BUCKETS, e.g. "none,1"), alternating
+    them every 5 steps within one job, so that load from elsewhere hits all alike (separate
+    jobs minutes apart on a shared machine differ by more than what is measured). Model and
+    batch as `bench`; BENCH_ROUNDS alternations. Used by bench/distributed_scaling.py --overlap."""
+    import statistics
+    bs = int(os.environ.get("BENCH_BATCH", "256"))
+    wide = os.environ.get("BENCH_MODEL", "wide") == "wide"
+    d_in, hidden = (784, 1024) if wide else (40, 100)
+    rng = np.random.default_rng(r)
+    X = rng.normal(size=(bs, d_in)).astype(np.float32)
+    Y = fx.onehotbatch(rng.integers(0, 10, bs), range(10)).numpy()
+    model, opt = _bench_mlp(d_in, hidden)
+    lossf = lambda m, x, y: fx.logitcrossentropy(m(x), y)  # noqa: E731
+    b = fx.distributed.backend()
+    waited = _time_communication(b)
     names = os.environ.get("BENCH_BUCKETS", "none,1").split(",")
     avgs = {m: fx.distributed.GradAverager(b, None if m == "none" else float(m)) for m in names}
     got = {m: ([], []) for m in names}
@@ -269,27 +282,11 @@ def bench(out: str, r: int, n: int) -> None:
     rng = np.random.default_rng(r)
     X = rng.normal(size=(bs * nb, d_in)).astype(np.float32)
     Y = fx.onehotbatch(rng.integers(0, 10, bs * nb), range(10)).numpy()
-    fx.seed_(0)
-    model = fx.Chain(fx.Dense(d_in, hidden, fx.relu), fx.Dense(hidden, hidden, fx.relu), fx.Dense(hidden, 10))
-    opt = fx.setup(fx.Adam(1e-3), model)
+    model, opt = _bench_mlp(d_in, hidden)
     loader = fx.distributed.shard(fx.DataLoader((X, Y), batchsize=bs, shuffle=True), rank=0, size=1, seed=0)
     lossf = lambda m, x, y: fx.logitcrossentropy(m(x), y)  # noqa: E731
     train = fx.distributed.train_ if os.environ.get("BENCH_PLAIN") != "1" else fx.train_
-    b = fx.distributed.backend()
-    waited = [0.0]
-
-    # Time in the gradient allreduce's calls on the training thread (not the progress thread's
-    # polls, which run during the backward pass): the communication the backward pass did not hide.
-    def timed(f):
-        def call(*a):
-            t = time.perf_counter()
-            try:
-                return f(*a)
-            finally:
-                waited[0] += time.perf_counter() - t
-        return call
-
-    b.allreduce_, b.iallreduce_, b.wait_ = map(timed, (b.allreduce_, b.iallreduce_, b.wait_))
+    waited = _time_communication(fx.distributed.backend())
     mb = os.environ.get("BENCH_BUCKET_MB", "")
     if train is not fx.train_ and mb:
         train = functools.partial(train, bucket_mb=None if mb == "none" else float(mb))
