@@ -64,6 +64,16 @@ pub(crate) unsafe fn gemm_rm<T: Elem>(
         }
         return;
     }
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && super::dot_gemm::wanted(m, n, k, lhs.1, rhs.2, matches!(par, gemm::Parallelism::None))
+        && lhs.2 > 0
+        && rhs.1 > 0
+    {
+        // SAFETY: T is f32; both operands are contiguous along k with positive row strides,
+        // as `wanted` and the checks above require, and the caller's promises cover the rest.
+        unsafe { super::dot_gemm::dot_nt(m, n, k, lhs.0 as *const f32, lhs.2 as usize, rhs.0 as *const f32, rhs.1 as usize, dst as *mut f32, dst_rs, acc) };
+        return;
+    }
     let elem = std::mem::size_of::<T>();
     let aliasing = rhs.2 == 1 && rhs.1 > 0 && (rhs.1 as usize * elem) % ALIASING_STRIDE_BYTES == 0 && m >= 32 && n >= 64;
     // Only written and read through raw pointers (its padding never), so it keeps length 0.

@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod compare;
 pub mod conv;
+mod dot_gemm;
 pub mod loss;
 pub mod matmul;
 pub mod nn;

@@ -1,0 +1,157 @@
+//! Small float32 products whose operands are both contiguous along k (`x @ w^T` for a Dense
+//! layer's forward pass: a batch of rows against the weight's rows), computed as blocks of
+//! dot products straight from the operands.
+//!
+//! The gemm crate packs both operands into panels before it multiplies. For a skinny product
+//! with a long k (the seed model's first layer: 32 x 32 outputs over k = 784) that packing is
+//! a large share of the work, and a 4 x 3 block of vector dot products, read as the operands
+//! lie, ran the product in 0.60-0.75 of gemm's time (AVX2 host, interleaved repeats of
+//! 32x32x784, 32x32x256, 64x64x512, 16x16x784); wider outputs or short k went gemm's way.
+//! Each output's sum runs over k in the same order whatever the shape of the block it falls
+//! in, so results do not depend on how a product is split.
+
+use std::sync::OnceLock;
+
+/// Whether a product of this size and layout goes here: float32, both operands contiguous
+/// along k, k long enough to amortise each output's horizontal sum, few outputs (wider ones
+/// reuse gemm's packed panels better), and below gemm's threading threshold.
+pub(crate) fn wanted(m: usize, n: usize, k: usize, lhs_cs: isize, rhs_rs: isize, serial: bool) -> bool {
+    serial && lhs_cs == 1 && rhs_rs == 1 && k >= 128 && m * n <= 4096 && available()
+}
+
+fn available() -> bool {
+    static AVX2: OnceLock<bool> = OnceLock::new();
+    *AVX2.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::env::var_os("FLUXRS_NO_DOT_GEMM").is_none() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// `dst[i*ldd + j] (+)= sum_k a[i*lda + k] * b[j*ldb + k]` for i < m, j < n.
+///
+/// SAFETY: `wanted` returned true (the CPU has AVX2 and FMA); `a` covers m rows of k
+/// elements lda apart, `b` n rows of k elements ldb apart, `dst` m rows of n elements ldd
+/// apart, not overlapping the operands.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn dot_nt(m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, dst: *mut f32, ldd: usize, acc: bool) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as the caller promises
+    unsafe {
+        avx2::dot_nt(m, n, k, a, lda, b, ldb, dst, ldd, acc)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (m, n, k, a, lda, b, ldb, dst, ldd, acc);
+        unreachable!("dot_gemm::wanted is false off x86_64")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Rows of `a` and of `b` per block: 12 accumulators, 3 loaded rows of b and one of a
+    /// fill the 16 vector registers.
+    const R: usize = 4;
+    const S: usize = 3;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        // SAFETY: register-only intrinsics, AVX2 enabled by the caller
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dot_nt(m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, dst: *mut f32, ldd: usize, acc: bool) {
+        let kv = k / 8 * 8;
+        for i in (0..m).step_by(R) {
+            let mi = (m - i).min(R);
+            // SAFETY (whole block): rows past the edge repeat the last real row, so every
+            // read stays inside the operands; only the mi x nj real outputs are written.
+            let ap: [*const f32; R] = std::array::from_fn(|r| unsafe { a.add((i + r.min(mi - 1)) * lda) });
+            for j in (0..n).step_by(S) {
+                let nj = (n - j).min(S);
+                let bp: [*const f32; S] = std::array::from_fn(|s| unsafe { b.add((j + s.min(nj - 1)) * ldb) });
+                let mut c = [[_mm256_setzero_ps(); S]; R];
+                for o in (0..kv).step_by(8) {
+                    let bv: [__m256; S] = std::array::from_fn(|s| unsafe { _mm256_loadu_ps(bp[s].add(o)) });
+                    for (r, cr) in c.iter_mut().enumerate() {
+                        let av = unsafe { _mm256_loadu_ps(ap[r].add(o)) };
+                        for (cs, bs) in cr.iter_mut().zip(&bv) {
+                            *cs = _mm256_fmadd_ps(av, *bs, *cs);
+                        }
+                    }
+                }
+                for (r, cr) in c.iter().enumerate().take(mi) {
+                    for (s, cs) in cr.iter().enumerate().take(nj) {
+                        unsafe {
+                            let mut v = hsum(*cs);
+                            for t in kv..k {
+                                v += *ap[r].add(t) * *bp[s].add(t);
+                            }
+                            let d = dst.add((i + r) * ldd + j + s);
+                            *d = if acc { *d + v } else { v };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f64> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|t| a[i * k + t] as f64 * b[j * k + t] as f64).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn blocks_and_edges_match_a_float64_reference() {
+        if !available() {
+            return;
+        }
+        // every remainder of the 4 x 3 block and of the 8-wide k loop, accumulating or not
+        for (m, n, k) in [(1, 1, 1), (5, 7, 130), (4, 3, 8), (9, 11, 201), (32, 32, 784)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+            let b: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+            let want = naive(m, n, k, &a, &b);
+            for acc in [false, true] {
+                // a destination wider than n (ldd > n): the columns past n stay as they were
+                let ldd = n + 2;
+                let mut dst = vec![1.0f32; m * ldd];
+                unsafe { dot_nt(m, n, k, a.as_ptr(), k, b.as_ptr(), k, dst.as_mut_ptr(), ldd, acc) };
+                for i in 0..m {
+                    for j in 0..ldd {
+                        let got = dst[i * ldd + j] as f64;
+                        if j >= n {
+                            assert_eq!(got, 1.0);
+                            continue;
+                        }
+                        let w = want[i * n + j] + if acc { 1.0 } else { 0.0 };
+                        assert!((got - w).abs() <= 1e-4 * (1.0 + w.abs()), "{m}x{n}x{k} acc={acc} at ({i},{j}): {got} vs {w}");
+                    }
+                }
+            }
+        }
+    }
+}
