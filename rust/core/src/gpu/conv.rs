@@ -3,7 +3,7 @@
 //! forward: y = act(conv(x, w) + b); data: act(conv_transpose(gy, w) + b) (the input
 //! gradient, and ConvTranspose's forward); filter: the weight gradient.
 
-use super::kernels::{act_code, packed};
+use super::kernels::packed;
 use super::{context, with_buf, wrap};
 use crate::error::Result;
 use crate::ops::nn::Act;
@@ -160,7 +160,7 @@ fn run(name: &'static str, body: &str, mut meta: Vec<u32>, act: Act, ins: &[&Ten
     }
     let ins = ins.iter().map(|t| packed(t)).collect::<Result<Vec<_>>>()?;
     let bias = bias.map(packed).transpose()?;
-    meta.extend([act_code(act), bias.is_some() as u32, n as u32]);
+    meta.extend([act.code(), bias.is_some() as u32, n as u32]);
     let src = super::kernels::with_common(&format!("{PRELUDE}{body}"));
     with_buf(&ins[0], |a| {
         with_buf(&ins[1], |b| {

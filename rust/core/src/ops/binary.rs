@@ -11,28 +11,18 @@ use crate::tensor::Tensor;
 use crate::vmath::simd;
 use crate::with_dtype;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Pow,
-    Maximum,
-    Minimum,
-}
-
-impl BinaryOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "add",
-            BinaryOp::Sub => "sub",
-            BinaryOp::Mul => "mul",
-            BinaryOp::Div => "div",
-            BinaryOp::Pow => "pow",
-            BinaryOp::Maximum => "maximum",
-            BinaryOp::Minimum => "minimum",
-        }
+op_table! {
+    /// The GPU kernel's expressions read the operands' elements `p` and `q`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum BinaryOp {
+        Add = "add" => "p + q",
+        Sub = "sub" => "p - q",
+        Mul = "mul" => "p * q",
+        Div = "div" => "p / q",
+        Pow = "pow" => "powf(p, q)",
+        // NaN propagates, as on the CPU
+        Maximum = "maximum" => "select(q, p, p != p || p >= q)",
+        Minimum = "minimum" => "select(q, p, p != p || p <= q)",
     }
 }
 

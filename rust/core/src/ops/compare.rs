@@ -10,38 +10,28 @@ use crate::storage::Elem;
 use crate::tensor::Tensor;
 use crate::with_dtype;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CmpOp {
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-}
-
-impl CmpOp {
-    fn name(self) -> &'static str {
-        match self {
-            CmpOp::Eq => "eq",
-            CmpOp::Ne => "ne",
-            CmpOp::Lt => "lt",
-            CmpOp::Le => "le",
-            CmpOp::Gt => "gt",
-            CmpOp::Ge => "ge",
-        }
+op_table! {
+    /// The GPU kernel's expressions read the operands' elements `p` and `q`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum CmpOp {
+        Eq = "eq" => "mask(p == q)",
+        Ne = "ne" => "mask(p != q)",
+        Lt = "lt" => "mask(p < q)",
+        Le = "le" => "mask(p <= q)",
+        Gt = "gt" => "mask(p > q)",
+        Ge = "ge" => "mask(p >= q)",
     }
 }
 
 fn cmp_kernel<T: Elem>(op: CmpOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let m = |c: bool| if c { T::ONE } else { T::ZERO };
     match op {
-        CmpOp::Eq => zip_map::<T>("eq", a, b, move |x, y| m(x == y)),
-        CmpOp::Ne => zip_map::<T>("ne", a, b, move |x, y| m(x != y)),
-        CmpOp::Lt => zip_map::<T>("lt", a, b, move |x, y| m(x < y)),
-        CmpOp::Le => zip_map::<T>("le", a, b, move |x, y| m(x <= y)),
-        CmpOp::Gt => zip_map::<T>("gt", a, b, move |x, y| m(x > y)),
-        CmpOp::Ge => zip_map::<T>("ge", a, b, move |x, y| m(x >= y)),
+        CmpOp::Eq => zip_map::<T>(op.name(), a, b, move |x, y| m(x == y)),
+        CmpOp::Ne => zip_map::<T>(op.name(), a, b, move |x, y| m(x != y)),
+        CmpOp::Lt => zip_map::<T>(op.name(), a, b, move |x, y| m(x < y)),
+        CmpOp::Le => zip_map::<T>(op.name(), a, b, move |x, y| m(x <= y)),
+        CmpOp::Gt => zip_map::<T>(op.name(), a, b, move |x, y| m(x > y)),
+        CmpOp::Ge => zip_map::<T>(op.name(), a, b, move |x, y| m(x >= y)),
     }
 }
 

@@ -12,24 +12,27 @@ use crate::tensor::Tensor;
 use crate::vmath::simd;
 use crate::with_dtype;
 
-/// Activations whose derivative can be computed from the output alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Act {
-    Identity,
-    Relu,
-    Sigmoid,
-    Tanh,
+op_table! {
+    /// The activations fused into Dense and Conv: those whose derivative can be computed
+    /// from the output alone. The GPU kernels' expressions read the pre-activation `v`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Act {
+        Identity = "identity" => "v",
+        // a select, not max: NaN passes through
+        Relu = "relu" => "select(v, 0.0, v < 0.0)",
+        Sigmoid = "sigmoid" => "1.0 / (1.0 + exp(-v))",
+        Tanh = "tanh" => "tanh(clamp(v, -15.0, 15.0))",
+    }
 }
 
 impl Act {
     pub fn from_name(name: &str) -> Option<Act> {
-        Some(match name {
-            "identity" => Act::Identity,
-            "relu" => Act::Relu,
-            "sigmoid" => Act::Sigmoid,
-            "tanh" => Act::Tanh,
-            _ => return None,
-        })
+        Act::every().into_iter().find(|a| a.name() == name)
+    }
+
+    /// The names `from_name` takes, in table order.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        Act::TABLE.iter().map(|(name, _)| *name)
     }
 }
 
