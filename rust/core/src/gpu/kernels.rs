@@ -17,6 +17,7 @@ use crate::layout::broadcast_shapes;
 use crate::ops::binary::BinaryOp;
 use crate::ops::compare::CmpOp;
 use crate::ops::nn::Act;
+use crate::ops::reduce::Kind;
 use crate::ops::unary::UnaryOp;
 use crate::tensor::Tensor;
 use crate::Device;
@@ -157,7 +158,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
 "#;
 
 // One thread per output element, looping over the reduced elements. SUM, MAX and MIN are
-// `ReduceKind`'s codes, declared ahead of it (`reduce_source`).
+// `reduce::Kind`'s codes, declared ahead of it (`reduce_source`).
 // md: n_out, ndim, kind, off, count, 0, shape[ndim], strides[ndim], reduced[ndim]
 const REDUCE: &str = r#"
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -507,25 +508,18 @@ pub(crate) fn compare(op: CmpOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     zip_launch("compare", ("compare", compare_source()), a, b, op.code())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReduceKind {
-    Sum = 0,
-    Max = 1,
-    Min = 2,
-}
-
-/// The reduce kernel, with its kind codes declared from `ReduceKind`.
+/// The reduce kernel, with its kind codes declared from `reduce::Kind`.
 fn reduce_source() -> &'static str {
     static SRC: OnceLock<String> = OnceLock::new();
     SRC.get_or_init(|| {
-        let kinds = [("SUM", ReduceKind::Sum), ("MAX", ReduceKind::Max), ("MIN", ReduceKind::Min)];
+        let kinds = [("SUM", Kind::Sum), ("MAX", Kind::Max), ("MIN", Kind::Min)];
         let consts: String = kinds.iter().map(|(name, k)| format!("const {name}: u32 = {}u;\n", *k as u32)).collect();
         with_common(&format!("{consts}{REDUCE}"))
     })
 }
 
 /// Reduce `axes` (sorted, distinct) of `x`, dropping them from the shape.
-pub(crate) fn reduce(x: &Tensor, axes: &[usize], kind: ReduceKind) -> Result<Tensor> {
+pub(crate) fn reduce(x: &Tensor, axes: &[usize], kind: Kind) -> Result<Tensor> {
     let x = on_gpu("reduce", x)?;
     let g = context()?;
     let shape: Vec<usize> = x.shape().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();

@@ -2,6 +2,7 @@
 
 use ndarray::{ArrayD, Zip};
 
+use crate::backend;
 use crate::backprop::{record, replay, BackwardOp};
 use crate::error::{Error, Result};
 use crate::layout::broadcast_shapes;
@@ -104,9 +105,8 @@ fn is_two(t: &Tensor) -> bool {
 
 fn forward(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     check_same_dtype(op.name(), a, b)?;
-    #[cfg(feature = "gpu")]
-    if crate::device::common_device(op.name(), &[a, b])? == crate::Device::Gpu {
-        return crate::gpu::binary(op, a, b);
+    if let Some(be) = backend::common(op.name(), &[a, b])? {
+        return be.binary(op, a, b);
     }
     let name = op.name();
     with_dtype!(a.dtype(), T => match op {

@@ -2,6 +2,7 @@
 
 use ndarray::Zip;
 
+use crate::backend;
 use crate::backprop::{record, BackwardOp};
 use crate::error::Result;
 use crate::layout::broadcast_shapes;
@@ -53,9 +54,8 @@ impl BackwardOp for Where {
 impl Tensor {
     pub fn compare(&self, op: CmpOp, other: &Tensor) -> Result<Tensor> {
         check_same_dtype(op.name(), self, other)?;
-        #[cfg(feature = "gpu")]
-        if crate::device::common_device(op.name(), &[self, other])? == crate::Device::Gpu {
-            return crate::gpu::compare(op, self, other);
+        if let Some(be) = backend::common(op.name(), &[self, other])? {
+            return be.compare(op, self, other);
         }
         with_dtype!(self.dtype(), T => cmp_kernel::<T>(op, self, other))
     }
@@ -84,9 +84,8 @@ impl Tensor {
         check_same_dtype("where", a, b)?;
         check_same_dtype("where", cond, a)?;
         let shape = broadcast_shapes("where", &broadcast_shapes("where", cond.shape(), a.shape())?, b.shape())?;
-        #[cfg(feature = "gpu")]
-        if crate::device::common_device("where", &[cond, a, b])? == crate::Device::Gpu {
-            return Ok(record(crate::gpu::where_(cond, a, b, &shape)?, Where, &[cond, a, b]));
+        if let Some(be) = backend::common("where", &[cond, a, b])? {
+            return Ok(record(be.where_(cond, a, b, &shape)?, Where, &[cond, a, b]));
         }
         let out = with_dtype!(a.dtype(), T => {
             cond.with_view::<T, _>(|c| a.with_view::<T, _>(|av| b.with_view::<T, _>(|bv| {

@@ -3,6 +3,7 @@
 //! one allocation and one pass instead of three ops. Its backward uses ordinary
 //! differentiable ops, so second derivatives still work.
 
+use crate::backend;
 use crate::backprop::{record, replay, should_record, BackwardOp};
 use crate::error::{shape_err, Result};
 use crate::ops::binary::{check_same_dtype, map2};
@@ -31,7 +32,7 @@ impl Act {
     }
 
     /// The names `from_name` takes, in table order.
-    pub fn names() -> impl Iterator<Item = &'static str> {
+    pub fn names() -> impl ExactSizeIterator<Item = &'static str> {
         Act::TABLE.iter().map(|(name, _)| *name)
     }
 }
@@ -185,23 +186,6 @@ impl BackwardOp for Dense {
     }
 }
 
-/// The GPU's fused Dense (one kernel: the matmul with bias and activation in its epilogue),
-/// or None when the operands are on the CPU.
-#[cfg(feature = "gpu")]
-fn dense_gpu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -> Result<Option<Tensor>> {
-    let mut all = vec![x, w];
-    all.extend(b);
-    if crate::device::common_device("dense", &all)? != crate::Device::Gpu {
-        return Ok(None);
-    }
-    Ok(Some(crate::gpu::matmul_bias_act(x, &w.transpose(0, 1)?, b, act)?))
-}
-
-#[cfg(not(feature = "gpu"))]
-fn dense_gpu(_x: &Tensor, _w: &Tensor, _b: Option<&Tensor>, _act: Act) -> Result<Option<Tensor>> {
-    Ok(None)
-}
-
 impl Tensor {
     /// act(x @ w^T + b) for x `(n, in)`, w `(out, in)`, b `(out,)`.
     pub fn dense(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -> Result<Tensor> {
@@ -218,8 +202,12 @@ impl Tensor {
                 return shape_err("dense", format!("bias of shape {:?} does not match weight of shape {:?}", b.shape(), w.shape()));
             }
         }
-        let out = match dense_gpu(x, w, b, act)? {
-            Some(out) => out,
+        let operands: &[&Tensor] = match b {
+            Some(b) => &[x, w, b],
+            None => &[x, w],
+        };
+        let out = match backend::common("dense", operands)? {
+            Some(be) => be.dense(x, w, b, act)?,
             None => with_dtype!(x.dtype(), T => dense_kernel::<T>(x, w, b, act)?),
         };
         Ok(match b {

@@ -1,5 +1,6 @@
 //! Elementwise unary math and activations.
 
+use crate::backend;
 use crate::backprop::{record, replay, BackwardOp};
 use crate::dtype::Float;
 use crate::error::Result;
@@ -72,9 +73,8 @@ pub(crate) fn map<T: Elem>(x: &Tensor, f: impl Fn(T) -> T + Sync + Send) -> Resu
 }
 
 fn forward(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "gpu")]
-    if x.is_gpu() {
-        return crate::gpu::unary(op, x);
+    if let Some(b) = backend::of(x) {
+        return b.unary(op, x);
     }
     with_dtype!(x.dtype(), T => {
         let c = |v: f64| T::from_f64(v);
