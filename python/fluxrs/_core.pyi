@@ -188,6 +188,8 @@ class OptState:
 
 GPU_COMPILED: bool
 """Whether this build has the wgpu backend (cargo feature `gpu`)."""
+FUSED_ACTIVATIONS: tuple[str, ...]
+"""The activations `dense` and `conv` fuse into their kernels, by `fused_name`."""
 def gpu_info() -> str: ...
 def grad(root: Tensor, leaves: Sequence[Tensor], seed: Optional[Tensor] = None,
          on_final: Optional[Callable[[int, Tensor], object]] = None) -> list[Optional[Tensor]]: ...
@@ -263,6 +265,7 @@ __all__ = [
     "ClipGrad",
     "ClipNorm",
     "Descent",
+    "FUSED_ACTIVATIONS",
     "GPU_COMPILED",
     "Lion",
     "Momentum",

@@ -29,10 +29,6 @@ from fluxrs.tensor import host_like
 
 __all__ = ["Dense", "Chain"]
 
-# The activations of the fused Rust kernel act(x @ W.T + b): one Python→Rust crossing per
-# layer instead of three.
-_FUSED_ACTS = {"identity", "relu", "sigmoid", "tanh"}
-
 _warned_f64 = False
 
 
@@ -158,8 +154,10 @@ class Dense(Layer):
                 hint = f"; flatten the sample axes first, e.g. x.reshape({shape[0]}, {n_in})"
             raise ValueError(f"{self._repr_inner()} expects input with {n_in} features on axis -1, "
                              f"got {shape}{hint}")
+        # An activation the Rust kernel fuses runs as act(x @ W.T + b) in one call: one
+        # Python→Rust crossing per layer instead of three.
         fused = getattr(self.act, "fused_name", None)
-        if fused in _FUSED_ACTS:
+        if fused in _core.FUSED_ACTIVATIONS:
             return _core.dense(x, self.weight, self.bias, fused)
         y = x @ self.weight.T
         if self.bias is not None:

@@ -44,7 +44,6 @@ __all__ = ["SamePad", "Conv", "ConvTranspose", "CrossCor", "DepthwiseConv", "Max
            "AdaptiveMaxPool", "AdaptiveMeanPool", "GlobalMaxPool", "GlobalMeanPool", "Flatten", "flatten",
            "Upsample", "PixelShuffle", "pixel_shuffle", "lpnormpool"]
 
-_FUSED_ACTS = {"identity", "relu", "sigmoid", "tanh"}
 _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
@@ -237,7 +236,7 @@ def _parse(who: str, k: Any, ch: Any, args: tuple, act: Any) -> tuple[Any, Any, 
 
 def _fused(act: Callable) -> str | None:
     name = getattr(act, "fused_name", None)
-    return name if name in _FUSED_ACTS else None
+    return name if name in _core.FUSED_ACTIVATIONS else None
 
 
 class Conv(Layer):

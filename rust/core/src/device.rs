@@ -5,6 +5,7 @@
 //! a one-element CPU tensor next to a GPU tensor: backward rules build their constants
 //! (`1`, `0`, a scale) on the CPU, and moving one number is cheaper than an error.
 
+use crate::backend;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -34,17 +35,9 @@ pub const GPU_COMPILED: bool = cfg!(feature = "gpu");
 
 /// The GPU adapter's description, or why there is none.
 pub fn gpu_info() -> Result<String> {
-    #[cfg(feature = "gpu")]
-    {
-        crate::gpu::context().map(|g| g.description())
-    }
-    #[cfg(not(feature = "gpu"))]
-    {
-        Err(not_compiled("gpu"))
-    }
+    backend::get(Device::Gpu).ok_or_else(|| not_compiled("gpu"))?.describe()
 }
 
-#[cfg_attr(feature = "gpu", allow(dead_code))]
 pub(crate) fn not_compiled(op: &'static str) -> Error {
     Error::Device {
         op,
@@ -72,22 +65,16 @@ impl Tensor {
         if self.device() == device {
             return Ok(self.clone());
         }
-        #[cfg(feature = "gpu")]
-        {
-            match device {
-                Device::Gpu => crate::gpu::upload(self),
-                Device::Cpu => crate::gpu::download(self),
-            }
-        }
-        #[cfg(not(feature = "gpu"))]
-        {
-            Err(not_compiled("to_device"))
+        // Up from the CPU to an accelerator, or down from one.
+        match (backend::get(device), backend::get(self.device())) {
+            (Some(to), _) => to.upload(self),
+            (None, Some(from)) => from.download(self),
+            (None, None) => Err(not_compiled("to_device")),
         }
     }
 }
 
 /// The device an op on `inputs` runs on, or an error naming the op when they disagree.
-#[cfg_attr(not(feature = "gpu"), allow(dead_code))]
 pub(crate) fn common_device(op: &'static str, inputs: &[&Tensor]) -> Result<Device> {
     let mut dev = None;
     for t in inputs {

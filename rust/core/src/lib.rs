@@ -3,6 +3,7 @@
 //! Nothing here knows about Python; the `fluxrs-python` crate binds it. See `backprop`
 //! for how differentiation is recorded per thread.
 
+mod backend;
 pub mod backprop;
 pub mod device;
 pub mod dtype;

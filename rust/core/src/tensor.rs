@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ndarray::{ArrayD, ArrayViewD, IxDyn, ShapeBuilder};
 use parking_lot::RwLock;
 
+use crate::backend;
 use crate::backprop::Node;
 use crate::dtype::DType;
 use crate::error::{shape_err, Error, Result};
@@ -229,8 +230,7 @@ impl Tensor {
     }
 
     pub fn to_vec_f64(&self) -> Vec<f64> {
-        #[cfg(feature = "gpu")]
-        if self.is_gpu() {
+        if backend::of(self).is_some() {
             // A read-back (the sync point); NaN if the device failed since the data went up.
             return match self.to_device(crate::Device::Cpu) {
                 Ok(c) => c.to_vec_f64(),
@@ -258,9 +258,8 @@ impl Tensor {
         if src.dtype() != self.dtype() {
             return Err(Error::DType { op: "assign", msg: format!("cannot assign {} data to a {} tensor", src.dtype(), self.dtype()) });
         }
-        #[cfg(feature = "gpu")]
-        if self.is_gpu() || src.is_gpu() {
-            return crate::gpu::assign(self, src);
+        if let Some(b) = backend::of(self).or_else(|| backend::of(src)) {
+            return b.assign(self, src);
         }
         let bshape = crate::layout::broadcast_shapes("assign", self.shape(), src.shape())?;
         if bshape != self.shape() {
@@ -300,8 +299,7 @@ impl Tensor {
         if src.shape() != self.shape() || src.dtype() != self.dtype() {
             return shape_err("add_assign", format!("cannot add {:?} into {:?}", src.shape(), self.shape()));
         }
-        #[cfg(feature = "gpu")]
-        if self.is_gpu() {
+        if backend::of(self).is_some() {
             return Err(Error::Device { op: "add_assign", msg: "in-place accumulation runs on the CPU only".into() });
         }
         with_dtype!(self.dtype(), T => {
@@ -318,11 +316,15 @@ impl Tensor {
 
     /// The guard of every CPU data accessor: right dtype, and the data on the CPU.
     pub(crate) fn check_dtype<T: Elem>(&self, op: &'static str) -> Result<()> {
-        #[cfg(feature = "gpu")]
-        if self.0.storage.read_recursive().is_gpu() {
+        if backend::of(self).is_some() {
+            let dev = self.device();
             return Err(Error::Device {
                 op,
-                msg: format!("this op has no GPU kernel yet (tensor of shape {:?} on gpu); move it with fx.cpu(...) first", self.shape()),
+                msg: format!(
+                    "this op has no {} kernel yet (tensor of shape {:?} on {dev}); move it with fx.cpu(...) first",
+                    dev.name().to_uppercase(),
+                    self.shape()
+                ),
             });
         }
         if self.dtype() != T::DTYPE {

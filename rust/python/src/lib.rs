@@ -179,6 +179,8 @@ fn gpu_info(py: Python<'_>) -> PyResult<String> {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTensor>()?;
     m.add("GPU_COMPILED", fluxrs_core::device::GPU_COMPILED)?;
+    // the activations `dense` and `conv` fuse, from the enum their kernels dispatch on
+    m.add("FUSED_ACTIVATIONS", pyo3::types::PyTuple::new(m.py(), fluxrs_core::ops::nn::Act::names())?)?;
     m.add_function(wrap_pyfunction!(gpu_info, m)?)?;
     m.add_class::<NoGrad>()?;
     m.add_class::<optim::OptState>()?;
@@ -212,8 +214,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[pyfunction]
 #[pyo3(signature = (x, w, b = None, act = "identity"))]
 fn dense(py: Python<'_>, x: PyRef<'_, PyTensor>, w: PyRef<'_, PyTensor>, b: Option<PyRef<'_, PyTensor>>, act: &str) -> PyResult<PyTensor> {
-    let act = fluxrs_core::ops::nn::Act::from_name(act)
-        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("dense: unsupported fused activation {act:?}")))?;
+    let act = nn::act_arg("dense", act)?;
     let (x, w, b) = (x.inner.clone(), w.inner.clone(), b.map(|b| b.inner.clone()));
     let work = x.numel() * w.shape().first().copied().unwrap_or(0);
     run_sized(py, work, move || {

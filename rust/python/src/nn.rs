@@ -55,8 +55,12 @@ fn pads(op: &str, obj: &Bound<'_, PyAny>, d: usize) -> PyResult<Vec<(usize, usiz
     err(format!("{op}: pad needs 1, {d} or {} entries for {d} spatial dimension(s), got {v:?}", 2 * d))
 }
 
-fn act_arg(op: &str, act: &str) -> PyResult<Act> {
-    Act::from_name(act).ok_or_else(|| PyValueError::new_err(format!("{op}: unsupported fused activation {act:?} (identity, relu, sigmoid or tanh)")))
+/// The fused activation named `act`, or a ValueError listing those there are.
+pub(crate) fn act_arg(op: &str, act: &str) -> PyResult<Act> {
+    Act::from_name(act).ok_or_else(|| {
+        let names: Vec<_> = Act::names().collect();
+        PyValueError::new_err(format!("{op}: unsupported fused activation {act:?} (one of {})", names.join(", ")))
+    })
 }
 
 /// Spatial dimensions of a weight `(out, in, k...)`.

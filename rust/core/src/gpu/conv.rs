@@ -3,9 +3,10 @@
 //! forward: y = act(conv(x, w) + b); data: act(conv_transpose(gy, w) + b) (the input
 //! gradient, and ConvTranspose's forward); filter: the weight gradient.
 
-use super::kernels::{act_code, packed};
+use super::kernels::packed;
 use super::{context, with_buf, wrap};
 use crate::error::Result;
+use crate::ops::conv::Geom;
 use crate::ops::nn::Act;
 use crate::tensor::Tensor;
 
@@ -150,8 +151,19 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
 }
 "#;
 
-/// Launch one of the three kernels; `geom` is `Geom::gpu_meta` (entries 0..=22).
-fn run(name: &'static str, body: &str, mut meta: Vec<u32>, act: Act, ins: &[&Tensor], bias: Option<&Tensor>, shape: &[usize]) -> Result<Tensor> {
+/// The geometry as the kernels read it: n, cin, cout, groups, then i, k, o, stride,
+/// dilation, low padding (three each), then flip (entries 0..=22).
+fn meta(g: &Geom) -> Vec<u32> {
+    let mut m = vec![g.n as u32, g.cin as u32, g.cout as u32, g.groups as u32];
+    for a in [g.i, g.k, g.o, g.s, g.d, g.lo] {
+        m.extend(a.iter().map(|&v| v as u32));
+    }
+    m.push(g.flip as u32);
+    m
+}
+
+/// Launch one of the three kernels on geometry `geom`.
+fn run(name: &'static str, body: &str, geom: &Geom, act: Act, ins: &[&Tensor], bias: Option<&Tensor>, shape: &[usize]) -> Result<Tensor> {
     let g = context()?;
     let n: usize = shape.iter().product();
     let out = g.alloc(n);
@@ -160,7 +172,8 @@ fn run(name: &'static str, body: &str, mut meta: Vec<u32>, act: Act, ins: &[&Ten
     }
     let ins = ins.iter().map(|t| packed(t)).collect::<Result<Vec<_>>>()?;
     let bias = bias.map(packed).transpose()?;
-    meta.extend([act_code(act), bias.is_some() as u32, n as u32]);
+    let mut meta = meta(geom);
+    meta.extend([act.code(), bias.is_some() as u32, n as u32]);
     let src = super::kernels::with_common(&format!("{PRELUDE}{body}"));
     with_buf(&ins[0], |a| {
         with_buf(&ins[1], |b| {
@@ -178,14 +191,14 @@ fn run(name: &'static str, body: &str, mut meta: Vec<u32>, act: Act, ins: &[&Ten
     Ok(wrap(out, shape))
 }
 
-pub(crate) fn forward(meta: Vec<u32>, x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act, shape: &[usize]) -> Result<Tensor> {
-    run("conv_forward", FORWARD, meta, act, &[x, w], b, shape)
+pub(crate) fn forward(g: &Geom, x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act, shape: &[usize]) -> Result<Tensor> {
+    run("conv_forward", FORWARD, g, act, &[x, w], b, shape)
 }
 
-pub(crate) fn data(meta: Vec<u32>, gy: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act, shape: &[usize]) -> Result<Tensor> {
-    run("conv_data", DATA, meta, act, &[gy, w], b, shape)
+pub(crate) fn data(g: &Geom, gy: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act, shape: &[usize]) -> Result<Tensor> {
+    run("conv_data", DATA, g, act, &[gy, w], b, shape)
 }
 
-pub(crate) fn filter(meta: Vec<u32>, x: &Tensor, gy: &Tensor, shape: &[usize]) -> Result<Tensor> {
-    run("conv_filter", FILTER, meta, Act::Identity, &[x, gy], None, shape)
+pub(crate) fn filter(g: &Geom, x: &Tensor, gy: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    run("conv_filter", FILTER, g, Act::Identity, &[x, gy], None, shape)
 }

@@ -4,6 +4,12 @@
 //!
 //! Metadata travels in a u32 storage buffer (binding 0); signed strides and float
 //! parameters are bit-cast into it.
+//!
+//! The elementwise kernels switch over op codes. Their cases are generated from the op
+//! enums' tables (`op_table!` in `ops`), where each op's WGSL expression sits beside its
+//! variant, so the codes the launchers send and the cases the kernels hold cannot disagree.
+
+use std::sync::OnceLock;
 
 use super::{context, with_buf, wrap};
 use crate::error::{shape_err, Error, Result};
@@ -11,6 +17,7 @@ use crate::layout::broadcast_shapes;
 use crate::ops::binary::BinaryOp;
 use crate::ops::compare::CmpOp;
 use crate::ops::nn::Act;
+use crate::ops::reduce::Kind;
 use crate::ops::unary::UnaryOp;
 use crate::tensor::Tensor;
 use crate::Device;
@@ -36,30 +43,43 @@ fn strided(i: u32, nd: u32, sh: u32, st: u32, off: u32) -> u32 {
     return u32(o);
 }
 
-// The fused activations of Dense and Conv (`act_code`).
+// The fused activations of Dense and Conv (`Act::code`).
 fn actf(v: f32, code: u32) -> f32 {
     switch code {
-        case 1u: { return select(v, 0.0, v < 0.0); }
-        case 2u: { return 1.0 / (1.0 + exp(-v)); }
-        case 3u: { return tanh(clamp(v, -15.0, 15.0)); }
-        default: { return v; }
+{cases}        default: { return v; }
     }
 }
 "#;
 
-pub(crate) fn act_code(act: Act) -> u32 {
-    match act {
-        Act::Identity => 0,
-        Act::Relu => 1,
-        Act::Sigmoid => 2,
-        Act::Tanh => 3,
-    }
+/// One case of a generated switch: `code` runs `body`, commented with the op's name.
+pub(crate) fn case(code: u32, name: &str, body: &str) -> String {
+    format!("        case {code}u: {{ // {name}\n            {body}\n        }}\n")
 }
 
+/// The cases of a switch over an op table: entry `i` (the op whose `code()` is `i`) runs
+/// `stmt` of its expression.
+fn table_cases(table: &[(&str, &str)], stmt: impl Fn(&str) -> String) -> String {
+    table.iter().enumerate().map(|(code, (name, expr))| case(code as u32, name, &stmt(expr))).collect()
+}
+
+/// The index helpers, with the activation switch generated from `Act`'s table.
+fn common() -> &'static str {
+    static SRC: OnceLock<String> = OnceLock::new();
+    SRC.get_or_init(|| COMMON.replace("{cases}", &table_cases(Act::TABLE, |e| format!("return {e};"))))
+}
+
+// One kernel for every `UnaryOp`, switching on its code.
 // md: n, ndim, op, off, p0 (f32 bits), p1 (f32 bits), shape[ndim], strides[ndim]
 const UNARY: &str = r#"
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+// log1p by Kahan's trick: exact where 1 + a rounds to 1.
+fn kahan_log1p(a: f32) -> f32 {
+    let u = 1.0 + a;
+    if (u == 1.0) { return a; }
+    return log(u) * a / (u - 1.0);
+}
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
@@ -71,33 +91,16 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
     let p1 = bitcast<f32>(md[5]);
     var r = a;
     switch md[2] {
-        case 0u: { r = a; }                                   // copy
-        case 1u: { r = -a; }
-        case 2u: { r = exp(a); }
-        case 3u: { r = log(a); }
-        case 4u: {                                            // log1p, Kahan's form
-            let u = 1.0 + a;
-            if (u == 1.0) { r = a; } else { r = log(u) * a / (u - 1.0); }
-        }
-        case 5u: { r = sqrt(a); }
-        case 6u: { r = abs(a); }
-        case 7u: { r = tanh(clamp(a, -15.0, 15.0)); }         // tanh overflows to NaN past ~44 on some drivers
-        case 8u: { r = 1.0 / (1.0 + exp(-a)); }
-        case 9u: { r = select(a, 0.0, a < 0.0); }             // relu; NaN passes through
-        case 10u: { r = sin(a); }
-        case 11u: { r = cos(a); }
-        case 12u: { r = max(a, 0.0) + log(1.0 + exp(-abs(a))); }  // softplus
-        case 13u: { r = select(p0 * a, a, a > 0.0); }         // leakyrelu
-        case 14u: { r = select(p0 * (exp(a) - 1.0), a, a > 0.0); }  // elu
-        case 15u: { r = select(min(max(a, p0), p1), a, a != a); }   // clamp; NaN passes through
-        case 16u: { r = sign(a); }
-        case 17u: { r = select(0.0, 1.0, a >= p0 && a <= p1); }     // in-range mask
-        default: { r = a; }
+{cases}        default: { r = a; }
     }
     y[i] = r;
 }
 "#;
 
+/// The unary kernel's code for a plain copy: past every `UnaryOp`'s, so the default case.
+const COPY: u32 = u32::MAX;
+
+// One kernel per op table (`BinaryOp`, `CmpOp`), switching on the op's code.
 // md: n, ndim, op, a_off, b_off, 0, shape[ndim], a_strides[ndim], b_strides[ndim]
 const BINARY: &str = r#"
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -127,20 +130,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
     let q = b[strided(i, nd, 6u, 6u + 2u * nd, md[4])];
     var r = 0.0;
     switch md[2] {
-        case 0u: { r = p + q; }
-        case 1u: { r = p - q; }
-        case 2u: { r = p * q; }
-        case 3u: { r = p / q; }
-        case 4u: { r = powf(p, q); }
-        case 5u: { r = select(q, p, p != p || p >= q); }      // maximum; NaN propagates
-        case 6u: { r = select(q, p, p != p || p <= q); }      // minimum
-        case 7u: { r = mask(p == q); }
-        case 8u: { r = mask(p != q); }
-        case 9u: { r = mask(p < q); }
-        case 10u: { r = mask(p <= q); }
-        case 11u: { r = mask(p > q); }
-        case 12u: { r = mask(p >= q); }
-        default: { r = p; }
+{cases}        default: { r = p; }
     }
     y[i] = r;
 }
@@ -167,7 +157,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
 }
 "#;
 
-// One thread per output element, looping over the reduced elements.
+// One thread per output element, looping over the reduced elements. SUM, MAX and MIN are
+// `reduce::Kind`'s codes, declared ahead of it (`reduce_source`).
 // md: n_out, ndim, kind, off, count, 0, shape[ndim], strides[ndim], reduced[ndim]
 const REDUCE: &str = r#"
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -180,8 +171,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
     let nd = md[1];
     let kind = md[2];
     var acc = 0.0;
-    if (kind == 1u) { acc = bitcast<f32>(0xff800000u); }      // -inf
-    if (kind == 2u) { acc = bitcast<f32>(0x7f800000u); }      // +inf
+    if (kind == MAX) { acc = bitcast<f32>(0xff800000u); }     // -inf
+    if (kind == MIN) { acc = bitcast<f32>(0x7f800000u); }     // +inf
     var nan = false;
     for (var t = 0u; t < md[4]; t++) {
         var rj = j;
@@ -195,9 +186,9 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
         }
         let v = x[u32(o)];
         nan = nan || v != v;
-        if (kind == 0u) { acc += v; } else if (kind == 1u) { acc = max(acc, v); } else { acc = min(acc, v); }
+        if (kind == SUM) { acc += v; } else if (kind == MAX) { acc = max(acc, v); } else { acc = min(acc, v); }
     }
-    if (nan && kind != 0u) { acc = bitcast<f32>(0x7fc00000u); }
+    if (nan && kind != SUM) { acc = bitcast<f32>(0x7fc00000u); }
     y[j] = acc;
 }
 "#;
@@ -337,7 +328,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
 "#;
 
 pub(crate) fn with_common(body: &str) -> String {
-    format!("{COMMON}{body}")
+    format!("{}{body}", common())
 }
 
 fn bits(v: f64) -> u32 {
@@ -389,15 +380,20 @@ fn map_launch(op: &'static str, x: &Tensor, code: u32, p: (f64, f64)) -> Result<
         let mut meta = vec![n as u32, dims.len() as u32, code, x.layout().offset as u32, bits(p.0), bits(p.1)];
         meta.extend(dims);
         meta.extend(strides.concat());
-        let (name, s) = shader("unary", UNARY);
-        with_buf(&x, |xb| g.launch(name, &s, &meta, &[&xb.buf, &out.buf], g.groups_1d(n)));
+        with_buf(&x, |xb| g.launch("unary", unary_source(), &meta, &[&xb.buf, &out.buf], g.groups_1d(n)));
     }
     Ok(wrap(out, x.shape()))
 }
 
+/// The unary kernel, a case per `UnaryOp`.
+fn unary_source() -> &'static str {
+    static SRC: OnceLock<String> = OnceLock::new();
+    SRC.get_or_init(|| with_common(&UNARY.replace("{cases}", &table_cases(UnaryOp::TABLE, |e| format!("r = {e};")))))
+}
+
 /// A fresh contiguous copy of a GPU tensor.
 pub(crate) fn copy(x: &Tensor) -> Result<Tensor> {
-    map_launch("copy", x, 0, (0.0, 0.0))
+    map_launch("copy", x, COPY, (0.0, 0.0))
 }
 
 // md: n, ndim, dst offset, shape[ndim], dst strides[ndim]. The source is packed.
@@ -435,33 +431,38 @@ pub(crate) fn contiguous(x: &Tensor) -> Result<Tensor> {
     if x.is_contiguous() {
         return Ok(x.clone());
     }
-    map_launch("contiguous", x, 0, (0.0, 0.0))
+    map_launch("contiguous", x, COPY, (0.0, 0.0))
 }
 
 pub(crate) fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
-    let (code, p) = match op {
-        UnaryOp::Neg => (1, (0.0, 0.0)),
-        UnaryOp::Exp => (2, (0.0, 0.0)),
-        UnaryOp::Log => (3, (0.0, 0.0)),
-        UnaryOp::Log1p => (4, (0.0, 0.0)),
-        UnaryOp::Sqrt => (5, (0.0, 0.0)),
-        UnaryOp::Abs => (6, (0.0, 0.0)),
-        UnaryOp::Tanh => (7, (0.0, 0.0)),
-        UnaryOp::Sigmoid => (8, (0.0, 0.0)),
-        UnaryOp::Relu => (9, (0.0, 0.0)),
-        UnaryOp::Sin => (10, (0.0, 0.0)),
-        UnaryOp::Cos => (11, (0.0, 0.0)),
-        UnaryOp::Softplus => (12, (0.0, 0.0)),
-        UnaryOp::LeakyRelu(s) => (13, (s, 0.0)),
-        UnaryOp::Elu(a) => (14, (a, 0.0)),
-        UnaryOp::Clamp(lo, hi) => (15, (lo, hi)),
-        UnaryOp::Sign => (16, (0.0, 0.0)),
-        UnaryOp::InRange(lo, hi) => (17, (lo, hi)),
+    // the variant's fields, in order, as p0 and p1
+    let p = match op {
+        UnaryOp::LeakyRelu(v) | UnaryOp::Elu(v) => (v, 0.0),
+        UnaryOp::Clamp(lo, hi) | UnaryOp::InRange(lo, hi) => (lo, hi),
+        _ => (0.0, 0.0),
     };
-    map_launch(op.name(), x, code, p)
+    map_launch(op.name(), x, op.code(), p)
 }
 
-fn zip_launch(op: &'static str, a: &Tensor, b: &Tensor, code: u32) -> Result<Tensor> {
+/// The binary kernel with a case per entry of `table`.
+fn zip_source(table: &[(&str, &str)]) -> String {
+    with_common(&BINARY.replace("{cases}", &table_cases(table, |e| format!("r = {e};"))))
+}
+
+/// The binary kernel for `BinaryOp`.
+fn binary_source() -> &'static str {
+    static SRC: OnceLock<String> = OnceLock::new();
+    SRC.get_or_init(|| zip_source(BinaryOp::TABLE))
+}
+
+/// The binary kernel for `CmpOp`.
+fn compare_source() -> &'static str {
+    static SRC: OnceLock<String> = OnceLock::new();
+    SRC.get_or_init(|| zip_source(CmpOp::TABLE))
+}
+
+/// Run the binary kernel `(name, src)` with op `code` over the broadcast of `a` and `b`.
+fn zip_launch(op: &'static str, (name, src): (&'static str, &str), a: &Tensor, b: &Tensor, code: u32) -> Result<Tensor> {
     let (a, b) = (on_gpu(op, a)?, on_gpu(op, b)?);
     let shape = broadcast_shapes(op, a.shape(), b.shape())?;
     let (a, b) = (a.broadcast_to(&shape)?, b.broadcast_to(&shape)?);
@@ -473,23 +474,13 @@ fn zip_launch(op: &'static str, a: &Tensor, b: &Tensor, code: u32) -> Result<Ten
         let mut meta = vec![n as u32, dims.len() as u32, code, a.layout().offset as u32, b.layout().offset as u32, 0];
         meta.extend(dims);
         meta.extend(strides.concat());
-        let (name, s) = shader("binary", BINARY);
-        with_buf(&a, |ab| with_buf(&b, |bb| g.launch(name, &s, &meta, &[&ab.buf, &bb.buf, &out.buf], g.groups_1d(n))));
+        with_buf(&a, |ab| with_buf(&b, |bb| g.launch(name, src, &meta, &[&ab.buf, &bb.buf, &out.buf], g.groups_1d(n))));
     }
     Ok(wrap(out, &shape))
 }
 
 pub(crate) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let code = match op {
-        BinaryOp::Add => 0,
-        BinaryOp::Sub => 1,
-        BinaryOp::Mul => 2,
-        BinaryOp::Div => 3,
-        BinaryOp::Pow => 4,
-        BinaryOp::Maximum => 5,
-        BinaryOp::Minimum => 6,
-    };
-    zip_launch(op.name(), a, b, code)
+    zip_launch(op.name(), ("binary", binary_source()), a, b, op.code())
 }
 
 /// `a` where `cond` is nonzero, else `b`, all broadcast to `shape`.
@@ -514,26 +505,21 @@ pub(crate) fn where_(cond: &Tensor, a: &Tensor, b: &Tensor, shape: &[usize]) -> 
 }
 
 pub(crate) fn compare(op: CmpOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let code = match op {
-        CmpOp::Eq => 7,
-        CmpOp::Ne => 8,
-        CmpOp::Lt => 9,
-        CmpOp::Le => 10,
-        CmpOp::Gt => 11,
-        CmpOp::Ge => 12,
-    };
-    zip_launch("compare", a, b, code)
+    zip_launch("compare", ("compare", compare_source()), a, b, op.code())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReduceKind {
-    Sum = 0,
-    Max = 1,
-    Min = 2,
+/// The reduce kernel, with its kind codes declared from `reduce::Kind`.
+fn reduce_source() -> &'static str {
+    static SRC: OnceLock<String> = OnceLock::new();
+    SRC.get_or_init(|| {
+        let kinds = [("SUM", Kind::Sum), ("MAX", Kind::Max), ("MIN", Kind::Min)];
+        let consts: String = kinds.iter().map(|(name, k)| format!("const {name}: u32 = {}u;\n", *k as u32)).collect();
+        with_common(&format!("{consts}{REDUCE}"))
+    })
 }
 
 /// Reduce `axes` (sorted, distinct) of `x`, dropping them from the shape.
-pub(crate) fn reduce(x: &Tensor, axes: &[usize], kind: ReduceKind) -> Result<Tensor> {
+pub(crate) fn reduce(x: &Tensor, axes: &[usize], kind: Kind) -> Result<Tensor> {
     let x = on_gpu("reduce", x)?;
     let g = context()?;
     let shape: Vec<usize> = x.shape().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
@@ -546,8 +532,7 @@ pub(crate) fn reduce(x: &Tensor, axes: &[usize], kind: ReduceKind) -> Result<Ten
         meta.extend(x.shape().iter().map(|&d| d as u32));
         meta.extend(strides_u32(&x));
         meta.extend((0..x.ndim()).map(|i| axes.contains(&i) as u32));
-        let (name, s) = shader("reduce", REDUCE);
-        with_buf(&x, |xb| g.launch(name, &s, &meta, &[&xb.buf, &out.buf], g.groups_1d(n_out)));
+        with_buf(&x, |xb| g.launch("reduce", reduce_source(), &meta, &[&xb.buf, &out.buf], g.groups_1d(n_out)));
     }
     Ok(wrap(out, &shape))
 }
@@ -594,7 +579,7 @@ pub(crate) fn matmul_bias_act(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, act
         sb[0],
         sb[1],
         sb[2],
-        act_code(act),
+        act.code(),
         bias.is_some() as u32,
     ];
     let (name, body) = if tiled_matmul(g) { ("matmul", MATMUL) } else { ("matmul_simple", MATMUL_SIMPLE) };
@@ -632,7 +617,7 @@ fn tiled_matmul(g: &super::Gpu) -> bool {
 /// softmax or logsoftmax along `axis`.
 pub(crate) fn softmax(x: &Tensor, axis: usize, log: bool) -> Result<Tensor> {
     let x = contiguous(&on_gpu("softmax", x)?)?;
-    let x = if x.layout().offset != 0 { map_launch("softmax", &x, 0, (0.0, 0.0))? } else { x };
+    let x = if x.layout().offset != 0 { map_launch("softmax", &x, COPY, (0.0, 0.0))? } else { x };
     let g = context()?;
     let n = x.numel();
     let out = g.alloc(n);
@@ -645,4 +630,41 @@ pub(crate) fn softmax(x: &Tensor, axis: usize, log: bool) -> Result<Tensor> {
         with_buf(&x, |xb| g.launch(name, &s, &meta, &[&xb.buf, &out.buf], g.groups_1d(lanes)));
     }
     Ok(wrap(out, x.shape()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Every variant of an op enum has its own code, that code is its table entry (under its
+    /// name), and the generated kernel holds the case running that entry's expression.
+    fn agree(what: &str, ops: &[(u32, &str)], table: &[(&str, &str)], src: &str, stmt: impl Fn(&str) -> String) {
+        assert_eq!(ops.len(), table.len(), "{what}: one table entry per variant");
+        assert_eq!(ops.iter().map(|o| o.0).collect::<HashSet<_>>().len(), ops.len(), "{what}: codes repeat");
+        assert_eq!(table.iter().map(|e| e.0).collect::<HashSet<_>>().len(), table.len(), "{what}: names repeat");
+        for &(code, name) in ops {
+            assert_ne!(code, COPY, "{what}: {name} takes the copy's code");
+            let (entry, expr) = table[code as usize];
+            assert_eq!(entry, name, "{what}: code {code}");
+            assert!(src.contains(&case(code, name, &stmt(expr))), "{what}: no case {code} ({name}) in\n{src}");
+        }
+    }
+
+    #[test]
+    fn every_op_code_is_unique_and_has_its_case_in_the_generated_kernel() {
+        let unary: Vec<_> = UnaryOp::every().into_iter().map(|o| (o.code(), o.name())).collect();
+        agree("UnaryOp", &unary, UnaryOp::TABLE, unary_source(), |e| format!("r = {e};"));
+        let binary: Vec<_> = BinaryOp::every().into_iter().map(|o| (o.code(), o.name())).collect();
+        agree("BinaryOp", &binary, BinaryOp::TABLE, binary_source(), |e| format!("r = {e};"));
+        let cmp: Vec<_> = CmpOp::every().into_iter().map(|o| (o.code(), o.name())).collect();
+        agree("CmpOp", &cmp, CmpOp::TABLE, compare_source(), |e| format!("r = {e};"));
+        let act: Vec<_> = Act::every().into_iter().map(|a| (a.code(), a.name())).collect();
+        agree("Act", &act, Act::TABLE, common(), |e| format!("return {e};"));
+        // a variant's parameters reach the kernel: every op with fields reads p0
+        for op in UnaryOp::every() {
+            let has_fields = format!("{op:?}").contains('(');
+            assert_eq!(UnaryOp::TABLE[op.code() as usize].1.contains("p0"), has_fields, "{op:?}");
+        }
+    }
 }

@@ -6,11 +6,12 @@
 //! back); the only sync points are read-backs (`download`, `item`), as in PyTorch's CUDA
 //! backend, so a training step queues its work and waits once, for the loss.
 
-pub(crate) mod axis;
-pub(crate) mod conv;
+mod axis;
+mod backend;
+mod conv;
 mod kernels;
-pub(crate) mod optim;
-pub(crate) mod pool;
+mod optim;
+mod pool;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -24,7 +25,7 @@ use crate::storage::Storage;
 use crate::tensor::Tensor;
 use crate::DType;
 
-pub(crate) use kernels::{binary, compare, matmul, matmul_bias_act, reduce, softmax, unary, where_, ReduceKind};
+pub(crate) use backend::Wgpu;
 
 /// A float32 buffer on the GPU.
 #[derive(Debug)]
@@ -309,5 +310,3 @@ pub(crate) fn assign(dst: &Tensor, src: &Tensor) -> Result<()> {
     with_buf(&full, |s| with_buf(dst, |d| g.encode(|enc| enc.copy_buffer_to_buffer(&s.buf, 0, &d.buf, (dst.layout().offset * 4) as u64, bytes))));
     Ok(())
 }
-
-pub(crate) use kernels::contiguous;

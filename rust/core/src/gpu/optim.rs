@@ -43,7 +43,7 @@ fn source() -> &'static str {
         let mut src = String::from(HEAD);
         for (code, rule) in RULES.iter().enumerate() {
             if let Some(body) = rule.wgsl {
-                src += &format!("        case {code}u: {{ // {}\n            {body}\n        }}\n", rule.name);
+                src += &super::kernels::case(code as u32, rule.name, body);
             }
         }
         src += &format!("        case {SUBTRACT}u: {{ x[xi] = x[xi] - g; }}\n        default: {{}}\n    }}\n}}\n");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::{context, kernels, with_buf, wrap, GpuBuf};
 use crate::backprop::{should_record, BackwardOp};
 use crate::error::{Error, Result};
+use crate::ops::pool::Geom;
 use crate::tensor::Tensor;
 
 // md: 0 planes, 1-3 i, 4-6 k, 7-9 o, 10-12 s, 13-15 lo, 16 threads
@@ -124,8 +125,19 @@ impl BackwardOp for MaxPoolBackward {
     }
 }
 
-/// Max pooling of a GPU tensor; `meta` is the pooling geometry (`pool::Geom::gpu_meta`).
-pub(crate) fn maxpool(meta: Vec<u32>, x: &Tensor, shape: &[usize]) -> Result<(Tensor, MaxPoolBackward)> {
+/// The geometry as the kernels read it: planes, then i, k, o, stride and low padding, three
+/// each (entries 0..=15).
+fn meta(g: &Geom) -> Vec<u32> {
+    let mut m = vec![g.planes as u32];
+    for a in [g.i, g.k, g.o, g.s, g.lo] {
+        m.extend(a.iter().map(|&v| v as u32));
+    }
+    m
+}
+
+/// Max pooling of a GPU tensor of geometry `g`, and its backward op.
+pub(crate) fn maxpool(g: &Geom, x: &Tensor, shape: &[usize]) -> Result<(Tensor, MaxPoolBackward)> {
+    let meta = meta(g);
     let x = kernels::packed(x)?;
     let gpu = context()?;
     let n: usize = shape.iter().product();

@@ -2,6 +2,7 @@
 
 use ndarray::{ArrayD, Zip};
 
+use crate::backend;
 use crate::backprop::{record, replay, BackwardOp};
 use crate::error::{Error, Result};
 use crate::layout::broadcast_shapes;
@@ -11,28 +12,18 @@ use crate::tensor::Tensor;
 use crate::vmath::simd;
 use crate::with_dtype;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Pow,
-    Maximum,
-    Minimum,
-}
-
-impl BinaryOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "add",
-            BinaryOp::Sub => "sub",
-            BinaryOp::Mul => "mul",
-            BinaryOp::Div => "div",
-            BinaryOp::Pow => "pow",
-            BinaryOp::Maximum => "maximum",
-            BinaryOp::Minimum => "minimum",
-        }
+op_table! {
+    /// The GPU kernel's expressions read the operands' elements `p` and `q`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum BinaryOp {
+        Add = "add" => "p + q",
+        Sub = "sub" => "p - q",
+        Mul = "mul" => "p * q",
+        Div = "div" => "p / q",
+        Pow = "pow" => "powf(p, q)",
+        // NaN propagates, as on the CPU
+        Maximum = "maximum" => "select(q, p, p != p || p >= q)",
+        Minimum = "minimum" => "select(q, p, p != p || p <= q)",
     }
 }
 
@@ -114,9 +105,8 @@ fn is_two(t: &Tensor) -> bool {
 
 fn forward(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     check_same_dtype(op.name(), a, b)?;
-    #[cfg(feature = "gpu")]
-    if crate::device::common_device(op.name(), &[a, b])? == crate::Device::Gpu {
-        return crate::gpu::binary(op, a, b);
+    if let Some(be) = backend::common(op.name(), &[a, b])? {
+        return be.binary(op, a, b);
     }
     let name = op.name();
     with_dtype!(a.dtype(), T => match op {

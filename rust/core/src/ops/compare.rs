@@ -2,6 +2,7 @@
 
 use ndarray::Zip;
 
+use crate::backend;
 use crate::backprop::{record, BackwardOp};
 use crate::error::Result;
 use crate::layout::broadcast_shapes;
@@ -10,38 +11,28 @@ use crate::storage::Elem;
 use crate::tensor::Tensor;
 use crate::with_dtype;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CmpOp {
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-}
-
-impl CmpOp {
-    fn name(self) -> &'static str {
-        match self {
-            CmpOp::Eq => "eq",
-            CmpOp::Ne => "ne",
-            CmpOp::Lt => "lt",
-            CmpOp::Le => "le",
-            CmpOp::Gt => "gt",
-            CmpOp::Ge => "ge",
-        }
+op_table! {
+    /// The GPU kernel's expressions read the operands' elements `p` and `q`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum CmpOp {
+        Eq = "eq" => "mask(p == q)",
+        Ne = "ne" => "mask(p != q)",
+        Lt = "lt" => "mask(p < q)",
+        Le = "le" => "mask(p <= q)",
+        Gt = "gt" => "mask(p > q)",
+        Ge = "ge" => "mask(p >= q)",
     }
 }
 
 fn cmp_kernel<T: Elem>(op: CmpOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let m = |c: bool| if c { T::ONE } else { T::ZERO };
     match op {
-        CmpOp::Eq => zip_map::<T>("eq", a, b, move |x, y| m(x == y)),
-        CmpOp::Ne => zip_map::<T>("ne", a, b, move |x, y| m(x != y)),
-        CmpOp::Lt => zip_map::<T>("lt", a, b, move |x, y| m(x < y)),
-        CmpOp::Le => zip_map::<T>("le", a, b, move |x, y| m(x <= y)),
-        CmpOp::Gt => zip_map::<T>("gt", a, b, move |x, y| m(x > y)),
-        CmpOp::Ge => zip_map::<T>("ge", a, b, move |x, y| m(x >= y)),
+        CmpOp::Eq => zip_map::<T>(op.name(), a, b, move |x, y| m(x == y)),
+        CmpOp::Ne => zip_map::<T>(op.name(), a, b, move |x, y| m(x != y)),
+        CmpOp::Lt => zip_map::<T>(op.name(), a, b, move |x, y| m(x < y)),
+        CmpOp::Le => zip_map::<T>(op.name(), a, b, move |x, y| m(x <= y)),
+        CmpOp::Gt => zip_map::<T>(op.name(), a, b, move |x, y| m(x > y)),
+        CmpOp::Ge => zip_map::<T>(op.name(), a, b, move |x, y| m(x >= y)),
     }
 }
 
@@ -63,9 +54,8 @@ impl BackwardOp for Where {
 impl Tensor {
     pub fn compare(&self, op: CmpOp, other: &Tensor) -> Result<Tensor> {
         check_same_dtype(op.name(), self, other)?;
-        #[cfg(feature = "gpu")]
-        if crate::device::common_device(op.name(), &[self, other])? == crate::Device::Gpu {
-            return crate::gpu::compare(op, self, other);
+        if let Some(be) = backend::common(op.name(), &[self, other])? {
+            return be.compare(op, self, other);
         }
         with_dtype!(self.dtype(), T => cmp_kernel::<T>(op, self, other))
     }
@@ -94,9 +84,8 @@ impl Tensor {
         check_same_dtype("where", a, b)?;
         check_same_dtype("where", cond, a)?;
         let shape = broadcast_shapes("where", &broadcast_shapes("where", cond.shape(), a.shape())?, b.shape())?;
-        #[cfg(feature = "gpu")]
-        if crate::device::common_device("where", &[cond, a, b])? == crate::Device::Gpu {
-            return Ok(record(crate::gpu::where_(cond, a, b, &shape)?, Where, &[cond, a, b]));
+        if let Some(be) = backend::common("where", &[cond, a, b])? {
+            return Ok(record(be.where_(cond, a, b, &shape)?, Where, &[cond, a, b]));
         }
         let out = with_dtype!(a.dtype(), T => {
             cond.with_view::<T, _>(|c| a.with_view::<T, _>(|av| b.with_view::<T, _>(|bv| {

@@ -31,6 +31,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use crate::backend;
 use crate::backprop::{record, replay, BackwardOp};
 use crate::error::{shape_err, value_err, Result};
 use crate::ops::binary::check_same_dtype;
@@ -110,17 +111,17 @@ pub(crate) fn out_len(i: usize, k: usize, s: usize, d: usize, lo: usize, hi: usi
 /// One convolution's geometry, spatial axes normalised to three.
 #[derive(Debug, Clone)]
 pub(crate) struct Geom {
-    n: usize,
-    cin: usize,
-    cout: usize,
-    groups: usize,
-    i: [usize; 3],
-    k: [usize; 3],
-    o: [usize; 3],
-    s: [usize; 3],
-    d: [usize; 3],
-    lo: [usize; 3],
-    flip: bool,
+    pub(crate) n: usize,
+    pub(crate) cin: usize,
+    pub(crate) cout: usize,
+    pub(crate) groups: usize,
+    pub(crate) i: [usize; 3],
+    pub(crate) k: [usize; 3],
+    pub(crate) o: [usize; 3],
+    pub(crate) s: [usize; 3],
+    pub(crate) d: [usize; 3],
+    pub(crate) lo: [usize; 3],
+    pub(crate) flip: bool,
 }
 
 impl Geom {
@@ -256,17 +257,6 @@ impl Geom {
             off[j] = (kj * self.d[j]) as isize - self.lo[j] as isize;
         }
         off
-    }
-    /// The geometry as the GPU kernels read it (`gpu::conv`): n, cin, cout, groups, then
-    /// i, k, o, stride, dilation, low padding (three each), then flip.
-    #[cfg(feature = "gpu")]
-    pub(crate) fn gpu_meta(&self) -> Vec<u32> {
-        let mut m = vec![self.n as u32, self.cin as u32, self.cout as u32, self.groups as u32];
-        for a in [self.i, self.k, self.o, self.s, self.d, self.lo] {
-            m.extend(a.iter().map(|&v| v as u32));
-        }
-        m.push(self.flip as u32);
-        m
     }
     fn flops(&self) -> usize {
         self.n * self.cout * self.op() * self.ck()
@@ -904,14 +894,10 @@ impl Tensor {
         }
         let mut shape = vec![g.n, g.cout];
         shape.extend(g.out_spatial(x.ndim() - 2));
-        #[cfg(feature = "gpu")]
-        let out = if crate::device::common_device("conv", &[x, w])? == crate::Device::Gpu {
-            crate::gpu::conv::forward(g.gpu_meta(), x, w, b, act, &shape)?
-        } else {
-            with_dtype!(x.dtype(), T => Tensor::from_vec(with_slices::<T, _>(x, w, b, |xs, ws, bs| conv_fwd(&g, xs, ws, bs, act))?, &shape)?)
+        let out = match backend::common("conv", &[x, w])? {
+            Some(be) => be.conv(&g, x, w, b, act, &shape)?,
+            None => with_dtype!(x.dtype(), T => Tensor::from_vec(with_slices::<T, _>(x, w, b, |xs, ws, bs| conv_fwd(&g, xs, ws, bs, act))?, &shape)?),
         };
-        #[cfg(not(feature = "gpu"))]
-        let out = with_dtype!(x.dtype(), T => Tensor::from_vec(with_slices::<T, _>(x, w, b, |xs, ws, bs| conv_fwd(&g, xs, ws, bs, act))?, &shape)?);
         let op = Conv { spec: spec.clone(), act };
         Ok(match b {
             Some(b) => record(out, op, &[x, w, b]),
@@ -984,14 +970,10 @@ impl Tensor {
         }
         let mut shape = vec![n, cin];
         shape.extend(&in_sp);
-        #[cfg(feature = "gpu")]
-        let out = if crate::device::common_device("conv_transpose", &[y, w])? == crate::Device::Gpu {
-            crate::gpu::conv::data(g.gpu_meta(), y, w, b, act, &shape)?
-        } else {
-            with_dtype!(y.dtype(), T => Tensor::from_vec(with_slices::<T, _>(y, w, b, |ys, ws, bs| conv_data(&g, ys, ws, bs, act))?, &shape)?)
+        let out = match backend::common("conv_transpose", &[y, w])? {
+            Some(be) => be.conv_transpose(&g, y, w, b, act, &shape)?,
+            None => with_dtype!(y.dtype(), T => Tensor::from_vec(with_slices::<T, _>(y, w, b, |ys, ws, bs| conv_data(&g, ys, ws, bs, act))?, &shape)?),
         };
-        #[cfg(not(feature = "gpu"))]
-        let out = with_dtype!(y.dtype(), T => Tensor::from_vec(with_slices::<T, _>(y, w, b, |ys, ws, bs| conv_data(&g, ys, ws, bs, act))?, &shape)?);
         let op = ConvTranspose { spec: spec.clone(), act };
         Ok(match b {
             Some(b) => record(out, op, &[y, w, b]),
@@ -1018,14 +1000,10 @@ impl Tensor {
         if g.out_spatial(d) != gy.shape()[2..] {
             return shape_err("conv_filter_grad", format!("output gradient {:?} does not match the convolution's output {:?}", gy.shape(), g.out_spatial(d)));
         }
-        #[cfg(feature = "gpu")]
-        let out = if crate::device::common_device("conv_filter_grad", &[x, gy])? == crate::Device::Gpu {
-            crate::gpu::conv::filter(g.gpu_meta(), x, gy, &w_shape)?
-        } else {
-            with_dtype!(x.dtype(), T => Tensor::from_vec(with_slices::<T, _>(x, gy, None, |xs, gs, _| conv_filter(&g, xs, gs))?, &w_shape)?)
+        let out = match backend::common("conv_filter_grad", &[x, gy])? {
+            Some(be) => be.conv_filter_grad(&g, x, gy, &w_shape)?,
+            None => with_dtype!(x.dtype(), T => Tensor::from_vec(with_slices::<T, _>(x, gy, None, |xs, gs, _| conv_filter(&g, xs, gs))?, &w_shape)?),
         };
-        #[cfg(not(feature = "gpu"))]
-        let out = with_dtype!(x.dtype(), T => Tensor::from_vec(with_slices::<T, _>(x, gy, None, |xs, gs, _| conv_filter(&g, xs, gs))?, &w_shape)?);
         Ok(record(out, ConvFilterGrad { spec: spec.clone() }, &[x, gy]))
     }
 }

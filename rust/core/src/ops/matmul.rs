@@ -2,6 +2,7 @@
 //! with numpy's `matmul` semantics: 1-D operands are promoted, batch axes broadcast.
 //! gemm takes arbitrary row/column strides, so transposed views multiply without a copy.
 
+use crate::backend;
 use crate::backprop::{record, replay, BackwardOp};
 use crate::error::{shape_err, Error, Result};
 use crate::layout::broadcast_shapes;
@@ -163,9 +164,8 @@ impl BackwardOp for Bmm {
 impl Tensor {
     /// Product of same-batch operands `[B.., m, k] @ [B.., k, n]`.
     pub(crate) fn bmm(&self, b: &Tensor) -> Result<Tensor> {
-        #[cfg(feature = "gpu")]
-        if crate::device::common_device("matmul", &[self, b])? == crate::Device::Gpu {
-            return Ok(record(crate::gpu::matmul(self, b)?, Bmm, &[self, b]));
+        if let Some(be) = backend::common("matmul", &[self, b])? {
+            return Ok(record(be.matmul(self, b)?, Bmm, &[self, b]));
         }
         let out = with_dtype!(self.dtype(), T => bmm_kernel::<T>(self, b)?);
         Ok(record(out, Bmm, &[self, b]))

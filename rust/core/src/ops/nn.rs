@@ -3,6 +3,7 @@
 //! one allocation and one pass instead of three ops. Its backward uses ordinary
 //! differentiable ops, so second derivatives still work.
 
+use crate::backend;
 use crate::backprop::{record, replay, should_record, BackwardOp};
 use crate::error::{shape_err, Result};
 use crate::ops::binary::{check_same_dtype, map2};
@@ -12,24 +13,27 @@ use crate::tensor::Tensor;
 use crate::vmath::simd;
 use crate::with_dtype;
 
-/// Activations whose derivative can be computed from the output alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Act {
-    Identity,
-    Relu,
-    Sigmoid,
-    Tanh,
+op_table! {
+    /// The activations fused into Dense and Conv: those whose derivative can be computed
+    /// from the output alone. The GPU kernels' expressions read the pre-activation `v`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Act {
+        Identity = "identity" => "v",
+        // a select, not max: NaN passes through
+        Relu = "relu" => "select(v, 0.0, v < 0.0)",
+        Sigmoid = "sigmoid" => "1.0 / (1.0 + exp(-v))",
+        Tanh = "tanh" => "tanh(clamp(v, -15.0, 15.0))",
+    }
 }
 
 impl Act {
     pub fn from_name(name: &str) -> Option<Act> {
-        Some(match name {
-            "identity" => Act::Identity,
-            "relu" => Act::Relu,
-            "sigmoid" => Act::Sigmoid,
-            "tanh" => Act::Tanh,
-            _ => return None,
-        })
+        Act::every().into_iter().find(|a| a.name() == name)
+    }
+
+    /// The names `from_name` takes, in table order.
+    pub fn names() -> impl ExactSizeIterator<Item = &'static str> {
+        Act::TABLE.iter().map(|(name, _)| *name)
     }
 }
 
@@ -182,23 +186,6 @@ impl BackwardOp for Dense {
     }
 }
 
-/// The GPU's fused Dense (one kernel: the matmul with bias and activation in its epilogue),
-/// or None when the operands are on the CPU.
-#[cfg(feature = "gpu")]
-fn dense_gpu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -> Result<Option<Tensor>> {
-    let mut all = vec![x, w];
-    all.extend(b);
-    if crate::device::common_device("dense", &all)? != crate::Device::Gpu {
-        return Ok(None);
-    }
-    Ok(Some(crate::gpu::matmul_bias_act(x, &w.transpose(0, 1)?, b, act)?))
-}
-
-#[cfg(not(feature = "gpu"))]
-fn dense_gpu(_x: &Tensor, _w: &Tensor, _b: Option<&Tensor>, _act: Act) -> Result<Option<Tensor>> {
-    Ok(None)
-}
-
 impl Tensor {
     /// act(x @ w^T + b) for x `(n, in)`, w `(out, in)`, b `(out,)`.
     pub fn dense(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -> Result<Tensor> {
@@ -215,8 +202,12 @@ impl Tensor {
                 return shape_err("dense", format!("bias of shape {:?} does not match weight of shape {:?}", b.shape(), w.shape()));
             }
         }
-        let out = match dense_gpu(x, w, b, act)? {
-            Some(out) => out,
+        let operands: &[&Tensor] = match b {
+            Some(b) => &[x, w, b],
+            None => &[x, w],
+        };
+        let out = match backend::common("dense", operands)? {
+            Some(be) => be.dense(x, w, b, act)?,
             None => with_dtype!(x.dtype(), T => dense_kernel::<T>(x, w, b, act)?),
         };
         Ok(match b {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::backend;
 use crate::backprop::{record, replay, BackwardOp};
 use crate::error::{shape_err, value_err, Result};
 use crate::ops::conv::{for_each_row, out_len, Geom as ConvGeom, MAX_SPATIAL};
@@ -39,13 +40,13 @@ impl PoolSpec {
 
 /// Pooling geometry with the spatial axes normalised to three (leading axes of size 1).
 #[derive(Debug, Clone)]
-struct Geom {
-    planes: usize,
-    i: [usize; 3],
-    k: [usize; 3],
-    o: [usize; 3],
-    s: [usize; 3],
-    lo: [usize; 3],
+pub(crate) struct Geom {
+    pub(crate) planes: usize,
+    pub(crate) i: [usize; 3],
+    pub(crate) k: [usize; 3],
+    pub(crate) o: [usize; 3],
+    pub(crate) s: [usize; 3],
+    pub(crate) lo: [usize; 3],
 }
 
 fn to3(v: &[usize], fill: usize) -> [usize; 3] {
@@ -92,16 +93,6 @@ impl Geom {
     }
     fn ip(&self) -> usize {
         self.i.iter().product()
-    }
-    /// The geometry as the GPU kernels read it (`gpu::pool`): planes, then i, k, o, stride
-    /// and low padding, three each.
-    #[cfg(feature = "gpu")]
-    fn gpu_meta(&self) -> Vec<u32> {
-        let mut m = vec![self.planes as u32];
-        for a in [self.i, self.k, self.o, self.s, self.lo] {
-            m.extend(a.iter().map(|&v| v as u32));
-        }
-        m
     }
     fn op(&self) -> usize {
         self.o.iter().product()
@@ -318,11 +309,11 @@ impl BackwardOp for MeanPoolAdjoint {
     }
 }
 
-/// Mean pooling (or its adjoint) on the GPU as a depthwise convolution: each (n, c) plane is
-/// a group of one channel, convolved with a constant kernel of 1/kernel-size. Padding counts
-/// as zeros, as on the CPU. Unrecorded: the caller records the pooling op itself.
-#[cfg(feature = "gpu")]
-fn meanpool_gpu(x: &Tensor, spec: &PoolSpec, adjoint_of: Option<&[usize]>) -> Result<Tensor> {
+/// Mean pooling (or its adjoint) off the CPU, as a depthwise convolution: each (n, c) plane
+/// is a group of one channel, convolved with a constant kernel of 1/kernel-size, so a backend
+/// needs no pooling kernel of its own. Padding counts as zeros, as on the CPU. Unrecorded:
+/// the caller records the pooling op itself.
+fn meanpool_by_conv(x: &Tensor, spec: &PoolSpec, adjoint_of: Option<&[usize]>) -> Result<Tensor> {
     use crate::ops::conv::ConvSpec;
     use crate::ops::nn::Act;
     crate::backprop::no_grad(|| {
@@ -330,7 +321,7 @@ fn meanpool_gpu(x: &Tensor, spec: &PoolSpec, adjoint_of: Option<&[usize]>) -> Re
         let kp: usize = spec.kernel.iter().product();
         let mut wshape = vec![planes, 1];
         wshape.extend(&spec.kernel);
-        let w = Tensor::full(&wshape, 1.0 / kp as f64, x.dtype()).to_device(crate::Device::Gpu)?;
+        let w = Tensor::full(&wshape, 1.0 / kp as f64, x.dtype()).to_device(x.device())?;
         let cs = ConvSpec { stride: spec.stride.clone(), pad: spec.pad.clone(), dilation: vec![1; spec.kernel.len()], groups: planes, flip: false };
         let mut flat = vec![1, planes];
         flat.extend(&x.shape()[2..]);
@@ -350,10 +341,8 @@ impl Tensor {
     pub fn maxpool(&self, spec: &PoolSpec) -> Result<Tensor> {
         let g = Geom::new("maxpool", self.shape(), spec)?;
         let shape = g.out_shape(self.shape());
-        #[cfg(feature = "gpu")]
-        if self.is_gpu() {
-            let (out, op) = crate::gpu::pool::maxpool(g.gpu_meta(), self, &shape)?;
-            return Ok(record(out, op, &[self]));
+        if let Some(b) = backend::of(self) {
+            return b.maxpool(&g, self, &shape);
         }
         let (out, idx) = with_dtype!(self.dtype(), T => {
             let (v, idx) = self.with_slice::<T, _>(|x| maxpool_kernel(&g, x))?;
@@ -366,9 +355,8 @@ impl Tensor {
     pub fn meanpool(&self, spec: &PoolSpec) -> Result<Tensor> {
         let g = Geom::new("meanpool", self.shape(), spec)?;
         let shape = g.out_shape(self.shape());
-        #[cfg(feature = "gpu")]
-        if self.is_gpu() {
-            return Ok(record(meanpool_gpu(self, spec, None)?, MeanPool { spec: spec.clone() }, &[self]));
+        if backend::of(self).is_some() {
+            return Ok(record(meanpool_by_conv(self, spec, None)?, MeanPool { spec: spec.clone() }, &[self]));
         }
         let out = with_dtype!(self.dtype(), T => Tensor::from_vec(self.with_slice::<T, _>(|x| meanpool_kernel(&g, x))?, &shape)?);
         Ok(record(out, MeanPool { spec: spec.clone() }, &[self]))
@@ -386,9 +374,8 @@ impl Tensor {
         if g.out_shape(&in_shape) != self.shape() {
             return shape_err("meanpool_backward", format!("gradient {:?} does not match pooling an input of shape {in_shape:?}", self.shape()));
         }
-        #[cfg(feature = "gpu")]
-        if self.is_gpu() {
-            return Ok(record(meanpool_gpu(self, spec, Some(in_sp))?, MeanPoolAdjoint { spec: spec.clone() }, &[self]));
+        if backend::of(self).is_some() {
+            return Ok(record(meanpool_by_conv(self, spec, Some(in_sp))?, MeanPoolAdjoint { spec: spec.clone() }, &[self]));
         }
         let out = with_dtype!(self.dtype(), T => Tensor::from_vec(self.with_slice::<T, _>(|gy| meanpool_adjoint_kernel(&g, gy))?, &in_shape)?);
         Ok(record(out, MeanPoolAdjoint { spec: spec.clone() }, &[self]))

@@ -3,6 +3,7 @@
 
 use ndarray::{ArrayD, ArrayViewD, Axis};
 
+use crate::backend;
 use crate::backprop::{no_grad, record, replay, BackwardOp};
 use crate::error::{Error, Result};
 use crate::layout::normalize_axes;
@@ -10,8 +11,9 @@ use crate::storage::Elem;
 use crate::tensor::Tensor;
 use crate::with_dtype;
 
+/// What a reduction computes (its GPU kernel code is the discriminant).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Sum,
     Max,
     Min,
@@ -65,15 +67,8 @@ fn reduce_forward(x: &Tensor, axes: &[usize], keepdim: bool, kind: Kind, op: &'s
     if kind != Kind::Sum && axes.iter().any(|&a| x.shape()[a] == 0) {
         return Err(Error::Value { op, msg: format!("cannot reduce an empty dimension of shape {:?}", x.shape()) });
     }
-    #[cfg(feature = "gpu")]
-    if x.is_gpu() {
-        use crate::gpu::ReduceKind as K;
-        let k = match kind {
-            Kind::Sum => K::Sum,
-            Kind::Max => K::Max,
-            Kind::Min => K::Min,
-        };
-        return crate::gpu::reduce(x, axes, k)?.reshape_raw(&reduced_shape(x.shape(), axes, keepdim));
+    if let Some(b) = backend::of(x) {
+        return b.reduce(x, axes, kind)?.reshape_raw(&reduced_shape(x.shape(), axes, keepdim));
     }
     let out = with_dtype!(x.dtype(), T => x.with_view::<T, _>(|v| Tensor::from_array(reduce_view(v, axes, kind)))?);
     out.reshape_raw(&reduced_shape(x.shape(), axes, keepdim))

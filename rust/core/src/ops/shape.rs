@@ -2,6 +2,7 @@
 //! are views: they share the buffer and only change the layout. index_select, concat and
 //! the scatter ops used by backward rules copy.
 
+use crate::backend;
 use crate::backprop::{record, replay, BackwardOp};
 use crate::dtype::DType;
 use crate::error::{shape_err, value_err, Error, Result};
@@ -173,9 +174,8 @@ impl BackwardOp for Cast {
 }
 
 fn copy_contiguous(t: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "gpu")]
-    if t.is_gpu() {
-        return crate::gpu::contiguous(t);
+    if let Some(b) = backend::of(t) {
+        return b.contiguous(t);
     }
     with_dtype!(t.dtype(), T => { let v = t.to_vec::<T>()?; Tensor::from_vec(v, t.shape()) })
 }
@@ -355,9 +355,8 @@ impl Tensor {
         if let Some(&bad) = idx.iter().find(|&&i| i >= dim) {
             return Err(Error::Index { op: "index_select", index: bad as isize, dim: ax, size: dim });
         }
-        #[cfg(feature = "gpu")]
-        if self.is_gpu() {
-            let out = crate::gpu::axis::index_select(self, ax, idx)?;
+        if let Some(b) = backend::of(self) {
+            let out = b.index_select(self, ax, idx)?;
             return Ok(record(out, IndexSelect { axis: ax, idx: idx.to_vec() }, &[self]));
         }
         let out = with_dtype!(self.dtype(), T => self.with_view::<T, _>(|v| Tensor::from_array(v.select(ndarray::Axis(ax), idx)))?);
@@ -366,9 +365,8 @@ impl Tensor {
 
     /// Zeros of `shape` with the slices of `self` added at positions `idx` along `axis`.
     fn index_add_into(&self, shape: &[usize], axis: usize, idx: &[usize]) -> Result<Tensor> {
-        #[cfg(feature = "gpu")]
-        if self.is_gpu() {
-            let out = crate::gpu::axis::index_add(self, shape, axis, idx)?;
+        if let Some(b) = backend::of(self) {
+            let out = b.index_add(self, shape, axis, idx)?;
             return Ok(record(out, IndexAdd { axis, idx: idx.to_vec() }, &[self]));
         }
         let out = with_dtype!(self.dtype(), T => {
@@ -396,11 +394,10 @@ impl Tensor {
             }
         }
         let refs: Vec<&Tensor> = tensors.iter().collect();
-        #[cfg(feature = "gpu")]
-        if crate::device::common_device("concat", &refs)? == crate::Device::Gpu {
+        if let Some(b) = backend::common("concat", &refs)? {
             let mut shape = first.shape().to_vec();
             shape[ax] = tensors.iter().map(|t| t.shape()[ax]).sum();
-            return Ok(record(crate::gpu::axis::concat(tensors, ax, &shape)?, Concat(ax), &refs));
+            return Ok(record(b.concat(tensors, ax, &shape)?, Concat(ax), &refs));
         }
         let out = with_dtype!(first.dtype(), T => {
             let parts: Vec<ndarray::ArrayD<T>> = tensors.iter().map(|t| t.to_array::<T>()).collect::<Result<_>>()?;

@@ -1,5 +1,6 @@
 //! softmax and logsoftmax along one axis, max-shifted so they never overflow.
 
+use crate::backend;
 use crate::backprop::{no_grad, record, replay, should_record, BackwardOp};
 use crate::error::Result;
 use crate::layout::normalize_axis;
@@ -158,9 +159,8 @@ impl BackwardOp for Softmax {
 
 impl Tensor {
     fn softmax_kernel(&self, ax: usize, log: bool) -> Result<Tensor> {
-        #[cfg(feature = "gpu")]
-        if self.is_gpu() {
-            return crate::gpu::softmax(self, ax, log);
+        if let Some(b) = backend::of(self) {
+            return b.softmax(self, ax, log);
         }
         with_dtype!(self.dtype(), T => kernel::<T>(self, ax, log))
     }

@@ -1,5 +1,6 @@
 //! Elementwise unary math and activations.
 
+use crate::backend;
 use crate::backprop::{record, replay, BackwardOp};
 use crate::dtype::Float;
 use crate::error::Result;
@@ -9,52 +10,37 @@ use crate::tensor::Tensor;
 use crate::vmath::{simd, FastMath};
 use crate::with_dtype;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum UnaryOp {
-    Neg,
-    Exp,
-    Log,
-    Log1p,
-    Sqrt,
-    Abs,
-    Tanh,
-    Sigmoid,
-    Relu,
-    Sin,
-    Cos,
-    /// log(1 + exp(x)), computed without overflow.
-    Softplus,
-    LeakyRelu(f64),
-    Elu(f64),
-    Clamp(f64, f64),
-    /// sign(x): -1, 0 or 1. Piecewise constant, so no gradient flows through it.
-    Sign,
-    /// 1 where lo <= x <= hi else 0: a mask, no gradient.
-    InRange(f64, f64),
+op_table! {
+    /// The GPU kernel's expressions read the element `a` and the parameters `p0`, `p1` (a
+    /// variant's fields, in order).
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub enum UnaryOp {
+        Neg = "neg" => "-a",
+        Exp = "exp" => "exp(a)",
+        Log = "log" => "log(a)",
+        Log1p = "log1p" => "kahan_log1p(a)",
+        Sqrt = "sqrt" => "sqrt(a)",
+        Abs = "abs" => "abs(a)",
+        // clamped: tanh overflows to NaN past ~44 on some drivers
+        Tanh = "tanh" => "tanh(clamp(a, -15.0, 15.0))",
+        Sigmoid = "sigmoid" => "1.0 / (1.0 + exp(-a))",
+        // a select, not max: NaN passes through
+        Relu = "relu" => "select(a, 0.0, a < 0.0)",
+        Sin = "sin" => "sin(a)",
+        Cos = "cos" => "cos(a)",
+        /// log(1 + exp(x)), computed without overflow.
+        Softplus = "softplus" => "max(a, 0.0) + log(1.0 + exp(-abs(a)))",
+        LeakyRelu(f64) = "leakyrelu" => "select(p0 * a, a, a > 0.0)",
+        Elu(f64) = "elu" => "select(p0 * (exp(a) - 1.0), a, a > 0.0)",
+        Clamp(f64, f64) = "clamp" => "select(min(max(a, p0), p1), a, a != a)",
+        /// sign(x): -1, 0 or 1. Piecewise constant, so no gradient flows through it.
+        Sign = "sign" => "sign(a)",
+        /// 1 where lo <= x <= hi else 0: a mask, no gradient.
+        InRange(f64, f64) = "in_range" => "select(0.0, 1.0, a >= p0 && a <= p1)",
+    }
 }
 
 impl UnaryOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            UnaryOp::Neg => "neg",
-            UnaryOp::Exp => "exp",
-            UnaryOp::Log => "log",
-            UnaryOp::Log1p => "log1p",
-            UnaryOp::Sqrt => "sqrt",
-            UnaryOp::Abs => "abs",
-            UnaryOp::Tanh => "tanh",
-            UnaryOp::Sigmoid => "sigmoid",
-            UnaryOp::Relu => "relu",
-            UnaryOp::Sin => "sin",
-            UnaryOp::Cos => "cos",
-            UnaryOp::Softplus => "softplus",
-            UnaryOp::LeakyRelu(_) => "leakyrelu",
-            UnaryOp::Elu(_) => "elu",
-            UnaryOp::Clamp(..) => "clamp",
-            UnaryOp::Sign => "sign",
-            UnaryOp::InRange(..) => "in_range",
-        }
-    }
     fn differentiable(self) -> bool {
         !matches!(self, UnaryOp::Sign | UnaryOp::InRange(..))
     }
@@ -87,9 +73,8 @@ pub(crate) fn map<T: Elem>(x: &Tensor, f: impl Fn(T) -> T + Sync + Send) -> Resu
 }
 
 fn forward(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "gpu")]
-    if x.is_gpu() {
-        return crate::gpu::unary(op, x);
+    if let Some(b) = backend::of(x) {
+        return b.unary(op, x);
     }
     with_dtype!(x.dtype(), T => {
         let c = |v: f64| T::from_f64(v);

@@ -7,6 +7,7 @@ pub use rules::*;
 
 use rayon::prelude::*;
 
+use crate::backend::{self, Backend};
 use crate::error::{Error, Result};
 use crate::storage::Elem;
 use crate::tensor::Tensor;
@@ -85,9 +86,8 @@ pub fn update(chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut 
             }
         }
     }
-    #[cfg(feature = "gpu")]
-    if xs.iter().chain(dxs).any(|t| t.is_gpu()) {
-        return update_gpu(chain, xs, dxs, states);
+    if let Some(b) = xs.iter().chain(dxs).find_map(backend::of) {
+        return update_on(b, chain, xs, dxs, states);
     }
     let total: usize = xs.iter().map(|x| x.numel()).sum();
     let work = |((x, dx), st): ((&Tensor, &Tensor), &mut &mut ParamState)| -> Result<()> { with_dtype!(x.dtype(), T => update_one::<T>(chain, x, dx, st)) };
@@ -99,15 +99,15 @@ pub fn update(chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut 
     Ok(())
 }
 
-/// The update of a model with tensors on the GPU: in WGSL where every rule of the chain has
-/// a kernel, else on CPU copies of parameters, gradients and state, written back after.
-#[cfg(feature = "gpu")]
-fn update_gpu(chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut ParamState]) -> Result<()> {
+/// The update of a model with tensors on backend `b`'s device: there where it runs every
+/// rule of the chain, else on CPU copies of parameters, gradients and state, written back
+/// after.
+fn update_on(b: &dyn Backend, chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut ParamState]) -> Result<()> {
     use crate::Device;
-    let on_gpu = |st: &ParamState| st.arrays.iter().flatten().all(|a| a.is_gpu());
-    if crate::gpu::optim::supported(chain) && xs.iter().all(|x| x.is_gpu()) && states.iter().all(|s| on_gpu(s)) {
+    let there = |t: &Tensor| backend::of(t).is_some();
+    if b.optim_supports(chain) && xs.iter().all(there) && states.iter().all(|s| s.arrays.iter().flatten().all(there)) {
         for ((x, dx), st) in xs.iter().zip(dxs).zip(states.iter_mut()) {
-            crate::gpu::optim::update(chain, x, dx, st)?;
+            b.optim_update(chain, x, dx, st)?;
         }
         return Ok(());
     }
@@ -120,13 +120,13 @@ fn update_gpu(chain: &[Rule], xs: &[Tensor], dxs: &[Tensor], states: &mut [&mut 
         .collect::<Result<Vec<_>>>()?;
     update(chain, &cx, &cdx, &mut cst.iter_mut().collect::<Vec<_>>())?;
     for (x, c) in xs.iter().zip(&cx) {
-        if x.is_gpu() {
+        if there(x) {
             x.assign(c)?;
         }
     }
     for (s, c) in states.iter_mut().zip(cst) {
         for (a, ca) in s.arrays.iter().flatten().zip(c.arrays.iter().flatten()) {
-            if a.is_gpu() {
+            if there(a) {
                 a.assign(ca)?;
             }
         }
