@@ -203,6 +203,9 @@ def where(cond: Tensor, a: Tensor, b: Tensor) -> Tensor: ...
 def full(shape: Sequence[int], value: float, dtype: str = "float32") -> Tensor: ...
 def host_like(data: Any, like: Tensor) -> Tensor:
     """Host data (array, list, number, tensor) as a tensor of `like`'s dtype on `like`'s device."""
+def from_dlpack_capsule(capsule: Any, copy: Optional[bool] = None) -> Tensor:
+    """A tensor over the memory of the DLPack capsule `x.__dlpack__()` returned (consumed),
+    or a copy where `copy` is True or the memory cannot be shared as is."""
 def dense(x: Tensor, w: Tensor, b: Optional[Tensor] = None, act: str = "identity") -> Tensor: ...
 
 # Convolution and pooling (fluxrs-core ops/conv.rs, ops/pool.rs). x is (N, C, S...) with 1 to 3
@@ -287,6 +290,7 @@ __all__ = [
     "conv",
     "conv_transpose",
     "dense",
+    "from_dlpack_capsule",
     "full",
     "gpu_info",
     "grad",

@@ -401,41 +401,49 @@ def _dlpack_device(self: Tensor) -> tuple[int, int]:
     return (_KDL_VULKAN if self.device == "gpu" else _KDL_CPU, 0)
 
 
+# The DLPack version asked of producers: the versioned capsule, which says when memory is read-only.
+_DLPACK_MAX_VERSION = (1, 0)
+
+
 def from_dlpack(x: Any, *, device: Any = None, copy: bool | None = None) -> Tensor:
-    """A tensor from any object with ``__dlpack__`` (a PyTorch or JAX CPU tensor, a numpy
-    array, another fluxrs tensor), as the array API's ``from_dlpack``. fluxrs tensors own
-    their memory, so the data are copied once (``copy=False`` raises instead; exporting with
-    ``np.from_dlpack(t)`` or ``torch.from_dlpack(t)`` shares memory). float32 and float64
-    keep their dtype; other dtypes raise, naming the conversion to make. Only host (CPU)
-    memory can be read.
+    """A tensor from any object with ``__dlpack__`` (a numpy array, a PyTorch or JAX CPU
+    tensor, another fluxrs tensor), as the array API's ``from_dlpack``.
+
+    The tensor shares the producer's memory (no copy): a write on either side, by an
+    optimiser step or ``assign_`` here, or in numpy there, shows on the other, and the tensor
+    keeps the producer's array alive. Strided views and offsets are shared as they are.
+    Memory that cannot be shared is copied once instead: read-only memory (fluxrs tensors
+    are writable, optimisers update them in place), data not aligned to their element size,
+    and negative or overlapping (broadcast) strides. ``copy=True`` always copies;
+    ``copy=False`` raises BufferError where a copy would be needed. float32 and float64 keep
+    their dtype; other dtypes raise TypeError, naming the conversion to make. Only host
+    (CPU) memory can be read: other devices raise BufferError.
 
     >>> import fluxrs as fx, numpy as np
     >>> a = np.arange(6, dtype=np.float32).reshape(2, 3)
-    >>> t = fx.from_dlpack(a[:, ::2])                  # any strides and offsets
+    >>> t = fx.from_dlpack(a[:, ::2])                  # a strided view of a's memory
     >>> t.tolist(), t.dtype.name
     ([[0.0, 2.0], [3.0, 5.0]], 'float32')
+    >>> _ = t.assign_(np.zeros((2, 2), np.float32))    # writes land in a...
+    >>> a.tolist()
+    [[0.0, 1.0, 0.0], [0.0, 4.0, 0.0]]
+    >>> a[1, 2] = 7.0                                  # ...and a's writes show in t
+    >>> t.tolist()
+    [[0.0, 0.0], [0.0, 7.0]]
     """
-    if copy is False:
-        raise BufferError("from_dlpack(copy=False): fluxrs tensors own their memory, so importing copies once; "
-                          "pass copy=None (or True)")
     if device not in (None, "cpu", (_KDL_CPU, 0)):
         raise ValueError(f"from_dlpack: device must be None or 'cpu' (move a GPU tensor to the host with fx.gpu "
                          f"after importing), got {device!r}")
     if not hasattr(x, "__dlpack__"):
         raise TypeError(f"from_dlpack: expected an object with __dlpack__ (a tensor or array), got {type(x).__name__}")
-    if isinstance(x, Tensor):
-        return Tensor(x.numpy(), dtype=x.dtype.name)
     try:
-        a = np.from_dlpack(x)
-    except (BufferError, RuntimeError, TypeError) as e:
-        dev = x.__dlpack_device__() if hasattr(x, "__dlpack_device__") else None
-        where = f" (its DLPack device is {dev})" if dev and dev[0] != _KDL_CPU else ""
-        raise BufferError(f"from_dlpack: cannot read {type(x).__name__}{where}: {e}; only host memory can be "
-                          "imported, move it to the CPU first (x.cpu() in PyTorch)") from None
-    if a.dtype not in (float32, float64):
-        raise TypeError(f"from_dlpack: fluxrs tensors are float32 or float64, got {a.dtype}; convert first "
-                        f"(x.float() in PyTorch, x.astype('float32') in JAX or numpy)")
-    return Tensor(a, dtype=a.dtype.name)
+        try:
+            capsule = x.__dlpack__(max_version=_DLPACK_MAX_VERSION)
+        except TypeError:
+            capsule = x.__dlpack__()  # a producer from before DLPack 1.0 takes no max_version
+    except BufferError as e:
+        raise BufferError(f"from_dlpack: {type(x).__name__} cannot be exported: {e}") from None
+    return _core.from_dlpack_capsule(capsule, copy)
 
 
 Tensor.__dlpack__ = _dlpack
@@ -456,7 +464,7 @@ Arithmetic, ``@``, reductions (``t.sum(axis)``, ``t.mean(axis)``, ``t.max(axis)`
 ``reshape``/``transpose``, numpy-style indexing and numpy functions (``np.exp(t)``) all
 differentiate. Read values out with ``t.numpy()`` (a view of the same memory), ``t.tolist()``,
 ``float(t)``, ``np.asarray(t)``; ``torch.tensor(t)`` and ``np.from_dlpack(t)`` read it through
-DLPack. The layout is batch-first: a batch of 32 images is ``(32, C, H, W)``.
+DLPack, and `fx.from_dlpack` makes a tensor over another library's memory. The layout is batch-first: a batch of 32 images is ``(32, C, H, W)``.
 
 >>> import fluxrs as fx, numpy as np
 >>> x = fx.tensor([[1.0, 2.0], [3.0, 4.0]])

@@ -36,6 +36,36 @@ impl Layout {
         }
         true
     }
+    /// One past the last storage index the layout reaches (the buffer length it needs), or
+    /// None when a stride is negative or the index overflows. 0 when it has no elements.
+    pub fn end(&self) -> Option<usize> {
+        if self.shape.contains(&0) {
+            return Some(0);
+        }
+        self.shape.iter().zip(&self.strides).try_fold(self.offset.checked_add(1)?, |end, (&d, &s)| {
+            let s = usize::try_from(s).ok()?;
+            end.checked_add((d - 1).checked_mul(s)?)
+        })
+    }
+    /// Whether distinct indices reach distinct elements (no broadcast axis, no axes folded
+    /// onto each other), so a write to one element writes it once. Checked as numpy's
+    /// `may_share_memory` does cheaply: each axis, by increasing stride, steps past all that
+    /// the smaller ones reach. Negative strides fail.
+    pub fn is_non_overlapping(&self) -> bool {
+        let mut axes: Vec<(isize, usize)> = self.strides.iter().copied().zip(self.shape.iter().copied()).filter(|&(_, d)| d > 1).collect();
+        axes.sort_unstable();
+        let mut reach = 0isize; // the largest index the smaller axes reach
+        for (s, d) in axes {
+            if s <= reach {
+                return false;
+            }
+            match (d as isize - 1).checked_mul(s).and_then(|r| r.checked_add(reach)) {
+                Some(r) => reach = r,
+                None => return false,
+            }
+        }
+        true
+    }
 }
 
 /// Checks that a tensor of `shape` is addressable: the product of its axes (zero-length ones
@@ -143,5 +173,26 @@ mod tests {
         assert!(!t.is_contiguous());
         assert_eq!(normalize_axis("t", -1, 3).unwrap(), 2);
         assert!(normalize_axis("t", 3, 3).is_err());
+    }
+    #[test]
+    fn end_is_one_past_the_furthest_element() {
+        assert_eq!(Layout::contiguous(&[2, 3]).end(), Some(6));
+        assert_eq!(Layout::contiguous(&[]).end(), Some(1));
+        assert_eq!(Layout::contiguous(&[4, 0]).end(), Some(0));
+        // columns ::2 of rows 1.. of a (4, 5): the last is element 3 * 5 + 4 = 19
+        assert_eq!(Layout { shape: vec![3, 3], strides: vec![5, 2], offset: 5 }.end(), Some(20));
+        assert_eq!(Layout { shape: vec![3], strides: vec![-1], offset: 2 }.end(), None);
+        assert_eq!(Layout { shape: vec![2, usize::MAX], strides: vec![1, 2], offset: 0 }.end(), None);
+    }
+    #[test]
+    fn overlap_is_found_by_stride() {
+        let l = |shape: &[usize], strides: &[isize]| Layout { shape: shape.to_vec(), strides: strides.to_vec(), offset: 0 };
+        assert!(l(&[2, 3], &[3, 1]).is_non_overlapping());
+        assert!(l(&[3, 2], &[1, 3]).is_non_overlapping()); // a transpose
+        assert!(l(&[2, 2], &[10, 2]).is_non_overlapping()); // a strided slice
+        assert!(l(&[1, 3], &[0, 1]).is_non_overlapping()); // a length-1 axis steps nowhere
+        assert!(!l(&[3, 2], &[0, 1]).is_non_overlapping()); // broadcast
+        assert!(!l(&[2, 3], &[2, 1]).is_non_overlapping()); // rows overlap by one element
+        assert!(!l(&[3], &[-1]).is_non_overlapping());
     }
 }

@@ -22,5 +22,5 @@ pub use backprop::{grad, grad_with, no_grad, pop_watch, push_watch, BackwardOp, 
 pub use device::Device;
 pub use dtype::{DType, Float};
 pub use error::{Error, Result};
-pub use storage::{Elem, Storage};
+pub use storage::{Elem, Foreign, Storage};
 pub use tensor::{Tensor, TensorId};

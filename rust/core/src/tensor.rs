@@ -12,7 +12,7 @@ use crate::backprop::Node;
 use crate::dtype::DType;
 use crate::error::{shape_err, Error, Result};
 use crate::layout::Layout;
-use crate::storage::{Elem, Storage};
+use crate::storage::{Elem, Foreign, Storage};
 use crate::with_dtype;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,6 +75,29 @@ impl Tensor {
         }
         let dtype = storage.dtype();
         Ok(Tensor::from_parts(Arc::new(RwLock::new(storage)), Layout::contiguous(shape), dtype, None))
+    }
+
+    /// A tensor over memory another library lends (see `Foreign`), addressed by `layout`
+    /// in elements: zero-copy, and writes show on the lender's side. The layout must lie in
+    /// the buffer, with non-negative strides and no two indices on one element (a write
+    /// through a broadcast view would land twice); copy memory laid out otherwise first.
+    pub fn from_foreign(buf: Foreign, layout: Layout) -> Result<Tensor> {
+        let op = "from_foreign";
+        if layout.strides.len() != layout.shape.len() {
+            return shape_err(op, format!("{} strides for shape {:?}", layout.strides.len(), layout.shape));
+        }
+        crate::layout::checked_numel(op, &layout.shape)?;
+        let storage = Storage::Foreign(buf);
+        match layout.end() {
+            Some(end) if end <= storage.len() => {}
+            Some(end) => return shape_err(op, format!("the layout {layout:?} reaches element {}, past the buffer of {}", end - 1, storage.len())),
+            None => return shape_err(op, format!("the layout {layout:?} has a negative stride or cannot be addressed")),
+        }
+        if !layout.is_non_overlapping() {
+            return shape_err(op, format!("the layout {layout:?} reaches some elements twice"));
+        }
+        let dtype = storage.dtype();
+        Ok(Tensor::from_parts(Arc::new(RwLock::new(storage)), layout, dtype, None))
     }
 
     pub fn from_vec<T: Elem>(data: Vec<T>, shape: &[usize]) -> Result<Tensor> {
@@ -281,13 +304,15 @@ impl Tensor {
     }
 
     /// This tensor if nothing else can see its buffer (so it may be written in place),
-    /// else a contiguous copy. Used to accumulate gradients in place.
+    /// else a contiguous copy. Used to accumulate gradients in place. Foreign memory is
+    /// never exclusive: its lender sees it.
     pub(crate) fn into_exclusive(self) -> Result<Tensor> {
         let exclusive = Arc::strong_count(&self.0) == 1
             && Arc::strong_count(&self.0.storage) == 1
             && self.is_contiguous()
             && self.0.layout.offset == 0
-            && self.0.node.is_none();
+            && self.0.node.is_none()
+            && !self.0.storage.read_recursive().is_foreign();
         if exclusive {
             return Ok(self);
         }
@@ -437,6 +462,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn foreign_memory_is_never_taken_for_an_exclusive_accumulator() {
+        // leaked, so the lender's side can be read after the tensors are gone
+        let data: &'static mut [f32] = Box::leak(vec![1.0f32, 2.0].into_boxed_slice());
+        let ptr = data.as_mut_ptr();
+        // SAFETY: the leaked buffer lives for the whole test.
+        let buf = unsafe { Foreign::new(ptr.cast(), 2, DType::F32, Box::new(())) }.unwrap();
+        // the sole handle on a contiguous, unrecorded tensor: only foreignness keeps it from being written
+        let e = Tensor::from_foreign(buf, Layout::contiguous(&[2])).unwrap().into_exclusive().unwrap();
+        e.add_assign_raw(&Tensor::ones(&[2], DType::F32)).unwrap();
+        assert_eq!(e.to_vec::<f32>().unwrap(), vec![2.0, 3.0]);
+        // SAFETY: as above.
+        assert_eq!(unsafe { std::slice::from_raw_parts(ptr, 2) }, &[1.0, 2.0]);
     }
 
     #[test]

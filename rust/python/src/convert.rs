@@ -22,7 +22,7 @@ pub fn parse_dtype(name: &str) -> PyResult<DType> {
 /// Arrays at least this large are copied with the GIL released, so that another thread's
 /// Python runs meanwhile. Below it the copy (~20 us at 1 MiB) is shorter than what a thread
 /// waiting to take the GIL back can lose to the other thread's Python.
-const DETACH_COPY_BYTES: usize = 1 << 20;
+pub const DETACH_COPY_BYTES: usize = 1 << 20;
 
 /// A numpy array of element type `S` as a tensor of element type `T`, in one pass: a memcpy
 /// for a C-contiguous array of the same type, a converting copy otherwise.

@@ -2,6 +2,7 @@
 //! This crate converts, validates, maps errors and releases the GIL; the math is in the core.
 
 mod convert;
+mod dlpack;
 mod errors;
 mod gil;
 mod nn;
@@ -201,6 +202,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(where_, m)?)?;
     m.add_function(wrap_pyfunction!(full, m)?)?;
     m.add_function(wrap_pyfunction!(host_like, m)?)?;
+    m.add_function(wrap_pyfunction!(dlpack::from_dlpack_capsule, m)?)?;
     m.add_function(wrap_pyfunction!(dense, m)?)?;
     m.add_function(wrap_pyfunction!(gru_sequence, m)?)?;
     m.add_function(wrap_pyfunction!(nn::conv, m)?)?;
