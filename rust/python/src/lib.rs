@@ -73,12 +73,20 @@ fn grad(
 }
 
 /// Open a differentiation context on this thread: ops touching `tensors` record from now on.
+/// With `context=False` they record inside the context already open, which `watch_depth`
+/// goes on counting alone (a recorded trace's data).
 #[pyfunction]
-fn push_watch(tensors: Vec<PyRef<'_, PyTensor>>) {
-    fluxrs_core::push_watch(&unwrap_all(&tensors));
+#[pyo3(signature = (tensors, context = true))]
+fn push_watch(tensors: Vec<PyRef<'_, PyTensor>>, context: bool) {
+    let ts = unwrap_all(&tensors);
+    if context {
+        fluxrs_core::push_watch(&ts);
+    } else {
+        backprop::push_record_watch(&ts);
+    }
 }
 
-/// Close the innermost differentiation context on this thread.
+/// Close the innermost `push_watch` on this thread.
 #[pyfunction]
 fn pop_watch() {
     fluxrs_core::pop_watch();
