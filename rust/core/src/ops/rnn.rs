@@ -1,23 +1,25 @@
-//! Whole recurrent sequences in one op each: Flux's GRU (`gru`), so far. Run step by step
-//! from Python, a cell costs up to ~16 small ops per time step forwards
-//! and as many backwards, each a Python->Rust crossing and a recorded node; here the
-//! recurrence runs in one loop (a gemm for the recurrent product per step) and
+//! Whole recurrent sequences in one op each: Flux's RNN (`elman`), LSTM (`lstm`) and GRU
+//! (`gru`). Run step by step from Python, a cell costs up to ~16 small ops per time step
+//! forwards and as many backwards, each a Python->Rust crossing and a recorded node; here
+//! the recurrence runs in one loop (a gemm for the recurrent product per step) and
 //! backpropagation through time is written out by hand.
 //!
-//! This module holds what such kernels share: the shapes, the batch split into blocks over
+//! This module holds what the three share: the shapes, the batch split into blocks over
 //! rayon threads, the per-step products, and the op that records, replays and
 //! differentiates. Each cell (`Cell`) supplies its gate loops, forwards and backwards, for
 //! one block of samples.
 //!
 //! Layouts: the input projection `gx = x Wi^T + b` `(N, T, G·H)` for all steps comes from
 //! one dense call before the op; the recurrent weight `wh` is `(G·H, H)` (G gates); the
-//! output holds the sequence of each state `(N, T, H)` (`(S, N, T, H)` for S > 1 states);
+//! output holds the sequence of each state `(N, T, H)` (the LSTM's h then c: `(2, N, T, H)`);
 //! the initial state, one `(N, H)` tensor per state, defaults to zeros made inside the op,
 //! so that a recorded step replays it. The backward pass is not built from differentiable
 //! ops: a second derivative through it is refused with an error (the Python layers run the
 //! cell step by step in that case).
 
+mod elman;
 mod gru;
+mod lstm;
 
 use crate::backprop::{record, replay, BackwardOp};
 use crate::error::{shape_err, Error, Result};
