@@ -313,8 +313,8 @@ def _seeded_dropout(cls, p):
 ], ids=["batchnorm", "layernorm", "groupnorm", "instancenorm", "rnn", "lstm", "gru", "bidirectional-gru",
         "attention", "dropout", "alphadropout", "upsample", "upsample-bilinear"])
 def test_norm_recurrent_and_other_layers_match_cpu(layer, shape):
-    """Built twice from the same seed: the CPU copy, and one moved to the GPU; the GRU runs its
-    fused CPU kernel on one side and the step-by-step cell on the other."""
+    """Built twice from the same seed: the CPU copy, and one moved to the GPU; the recurrent
+    layers run their fused CPU kernels on one side and the step-by-step cells on the other."""
     fx.seed_(12)
     mc = layer()
     fx.seed_(12)

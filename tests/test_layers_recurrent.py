@@ -1,12 +1,17 @@
 """Recurrent layers (RNN, LSTM, GRU cells and sequence layers, Bidirectional): values against
 numpy references written here, state handling, gradients against central finite
-differences in float64, and a small GRU that learns a memory task."""
+differences in float64, the fused sequence kernels against the cells run step by step
+(values, gradients, compiled training, the cases they leave to the cells), and a small GRU
+that learns a memory task."""
+
+import warnings
 
 import numpy as np
 import pytest
 
 import fluxrs as fx
-from gradcheck import check_gradients, f64
+from fluxrs import _core
+from gradcheck import check_gradients, f64, numeric_gradient
 
 
 def sig(z):
@@ -44,7 +49,7 @@ def params_of(cell):
 
 def randomise(layer, rng, scale=0.5):
     for p in fx.params(layer):
-        p.assign_(f64(rng.normal(scale=scale, size=tuple(p.shape))))
+        p.assign_(fx.tensor(rng.normal(scale=scale, size=tuple(p.shape)), dtype=p.dtype.name))
     return layer
 
 
@@ -245,6 +250,176 @@ def test_state_vector_gradient_matches_finite_differences(kind):
 def test_state_of_a_wrong_shape_names_the_shapes():
     with pytest.raises(ValueError, match=r"GRUCell\(3 => 4\): the state must have shape \(2, 4\) \(or \(4,\).*got \(3,\)"):
         fx.GRU(3, 4)(fx.ones(2, 5, 3), fx.ones(3))
+
+
+# ---------------------------------------------------------------- fused sequence kernels
+
+FUSED = {
+    "rnn": lambda: fx.RNN(3, 4), "rnn-relu": lambda: fx.RNN(3, 4, fx.relu),
+    "rnn-identity": lambda: fx.RNN(3, 4, fx.identity), "rnn-sigmoid": lambda: fx.RNN(3, 4, fx.sigmoid),
+    "lstm": lambda: fx.LSTM(3, 4), "gru": lambda: fx.GRU(3, 4),
+}
+
+
+def _step_by_step(monkeypatch, layer):
+    """The sequence layer's cell run step by step from now on, as where no kernel fits."""
+    monkeypatch.setattr(type(layer.cell), "_fuses", lambda self: False)
+
+
+def _as_state(kind, make):
+    return (make(), make()) if kind == "lstm" else make()
+
+
+def _outputs_and_gradients(layer, x, state):
+    """The outputs and final state, and the gradient of a weighted sum of both w.r.t. every
+    parameter, the input and the initial state."""
+    seen = {}
+
+    def loss(m, x, *s):
+        s = None if not s else s if len(s) == 2 else s[0]  # none, (h, c), or h
+        y, final = m(x, s)
+        seen["y"], seen["final"] = y, final
+        parts = [y] + (list(final) if isinstance(final, tuple) else [final])
+        total = 0
+        for k, p in enumerate(parts):
+            w = np.random.default_rng(k).normal(size=tuple(p.shape)).astype(p.dtype.name)
+            total = total + (p * w).sum()
+        return total
+
+    args = () if state is None else state if isinstance(state, tuple) else (state,)
+    _, g = fx.withgradient(loss, layer, x, *args)
+    final = seen["final"]
+    values = [np.asarray(seen["y"])] + [np.asarray(f) for f in (final if isinstance(final, tuple) else (final,))]
+    grads = [np.asarray(t) for t in fx.functor.leaves(g[0])] + [np.asarray(t) for t in g[1:]]
+    return values, grads
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "given-state"])
+@pytest.mark.parametrize("kind", sorted(FUSED))
+def test_fused_sequence_equals_step_by_step(kind, with_state, dtype, monkeypatch):
+    """One Rust call for the whole sequence gives the outputs, the final state (an LSTM's
+    (h, c)) and the gradients of every parameter, of the input and of the initial state that
+    the cell run step by step gives."""
+    rng = np.random.default_rng(10)
+    fx.seed_(4)
+    layer = FUSED[kind]()
+    layer.return_state = True
+    if dtype == "float64":
+        layer = fx.f64(layer)
+    randomise(layer, rng)
+    tensor = (lambda a: fx.tensor(np.asarray(a, np.float32))) if dtype == "float32" else f64
+    x = tensor(rng.normal(size=(5, 6, 3)))
+    state = _as_state(kind.split("-")[0], lambda: tensor(rng.normal(size=(5, 4)))) if with_state else None
+    calls = []
+    kernel = type(layer.cell)._sequence
+    monkeypatch.setattr(type(layer.cell), "_sequence", lambda self, *a: calls.append(1) or kernel(self, *a))
+    fused = _outputs_and_gradients(layer, x, state)
+    assert calls, "the fused kernel ran"
+    _step_by_step(monkeypatch, layer)
+    stepped = _outputs_and_gradients(layer, x, state)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+    for a, b in zip(fused[0] + fused[1], stepped[0] + stepped[1], strict=True):
+        assert a.dtype == np.dtype(dtype) and a.shape == b.shape
+        np.testing.assert_allclose(a, b, **tol)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+def test_fused_one_sequence_and_state_vector_equal_step_by_step(kind, monkeypatch):
+    """An unbatched sequence (T, in) and a state vector (out,) shared by a batch take the
+    kernel too, with the shapes the cell gives."""
+    rng = np.random.default_rng(11)
+    layer = randomise(fx.f64(FUSED[kind]()), rng)
+    layer.return_state = True
+    x1, xb = f64(rng.normal(size=(6, 3))), f64(rng.normal(size=(5, 6, 3)))
+    vec = _as_state(kind, lambda: f64(rng.normal(size=4)))
+    fused = [layer(x1), layer(x1, vec), layer(xb, vec)]
+    _step_by_step(monkeypatch, layer)
+    stepped = [layer(x1), layer(x1, vec), layer(xb, vec)]
+    for (ya, sa), (yb, sb), state_shape in zip(fused, stepped, [(4,), (4,), (5, 4)], strict=True):
+        assert ya.shape == yb.shape
+        np.testing.assert_allclose(ya.numpy(), yb.numpy(), rtol=1e-12, atol=1e-12)
+        for a, b in zip(sa if kind == "lstm" else (sa,), sb if kind == "lstm" else (sb,), strict=True):
+            assert a.shape == b.shape == state_shape
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_compiled_training_of_fused_layers_equals_eager(kind):
+    """train_(compile=True) and fx.jit record the fused op (its zero initial state made
+    inside it) and replay it: the parameters after several steps are eager's."""
+    make_layer = {"rnn": lambda: fx.RNN(2, 6), "lstm": lambda: fx.LSTM(2, 6), "gru": lambda: fx.GRU(2, 6)}[kind]
+
+    def make():
+        fx.seed_(5)
+        return fx.Chain(make_layer(), lambda h: h[:, -1, :], fx.Dense(6, 3))
+
+    rng = np.random.default_rng(12)
+    data = [(rng.normal(size=(8, 7, 2)).astype(np.float32), rng.normal(size=(8, 3)).astype(np.float32))
+            for _ in range(5)]
+
+    def loss(m, x, y):
+        return fx.mse(m(x), y)
+
+    eager, comp, jitted = make(), make(), make()
+    fx.train_(loss, eager, data, fx.setup(fx.Adam(0.02), eager))
+    jl = fx.jit(loss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing falls back to eager
+        fx.train_(loss, comp, data, fx.setup(fx.Adam(0.02), comp), compile=True)
+        fx.train_(jl, jitted, data, fx.setup(fx.Adam(0.02), jitted))
+    assert (jl.recorded, jl.replayed) == (1, 4)
+    for m in (comp, jitted):
+        for a, b in zip(fx.params(m), fx.params(eager), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(np.asarray(fx.params(eager)[1]), np.asarray(fx.params(make())[1]))  # it trained
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_second_derivatives_run_step_by_step(kind):
+    """Inside an outer gradient the layer runs the cell step by step (the kernel's backward
+    is not differentiable): the gradient of a gradient matches finite differences of the
+    first (fused) gradient."""
+    rng = np.random.default_rng(13)
+    layer = randomise(fx.f64({"rnn": fx.RNN, "lstm": fx.LSTM, "gru": fx.GRU}[kind](2, 3)), rng)
+    x0 = rng.normal(size=(2, 4, 2))
+
+    def inner(x):
+        return fx.gradient(lambda z: (layer(z) ** 2).sum(), x)[0]
+
+    def outer(x):
+        return (inner(x) ** 2).sum()
+
+    got = np.asarray(fx.gradient(outer, f64(x0))[0])
+    want = numeric_gradient(lambda a: float(outer(f64(a))), x0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+
+
+def test_fused_kernels_refuse_second_derivatives_and_bad_arguments():
+    gx, wh = fx.zeros(2, 3, 16), fx.zeros(16, 4)
+    with pytest.raises(ValueError, match="second derivatives through the fused lstm_sequence.*LSTM step by step"):
+        fx.gradient(lambda g: fx.gradient(lambda z: _core.lstm_sequence(z, wh).sum(), g)[0].sum(), gx)
+    with pytest.raises(ValueError, match="both initial states h0 and c0, or neither"):
+        _core.lstm_sequence(gx, wh, fx.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"lstm_sequence: the recurrent weight must be \(4H, H\)"):
+        _core.lstm_sequence(gx, fx.zeros(12, 4))
+    with pytest.raises(ValueError, match='rnn_sequence: unsupported fused activation "gelu"'):
+        _core.rnn_sequence(fx.zeros(2, 3, 4), fx.zeros(4, 4), None, "gelu")
+    with pytest.raises(ValueError, match=r"rnn_sequence: the initial state must be \(2, 4\)"):
+        _core.rnn_sequence(fx.zeros(2, 3, 4), fx.zeros(4, 4), fx.zeros(3, 4))
+
+
+@pytest.mark.parametrize("act", [fx.leakyrelu, fx.elu, lambda z: z * 0.5], ids=["leakyrelu", "elu", "lambda"])
+def test_rnn_with_an_activation_the_kernel_lacks_runs_step_by_step(act):
+    rng = np.random.default_rng(14)
+    layer = randomise(fx.f64(fx.RNN(3, 4, act)), rng)
+    assert not layer.cell._fuses()
+    x = rng.normal(size=(2, 5, 3))
+    np_act = {fx.leakyrelu: lambda z: np.where(z > 0, z, 0.01 * z),
+              fx.elu: lambda z: np.where(z > 0, z, np.expm1(z))}.get(act, lambda z: z * 0.5)
+    want, _ = np_sequence(lambda p, x, h: np_rnn_cell(p, x, h, np_act), params_of(layer.cell), x, np.zeros((2, 4)))
+    np.testing.assert_allclose(layer(f64(x)).numpy(), want, rtol=1e-12, atol=1e-12)
+    check_gradients(lambda: layer(f64(x)), layer)
 
 
 # ---------------------------------------------------------------- learning

@@ -193,7 +193,9 @@ FUSED_ACTIVATIONS: tuple[str, ...]
 def gpu_info() -> str: ...
 def grad(root: Tensor, leaves: Sequence[Tensor], seed: Optional[Tensor] = None,
          on_final: Optional[Callable[[int, Tensor], object]] = None) -> list[Optional[Tensor]]: ...
-def push_watch(tensors: Sequence[Tensor]) -> None: ...
+def push_watch(tensors: Sequence[Tensor], context: bool = True) -> None:
+    """Ops touching `tensors` record from now on, in a new differentiation context (or, with
+    `context=False`, in the one already open: `watch_depth` does not count it)."""
 def pop_watch() -> None: ...
 def watch_depth() -> int: ...
 def is_recording() -> bool: ...
@@ -229,6 +231,11 @@ def grad_update(root: Tensor, chain: _Chain, xs: Sequence[Tensor],
     """Gradients of `root` w.r.t. `xs`, then the chain's update, in one call: None when it
     updated, else (some parameter got no gradient) the gradients, with nothing updated."""
 def gru_sequence(gx: Tensor, wh: Tensor, h0: Optional[Tensor] = None) -> Tensor: ...
+def lstm_sequence(gx: Tensor, wh: Tensor, h0: Optional[Tensor] = None, c0: Optional[Tensor] = None) -> Tensor:
+    """Both state sequences of an LSTM over `gx` (N, T, 4H) from (h0, c0) (both or neither):
+    (2, N, T, H), h then c."""
+def rnn_sequence(gx: Tensor, wh: Tensor, h0: Optional[Tensor] = None, act: str = "tanh") -> Tensor:
+    """All hidden states (N, T, H) of h' = act(gx + h @ wh.T); act identity, relu, sigmoid or tanh."""
 def sq_err(yhat: Tensor, y: Tensor, mean: bool) -> Tensor:
     """mean((yhat - y)²) (sum when `mean` is false) as one op; shapes must match."""
 
@@ -298,11 +305,13 @@ __all__ = [
     "gru_sequence",
     "host_like",
     "is_recording",
+    "lstm_sequence",
     "maxpool",
     "meanpool",
     "optim_update",
     "pop_watch",
     "push_watch",
+    "rnn_sequence",
     "sq_err",
     "stack",
     "tensor_mark",

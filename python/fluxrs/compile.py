@@ -176,7 +176,9 @@ class jit:
         it = iter(inputs)
         call_args = [next(it) if type(a) is np.ndarray or type(a) is Tensor else a for a in args]
         mark, reads = _core.tensor_mark(), _core.value_reads()
-        _core.push_watch(params + inputs)
+        # inside the gradient's context, not a context of its own: the loss's ops see the depth
+        # of the gradient that will be taken (a fused recurrence runs only at the first order)
+        _core.push_watch(params + inputs, context=False)
         try:
             val = self.f(*call_args)
         except Exception as e:

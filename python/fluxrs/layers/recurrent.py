@@ -32,7 +32,7 @@ from fluxrs._checks import size, sizes_given
 from fluxrs._core import Tensor
 from fluxrs.activations import identity, tanh
 from fluxrs.functor import Layer, fmap, short_repr
-from fluxrs.layers.basic import as_input
+from fluxrs.layers.basic import _FUSED_ACTS, as_input
 from fluxrs.layers.init import create_bias, create_weight, glorot_uniform
 from fluxrs.tensor import concat, host_like
 
@@ -122,6 +122,17 @@ class _Cell(Layer):
     def _check_state(self, state: Any, x: Tensor) -> Any:
         return self._check_h(state, x)
 
+    def _fuses(self) -> bool:
+        """Whether `_sequence`, the fused kernel, runs this cell."""
+        return True
+
+    def _sequence(self, gx: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """The whole sequence in one Rust call, from the input projection of every step `gx`
+        ``(N, T, gates·out)`` and the state for a batch (None: zeros, made inside the op, so a
+        compiled step replays them): the outputs ``(N, T, out)`` and the final state, as
+        `_step` run step by step gives them."""
+        raise NotImplementedError
+
     def _sizes(self) -> str:
         s = f"{self.in_features} => {self.out_features}"
         return s if self.bias is not None else s + ", bias=False"
@@ -159,6 +170,13 @@ class RNNCell(_Cell):
         z = self._project(x) + h @ whT
         h = z if self.act is identity else self.act(z)
         return h, h
+
+    def _fuses(self) -> bool:
+        return getattr(self.act, "fused_name", None) in _FUSED_ACTS
+
+    def _sequence(self, gx: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
+        hs = _core.rnn_sequence(gx, self.Wh, h, getattr(self.act, "fused_name"))  # there, as _fuses saw
+        return hs, hs.select(1, -1)
 
     def _repr_inner(self) -> str:
         act = f", {short_repr(self.act)}" if self.act is not tanh else ""
@@ -204,6 +222,11 @@ class LSTMCell(_Cell):
         h = o * c.tanh()
         return h, (h, c)
 
+    def _sequence(self, gx: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        hc = _core.lstm_sequence(gx, self.Wh) if state is None else _core.lstm_sequence(gx, self.Wh, *state)
+        hs, cs = hc.select(0, 0), hc.select(0, 1)  # (2, N, T, out): h, then c
+        return hs, (hs.select(1, -1), cs.select(1, -1))
+
 
 class GRUCell(_Cell):
     """Gated recurrent unit (Cho et al. 2014), Flux's formulation (reset gate applied after
@@ -232,6 +255,10 @@ class GRUCell(_Cell):
         cand = (gx.slice(ax, 2 * n, 3 * n) + r * gh.slice(ax, 2 * n, 3 * n)).tanh()
         h = cand + z * (h - cand)  # (1 - z) h̃ + z h
         return h, h
+
+    def _sequence(self, gx: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
+        hs = _core.gru_sequence(gx, self.Wh, h)
+        return hs, hs.select(1, -1)
 
 
 class Recurrence(Layer):
@@ -274,8 +301,8 @@ class Recurrence(Layer):
         if steps == 0:
             raise ValueError(f"{self._repr_inner()}: the sequence is empty (shape {tuple(x.shape)})")
         first = x.select(tax, 0)
-        if isinstance(cell, GRUCell) and _core.watch_depth() <= 1 and x.device == "cpu":
-            return self._gru_fused(cell, x, None if state is None else cell._check_state(state, first))
+        if cell._fuses() and _core.watch_depth() <= 1 and x.device == "cpu":
+            return self._fused(cell, x, None if state is None else cell._check_state(state, first))
         state = cell.initialstates(first) if state is None else cell._check_state(state, first)
         whT = cell.Wh.T
         outs = []
@@ -285,21 +312,25 @@ class Recurrence(Layer):
         return _core.stack(outs, tax), state
 
     @staticmethod
-    def _gru_fused(cell: "GRUCell", x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The whole GRU sequence in one Rust call (one dense call for the input projection
-        of every step, then the recurrence with hand-written BPTT). Its backward cannot be
-        differentiated again, so nested gradients (watch depth > 1) take the step-by-step path.
-        The default zero state (`state` None) is made inside the op, so a compiled step replays it."""
+    def _fused(cell: _Cell, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """The whole sequence in one Rust call (one dense call for the input projection of
+        every step, then the recurrence with hand-written BPTT). Its backward cannot be
+        differentiated again, so nested gradients (watch depth > 1) take the step-by-step path."""
         batched = x.ndim == 3
         xb = x if batched else x.reshape(1, *x.shape)
-        h0 = state if state is None or batched else state.reshape(1, -1)
-        hs = _core.gru_sequence(cell._project(xb), cell.Wh, h0)
-        last = hs.select(1, -1)
-        return (hs, last) if batched else (hs.select(0, 0), last.select(0, 0))
+        if state is not None and not batched:
+            state = _map_state(lambda s: s.reshape(1, -1), state)
+        ys, last = cell._sequence(cell._project(xb), state)
+        return (ys, last) if batched else (ys.select(0, 0), _map_state(lambda s: s.select(0, 0), last))
 
     def _repr_inner(self) -> str:
         s = f"Recurrence({short_repr(self.cell)}"
         return s + (", return_state=True)" if self.return_state else ")")
+
+
+def _map_state(f: Callable[[Tensor], Tensor], state: Any) -> Any:
+    """`f` on the state's tensor, or on each of an LSTM's (h, c)."""
+    return tuple(f(s) for s in state) if isinstance(state, tuple) else f(state)
 
 
 class _SeqLayer(Recurrence):

@@ -93,8 +93,9 @@ struct ThreadState {
     paused: usize,
     /// Watched ids with a count (the same tensor may be watched by nested contexts).
     watched: HashMap<TensorId, usize>,
-    /// One frame per active differentiation context, for `pop_watch`.
-    frames: Vec<Vec<TensorId>>,
+    /// One frame per `push_watch`, for `pop_watch`: its ids, and whether it opened a
+    /// differentiation context (`watch_depth` counts those).
+    frames: Vec<(Vec<TensorId>, bool)>,
 }
 
 thread_local! {
@@ -130,21 +131,33 @@ pub(crate) fn record(out: Tensor, op: impl BackwardOp + 'static, inputs: &[&Tens
 
 /// Begin a differentiation context: ops touching these tensors record from now on.
 pub fn push_watch(tensors: &[Tensor]) {
+    push_frame(tensors, true);
+}
+
+/// Ops touching these tensors record from now on, inside the differentiation context that
+/// is already open, without opening one (`pop_watch` ends it): a recorded trace watches its
+/// data so, and the ops it records see the depth of the gradient that will be taken (a
+/// fused recurrence runs only where no second derivative can follow).
+pub fn push_record_watch(tensors: &[Tensor]) {
+    push_frame(tensors, false);
+}
+
+fn push_frame(tensors: &[Tensor], context: bool) {
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         let ids: Vec<TensorId> = tensors.iter().map(|t| t.id()).collect();
         for &id in &ids {
             *s.watched.entry(id).or_insert(0) += 1;
         }
-        s.frames.push(ids);
+        s.frames.push((ids, context));
     })
 }
 
-/// End the innermost differentiation context.
+/// End the innermost `push_watch` or `push_record_watch`.
 pub fn pop_watch() {
     STATE.with(|s| {
         let mut s = s.borrow_mut();
-        if let Some(ids) = s.frames.pop() {
+        if let Some((ids, _)) = s.frames.pop() {
             for id in ids {
                 if let Some(c) = s.watched.get_mut(&id) {
                     *c -= 1;
@@ -176,7 +189,7 @@ impl Drop for WatchGuard {
 
 /// How many differentiation contexts are open on this thread.
 pub fn watch_depth() -> usize {
-    STATE.with(|s| s.borrow().frames.len())
+    STATE.with(|s| s.borrow().frames.iter().filter(|f| f.1).count())
 }
 
 pub fn is_recording() -> bool {

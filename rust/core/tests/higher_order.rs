@@ -282,3 +282,22 @@ fn second_order_through_an_empty_slice() {
     assert_close(&vals(&g), &[1.0, -2.0, 4.0]);
     assert_close(&vals(&gg), &[4.0, -8.0, 16.0]);
 }
+
+#[test]
+fn a_record_watch_records_ops_without_opening_a_differentiation_context() {
+    let (w, x) = (t(&[3.0], &[]), t(&[2.0], &[]));
+    push_watch(std::slice::from_ref(&w));
+    backprop::push_record_watch(std::slice::from_ref(&x));
+    assert_eq!(backprop::watch_depth(), 1, "only the gradient's context counts");
+    let y = x.mul(&x).unwrap();
+    assert!(y.has_node(), "ops on the watched data record");
+    pop_watch();
+    assert_eq!(backprop::watch_depth(), 1);
+    let l = y.mul(&w).unwrap();
+    let g = grad(&l, &[w.clone(), x.clone()], None).unwrap();
+    assert!(g[0].as_ref().unwrap().has_node(), "inside the gradient's context the backward pass records");
+    pop_watch();
+    assert_eq!(backprop::watch_depth(), 0);
+    assert_close(&vals(g[0].as_ref().unwrap()), &[4.0]);
+    assert_close(&vals(g[1].as_ref().unwrap()), &[12.0]);
+}

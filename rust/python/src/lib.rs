@@ -74,12 +74,20 @@ fn grad(
 }
 
 /// Open a differentiation context on this thread: ops touching `tensors` record from now on.
+/// With `context=False` they record inside the context already open, which `watch_depth`
+/// goes on counting alone (a recorded trace's data).
 #[pyfunction]
-fn push_watch(tensors: Vec<PyRef<'_, PyTensor>>) {
-    fluxrs_core::push_watch(&unwrap_all(&tensors));
+#[pyo3(signature = (tensors, context = true))]
+fn push_watch(tensors: Vec<PyRef<'_, PyTensor>>, context: bool) {
+    let ts = unwrap_all(&tensors);
+    if context {
+        fluxrs_core::push_watch(&ts);
+    } else {
+        backprop::push_record_watch(&ts);
+    }
 }
 
-/// Close the innermost differentiation context on this thread.
+/// Close the innermost `push_watch` on this thread.
 #[pyfunction]
 fn pop_watch() {
     fluxrs_core::pop_watch();
@@ -205,6 +213,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dlpack::from_dlpack_capsule, m)?)?;
     m.add_function(wrap_pyfunction!(dense, m)?)?;
     m.add_function(wrap_pyfunction!(gru_sequence, m)?)?;
+    m.add_function(wrap_pyfunction!(lstm_sequence, m)?)?;
+    m.add_function(wrap_pyfunction!(rnn_sequence, m)?)?;
     m.add_function(wrap_pyfunction!(nn::conv, m)?)?;
     m.add_function(wrap_pyfunction!(nn::conv_transpose, m)?)?;
     m.add_function(wrap_pyfunction!(nn::maxpool, m)?)?;
@@ -248,4 +258,37 @@ fn sq_err(py: Python<'_>, yhat: PyRef<'_, PyTensor>, y: PyRef<'_, PyTensor>, mea
 fn gru_sequence(py: Python<'_>, gx: PyRef<'_, PyTensor>, wh: PyRef<'_, PyTensor>, h0: Option<PyRef<'_, PyTensor>>) -> PyResult<PyTensor> {
     let (gx, wh, h0) = (gx.inner.clone(), wh.inner.clone(), h0.map(|h| h.inner.clone()));
     run(py, move || Tensor::gru_sequence(&gx, &wh, h0.as_ref())).map(PyTensor::wrap)
+}
+
+/// Both state sequences of an LSTM over `gx = x @ Wi.T + b` `(N, T, 4H)`, recurrent weight
+/// `wh` `(4H, H)`, initial state `h0`, `c0` `(N, H)` (both, or neither for zeros), as one
+/// tensor `(2, N, T, H)`: h, then c. The whole sequence in one call.
+#[pyfunction]
+#[pyo3(signature = (gx, wh, h0 = None, c0 = None))]
+fn lstm_sequence(
+    py: Python<'_>,
+    gx: PyRef<'_, PyTensor>,
+    wh: PyRef<'_, PyTensor>,
+    h0: Option<PyRef<'_, PyTensor>>,
+    c0: Option<PyRef<'_, PyTensor>>,
+) -> PyResult<PyTensor> {
+    let state = match (h0, c0) {
+        (Some(h0), Some(c0)) => Some((h0.inner.clone(), c0.inner.clone())),
+        (None, None) => None,
+        _ => return Err(pyo3::exceptions::PyValueError::new_err("lstm_sequence: give both initial states h0 and c0, or neither")),
+    };
+    let (gx, wh) = (gx.inner.clone(), wh.inner.clone());
+    run(py, move || Tensor::lstm_sequence(&gx, &wh, state.as_ref().map(|(h, c)| (h, c)))).map(PyTensor::wrap)
+}
+
+/// All hidden states of an RNN `h' = act(gx + h @ wh.T)` over `gx = x @ Wi.T + b`
+/// `(N, T, H)`, recurrent weight `wh` `(H, H)`, initial state `h0` `(N, H)` (zeros when
+/// None), act one of identity, relu, sigmoid, tanh: the whole sequence in one call.
+#[pyfunction]
+#[pyo3(signature = (gx, wh, h0 = None, act = "tanh"))]
+fn rnn_sequence(py: Python<'_>, gx: PyRef<'_, PyTensor>, wh: PyRef<'_, PyTensor>, h0: Option<PyRef<'_, PyTensor>>, act: &str) -> PyResult<PyTensor> {
+    let act = fluxrs_core::ops::nn::Act::from_name(act)
+        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("rnn_sequence: unsupported fused activation {act:?}")))?;
+    let (gx, wh, h0) = (gx.inner.clone(), wh.inner.clone(), h0.map(|h| h.inner.clone()));
+    run(py, move || Tensor::rnn_sequence(&gx, &wh, h0.as_ref(), act)).map(PyTensor::wrap)
 }

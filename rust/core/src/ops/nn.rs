@@ -35,6 +35,23 @@ impl Act {
     pub fn names() -> impl ExactSizeIterator<Item = &'static str> {
         Act::TABLE.iter().map(|(name, _)| *name)
     }
+
+    /// The derivative at the activation's input, from its output `y`.
+    #[inline(always)]
+    pub(crate) fn derivative<T: Elem>(self, y: T) -> T {
+        match self {
+            Act::Identity => T::ONE,
+            Act::Relu => {
+                if y > T::ZERO {
+                    T::ONE
+                } else {
+                    T::ZERO
+                }
+            }
+            Act::Sigmoid => y * (T::ONE - y),
+            Act::Tanh => T::ONE - y * y,
+        }
+    }
 }
 
 /// Applies `act` in place, vectorised. `a < 0` for relu so NaN passes through.
@@ -65,9 +82,9 @@ pub(crate) fn act_backward(act: Act, out: &Tensor, g: &Tensor) -> Result<Tensor>
         return with_dtype!(out.dtype(), T => {
             let v = out.with_slice::<T, _>(|y| g.with_slice::<T, _>(|gs| match act {
                 // g * mask, not a select: a NaN gradient stays NaN (as the composed form).
-                Act::Relu => map2(y, gs, |y, g| g * if y > T::ZERO { T::ONE } else { T::ZERO }),
-                Act::Sigmoid => map2(y, gs, |y, g| g * (y * (T::ONE - y))),
-                Act::Tanh => map2(y, gs, |y, g| g * (T::ONE - y * y)),
+                Act::Relu => map2(y, gs, |y, g| g * Act::Relu.derivative(y)),
+                Act::Sigmoid => map2(y, gs, |y, g| g * Act::Sigmoid.derivative(y)),
+                Act::Tanh => map2(y, gs, |y, g| g * Act::Tanh.derivative(y)),
                 Act::Identity => unreachable!(),
             }))??;
             Tensor::from_vec(v, out.shape())
