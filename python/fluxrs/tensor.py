@@ -386,7 +386,9 @@ def _dlpack(self: Tensor, *, stream=None, max_version=None, dl_device=None, copy
     # DLPack is what torch.tensor(x), torch.from_dlpack and np.from_dlpack read (torch takes
     # neither __array__ nor __array_interface__ from a non-numpy object, only a sequence, which
     # it walks element by element). Exported through the numpy view of the tensor's memory,
-    # which the capsule keeps alive: no copy, and writes on either side show on the other.
+    # which the capsule keeps alive: no copy, and writes on either side show on the other
+    # (numpy before 2.1, the last for Python 3.9, reads only unversioned DLPack, which cannot
+    # say "writable", so it marks its side read-only; t.numpy() is the writable view there).
     if self.device == "gpu":
         raise BufferError("__dlpack__: a GPU tensor cannot be shared yet (the wgpu backend has no DLPack device); "
                           "move it to the host first with fx.cpu(t)")
@@ -426,7 +428,8 @@ def from_dlpack(x: Any, *, device: Any = None, copy: bool | None = None) -> Tens
     if isinstance(x, Tensor):
         return Tensor(x.numpy(), dtype=x.dtype.name)
     try:
-        a = np.from_dlpack(x)
+        # a numpy array is read directly: numpy before 2.1 exports no read-only array through DLPack
+        a = x if isinstance(x, np.ndarray) else np.from_dlpack(x)
     except (BufferError, RuntimeError, TypeError) as e:
         dev = x.__dlpack_device__() if hasattr(x, "__dlpack_device__") else None
         where = f" (its DLPack device is {dev})" if dev and dev[0] != _KDL_CPU else ""
