@@ -5,7 +5,7 @@ The digits (8×8 images, 1797 of them, shipped inside scikit-learn: no download)
 Dense, trained with Adam under logitcrossentropy, reaches 97% test accuracy or more.
 `fx.callbacks.LearningCurves` draws the train/test loss and accuracy after every epoch.
 
-    pip install scikit-learn matplotlib
+    pip install scikit-learn 'fluxrs[plot]'
     python examples/digits_cnn.py [--epochs 30] [--curves digits_curves.png] [--smoke]
 """
 

@@ -2,6 +2,8 @@
 with only what it imports loaded. Imports inside functions count: a lazy import hides a cycle
 from the interpreter, not from the reader."""
 
+from __future__ import annotations
+
 import ast
 import graphlib
 import pathlib

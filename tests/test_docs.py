@@ -11,6 +11,8 @@ namespace, as a reader would run them; ```py blocks (those needing a GPU or mpie
 shown, not run.
 """
 
+from __future__ import annotations
+
 import importlib
 import pathlib
 import pkgutil

@@ -1,5 +1,6 @@
-"""The model zoo in examples/: each script runs (its --smoke mode), and the digits CNN
-reaches real accuracy in a short run. The full runs' stated results are in their docs."""
+"""The model zoo in examples/: each script runs (its --smoke mode; the MPI one under
+``mpiexec -n 2``), and the digits CNN and autoencoder learn in a short run. The full runs'
+stated results are in their docs."""
 
 import pathlib
 import subprocess
@@ -8,22 +9,71 @@ import sys
 import numpy as np
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+import fluxrs as fx
+
+HERE = pathlib.Path(__file__).resolve().parent
+EXAMPLES = HERE.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
+sys.path.insert(0, str(HERE / "mpi"))
+from _mpiexec import find as find_mpiexec  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("script", ["digits_cnn.py", "char_lstm.py", "transformer_sort.py"])
+# the PNG each script draws, by the option that names it
+PICTURES = {"digits_cnn.py": "--curves", "digits_autoencoder.py": "--grid"}
+
+
+@pytest.mark.parametrize("script", ["digits_cnn.py", "digits_autoencoder.py", "char_lstm.py", "transformer_sort.py"])
 def test_example_runs_in_smoke_mode(script, tmp_path):
-    if script == "digits_cnn.py":
+    if script.startswith("digits"):
         pytest.importorskip("sklearn")
     args = [sys.executable, str(EXAMPLES / script), "--smoke", "--no-progress"]
-    if script == "digits_cnn.py":
-        args += ["--curves", str(tmp_path / "curves.png")]
+    if script in PICTURES:
+        args += [PICTURES[script], str(tmp_path / "picture.png")]
     r = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "accuracy" in r.stdout or "perplexity" in r.stdout
-    if script == "digits_cnn.py":
-        assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "accuracy" in r.stdout or "perplexity" in r.stdout or "MSE" in r.stdout
+    if script in PICTURES:
+        assert (tmp_path / "picture.png").read_bytes()[:8] == PNG
+
+
+def test_mnist1d_mpi_runs_in_smoke_mode_on_two_ranks(tmp_path):
+    pytest.importorskip("mnist1d")
+    exe, why, _ = find_mpiexec()
+    if exe is None:
+        pytest.skip(why)
+    r = subprocess.run([exe, "-n", "2", sys.executable, str(EXAMPLES / "mnist1d_mpi.py"), "--smoke", "--no-progress"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ranks: 2," in r.stdout  # rank 0 prints, once
+    assert r.stdout.count("test accuracy:") == 1
+
+
+def test_autoencoder_without_matplotlib_names_the_extra_before_training(tmp_path):
+    pytest.importorskip("sklearn")
+    # None in sys.modules makes `import matplotlib` raise ImportError, as when it is not installed
+    code = (f"import runpy, sys; sys.modules['matplotlib'] = None; sys.argv = ['x', '--no-progress']; "
+            f"runpy.run_path({str(EXAMPLES / 'digits_autoencoder.py')!r}, run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "ImportError: the digits autoencoder draws its picture with matplotlib" in r.stderr
+    assert "pip install 'fluxrs[plot]'" in r.stderr
+    assert "train MSE" not in r.stdout  # it failed at once, not after the run
+
+
+def test_digits_autoencoder_beats_the_mean_image(tmp_path):
+    pytest.importorskip("sklearn")
+    import digits_autoencoder as ae
+    x, x_test = ae.load_digits()
+    assert x.shape == (1437, 64) and x_test.shape == (360, 64) and 0 <= x.min() and x.max() <= 1
+    model, mse = ae.train(epochs=10, progress=False, verbose=False)
+    assert tuple(model["encoder"](x_test).shape) == (360, ae.CODE)
+    mean_image = float(((x_test - x.mean(0)) ** 2).mean())
+    assert mse < 0.3 * mean_image, (mse, mean_image)  # 10 epochs: 0.016 against 0.074
+    with fx.no_grad():
+        ae.save_grid(str(tmp_path / "grid.png"), x_test, model(x_test).numpy())
+    assert (tmp_path / "grid.png").read_bytes()[:8] == PNG
 
 
 def test_digits_cnn_learns_the_digits(tmp_path):
@@ -43,7 +93,6 @@ def test_char_lstm_samples_from_its_vocabulary():
 
 def test_transformer_sorter_output_shape_and_loss_gradient():
     import transformer_sort as ts
-    import fluxrs as fx
     fx.seed_(0)
     model = ts.Sorter(dim=16, heads=2, depth=1)
     x, y = ts.make_batch(np.random.default_rng(0), 4)

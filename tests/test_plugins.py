@@ -878,6 +878,13 @@ def test_timer():
     assert t.summary().startswith("trained 6 steps in 2 epochs")
 
 
+def test_learning_curves_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises, as when not installed
+    with pytest.raises(ImportError, match=r"LearningCurves draws with matplotlib, which is not installed: "
+                                          r"pip install 'fluxrs\[plot\]'"):
+        fx.callbacks.LearningCurves(tmp_path / "c.png")
+
+
 def test_docstring_examples():
     import doctest
     import fluxrs.callbacks

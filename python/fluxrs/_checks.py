@@ -1,5 +1,5 @@
 """Checks and messages the public API shares: sizes given to constructors, keywords spelled
-the PyTorch way, and warnings shown at the user's line.
+the PyTorch way, optional dependencies, and warnings shown at the user's line.
 
 >>> from fluxrs._checks import size
 >>> size("Dense", "the input size", 64)
@@ -12,13 +12,15 @@ TypeError: Dense: the input size must be an integer (sizes are ints), got 64.0 (
 from __future__ import annotations
 
 import functools
+import importlib
 import numbers
 import os
 import sys
 import warnings
+from types import ModuleType
 from typing import Any, Callable
 
-__all__ = ["is_int", "size", "sizes_given", "torch_keywords", "warn_caller"]
+__all__ = ["is_int", "size", "sizes_given", "torch_keywords", "require", "warn_caller"]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
@@ -68,6 +70,22 @@ def torch_keywords(**hints: str | Callable[[Any], str]) -> Callable:
             return f(*args, **kwargs)
         return checked
     return wrap
+
+
+def require(module: str, why: str, extra: str) -> ModuleType:
+    """Import the optional dependency `module`, or raise ImportError saying `why` it is
+    needed and which of fluxrs's extras installs it.
+
+    >>> require("math", "for the example", "plot").__name__
+    'math'
+    >>> require("no_such_module", "LearningCurves draws with it", "plot")
+    Traceback (most recent call last):
+    ImportError: LearningCurves draws with it, which is not installed: pip install 'fluxrs[plot]'
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{why}, which is not installed: pip install 'fluxrs[{extra}]'") from None
 
 
 def warn_caller(msg: str, category: type[Warning] = UserWarning) -> None:

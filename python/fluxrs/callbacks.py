@@ -34,6 +34,7 @@ import os
 import time
 from typing import Any, TextIO
 
+from fluxrs._checks import require
 from fluxrs.plugins.hookspecs import hookimpl
 
 __all__ = ["ProgressBar", "CSVLogger", "LearningCurves", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN",
@@ -631,10 +632,7 @@ class LearningCurves:
     _SKIP = ("elapsed", "steps_per_s", "lr", "batches", "time")  # bookkeeping, not learning
 
     def __init__(self, path: str | os.PathLike, metrics: Any = None, title: str | None = None):
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise ImportError("LearningCurves draws with matplotlib: pip install matplotlib") from None
+        require("matplotlib", "LearningCurves draws with matplotlib", "plot")
         self.path = os.fspath(path)
         self.metrics = None if metrics is None else list(metrics)
         self.title = title

@@ -386,7 +386,9 @@ def _dlpack(self: Tensor, *, stream=None, max_version=None, dl_device=None, copy
     # DLPack is what torch.tensor(x), torch.from_dlpack and np.from_dlpack read (torch takes
     # neither __array__ nor __array_interface__ from a non-numpy object, only a sequence, which
     # it walks element by element). Exported through the numpy view of the tensor's memory,
-    # which the capsule keeps alive: no copy, and writes on either side show on the other.
+    # which the capsule keeps alive: no copy, and writes on either side show on the other
+    # (numpy before 2.1, the last for Python 3.9, reads only unversioned DLPack, which cannot
+    # say "writable", so it marks its side read-only; t.numpy() is the writable view there).
     if self.device == "gpu":
         raise BufferError("__dlpack__: a GPU tensor cannot be shared yet (the wgpu backend has no DLPack device); "
                           "move it to the host first with fx.cpu(t)")
@@ -442,6 +444,9 @@ def from_dlpack(x: Any, *, device: Any = None, copy: bool | None = None) -> Tens
         except TypeError:
             capsule = x.__dlpack__()  # a producer from before DLPack 1.0 takes no max_version
     except BufferError as e:
+        if isinstance(x, np.ndarray) and not x.flags.writeable and copy is not False:
+            # numpy before 2.1 exports no read-only array through DLPack; such memory is copied anyway
+            return _core.from_dlpack_capsule(np.array(x).__dlpack__(), True)
         raise BufferError(f"from_dlpack: {type(x).__name__} cannot be exported: {e}") from None
     return _core.from_dlpack_capsule(capsule, copy)
 
