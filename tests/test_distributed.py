@@ -466,7 +466,9 @@ def test_two_ranks_in_two_network_namespaces_over_the_network(tmp_path):
             np.testing.assert_array_equal(a, b, err_msg=f"{kind}: ranks differ")
         ref = worker.params(worker.train(kind, rank=0, size=1, distributed=False, hidden=2048))
         for a, b in zip(p0, ref):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{kind}: 2 hosts != full batch")
+            # half batches and the full batch take products of other shapes, so other summation
+            # orders (and kernels); Adam turns such float32 differences into steps of up to ~1e-6
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f"{kind}: 2 hosts != full batch")
 
 
 def test_a_checkpoint_of_two_ranks_resumes_on_one_and_on_three(tmp_path):

@@ -32,7 +32,7 @@ from fluxrs._checks import size, sizes_given
 from fluxrs._core import Tensor
 from fluxrs.activations import identity, tanh
 from fluxrs.functor import Layer, fmap, short_repr
-from fluxrs.layers.basic import _FUSED_ACTS, as_input
+from fluxrs.layers.basic import as_input
 from fluxrs.layers.init import create_bias, create_weight, glorot_uniform
 from fluxrs.tensor import concat, host_like
 
@@ -172,7 +172,7 @@ class RNNCell(_Cell):
         return h, h
 
     def _fuses(self) -> bool:
-        return getattr(self.act, "fused_name", None) in _FUSED_ACTS
+        return getattr(self.act, "fused_name", None) in _core.FUSED_ACTIVATIONS
 
     def _sequence(self, gx: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
         hs = _core.rnn_sequence(gx, self.Wh, h, getattr(self.act, "fused_name"))  # there, as _fuses saw
