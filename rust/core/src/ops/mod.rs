@@ -48,6 +48,8 @@ pub mod binary;
 pub mod compare;
 pub mod conv;
 mod dot_gemm;
+#[cfg(test)]
+mod gradcheck;
 pub mod loss;
 pub mod matmul;
 pub mod nn;

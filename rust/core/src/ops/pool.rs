@@ -385,6 +385,7 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::gradcheck::gradcheck;
     use crate::{grad, pop_watch, push_watch};
 
     fn rand_distinct(n: usize, seed: u64) -> Vec<f64> {
@@ -472,24 +473,6 @@ mod tests {
         }
     }
 
-    fn gradcheck(x: &Tensor, f: &dyn Fn(&Tensor) -> Tensor) {
-        push_watch(std::slice::from_ref(x));
-        let l = f(x);
-        pop_watch();
-        let g = grad(&l, std::slice::from_ref(x), None).unwrap().remove(0).unwrap().to_vec_f64();
-        let base = x.to_vec_f64();
-        let eps = 1e-6;
-        for i in 0..base.len() {
-            let eval = |d: f64| {
-                let mut v = base.clone();
-                v[i] += d;
-                f(&Tensor::from_vec(v, x.shape()).unwrap()).item().unwrap()
-            };
-            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
-            assert!((fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()), "element {i}: fd {fd} vs grad {}", g[i]);
-        }
-    }
-
     fn weighted(y: &Tensor) -> Tensor {
         let r: Vec<f64> = (0..y.numel()).map(|i| ((i * 7919) % 13) as f64 / 13.0 - 0.4).collect();
         y.mul(&Tensor::from_vec(r, y.shape()).unwrap()).unwrap().sum_all().unwrap()
@@ -501,12 +484,12 @@ mod tests {
             // distinct values at least 1/numel apart: the nudge never changes an arg-max
             let x = Tensor::from_vec(rand_distinct(shape.iter().product(), seed as u64 + 9), &shape).unwrap();
             let s1 = spec.clone();
-            gradcheck(&x, &move |x| weighted(&x.maxpool(&s1).unwrap()));
+            gradcheck(std::slice::from_ref(&x), &move |t| weighted(&t[0].maxpool(&s1).unwrap()));
             let s2 = spec.clone();
-            gradcheck(&x, &move |x| weighted(&x.meanpool(&s2).unwrap()));
+            gradcheck(std::slice::from_ref(&x), &move |t| weighted(&t[0].meanpool(&s2).unwrap()));
             let (s3, sp) = (spec.clone(), shape[2..].to_vec());
             let y = x.meanpool(&spec).unwrap();
-            gradcheck(&y, &move |g| weighted(&g.meanpool_adjoint(&s3, &sp).unwrap()));
+            gradcheck(std::slice::from_ref(&y), &move |t| weighted(&t[0].meanpool_adjoint(&s3, &sp).unwrap()));
         }
     }
 

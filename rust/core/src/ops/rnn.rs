@@ -356,29 +356,7 @@ mod tests {
         y.mul(&rand_t(y.shape(), seed)).unwrap().sum_all().unwrap()
     }
 
-    /// Central finite differences of `f` (a scalar function of `leaves`) vs `grad`, every element of every leaf.
-    pub(super) fn gradcheck(leaves: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) {
-        crate::push_watch(leaves);
-        let l = f(leaves);
-        crate::pop_watch();
-        let gs = crate::grad(&l, leaves, None).unwrap();
-        let eps = 1e-6;
-        for (li, leaf) in leaves.iter().enumerate() {
-            let base = leaf.to_vec_f64();
-            let g = gs[li].as_ref().expect("a gradient for every leaf").to_vec_f64();
-            for i in 0..base.len() {
-                let eval = |delta: f64| {
-                    let mut v = base.clone();
-                    v[i] += delta;
-                    let mut ls = leaves.to_vec();
-                    ls[li] = Tensor::from_vec(v, leaf.shape()).unwrap();
-                    f(&ls).item().unwrap()
-                };
-                let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
-                assert!((fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()), "leaf {li} element {i}: fd {fd} vs grad {}", g[i]);
-            }
-        }
-    }
+    pub(super) use crate::ops::gradcheck::gradcheck;
 
     /// Value and gradients (w.r.t. every input) of a weighted sum of `run(inputs)`.
     pub(super) fn value_and_grads(leaves: &[Tensor], run: &dyn Fn(&[Tensor]) -> Tensor) -> (Vec<f64>, Vec<Vec<f64>>) {
@@ -388,6 +366,17 @@ mod tests {
         crate::pop_watch();
         let g = crate::grad(&l, leaves, None).unwrap();
         (y.to_vec_f64(), g.into_iter().map(|g| g.unwrap().to_vec_f64()).collect())
+    }
+
+    /// `run(leaves, blocks)` split over 1 and over 3 batch blocks: the same forward values
+    /// (a sample never meets another) and, up to the order dWh sums blocks in, the same gradients.
+    pub(super) fn assert_blocks_agree(leaves: &[Tensor], run: &dyn Fn(&[Tensor], usize) -> Tensor) {
+        let (y1, g1) = value_and_grads(leaves, &|t| run(t, 1));
+        let (y3, g3) = value_and_grads(leaves, &|t| run(t, 3));
+        assert_eq!(y1, y3, "the forward pass of a sample does not depend on its block");
+        for (a, b) in g1.iter().zip(&g3) {
+            assert_close(a, b, 1e-12);
+        }
     }
 
     pub(super) fn assert_close(a: &[f64], b: &[f64], tol: f64) {

@@ -1,6 +1,7 @@
 //! The convolution kernels against direct loops and finite differences.
 
 use super::*;
+use crate::ops::gradcheck::gradcheck;
 use crate::{grad, pop_watch, push_watch};
 
 struct Rng(u64);
@@ -200,30 +201,6 @@ fn conv_transpose_matches_scatter_loop() {
         }
     }
     close(&out.to_vec_f64(), &want, 1e-12);
-}
-
-/// Central finite differences of `f` (a scalar function of `leaves`) vs `grad`.
-fn gradcheck(leaves: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) {
-    push_watch(leaves);
-    let l = f(leaves);
-    pop_watch();
-    let gs = grad(&l, leaves, None).unwrap();
-    let eps = 1e-6;
-    for (li, leaf) in leaves.iter().enumerate() {
-        let base = leaf.to_vec_f64();
-        let g = gs[li].as_ref().expect("gradient").to_vec_f64();
-        for i in 0..base.len() {
-            let eval = |delta: f64| {
-                let mut v = base.clone();
-                v[i] += delta;
-                let mut ls = leaves.to_vec();
-                ls[li] = Tensor::from_vec(v, leaf.shape()).unwrap();
-                f(&ls).item().unwrap()
-            };
-            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
-            assert!((fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()), "leaf {li} element {i}: fd {fd} vs grad {}", g[i]);
-        }
-    }
 }
 
 fn weighted_sum(y: &Tensor, seed: u64) -> Tensor {
