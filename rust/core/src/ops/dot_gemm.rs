@@ -12,11 +12,13 @@
 
 use std::sync::OnceLock;
 
-/// Whether a product of this size and layout goes here: float32, both operands contiguous
-/// along k, k long enough to amortise each output's horizontal sum, few outputs (wider ones
-/// reuse gemm's packed panels better), and below gemm's threading threshold.
-pub(crate) fn wanted(m: usize, n: usize, k: usize, lhs_cs: isize, rhs_rs: isize, serial: bool) -> bool {
-    serial && lhs_cs == 1 && rhs_rs == 1 && k >= 128 && m * n <= 4096 && available()
+/// Whether a float32 product of this size and layout goes here: both operands contiguous
+/// along k, their runs along k a positive stride apart (each given as `(column stride, row
+/// stride)`, as `gemm_rm` takes them), k long enough to amortise each output's horizontal
+/// sum, few outputs (wider ones reuse gemm's packed panels better), and below gemm's
+/// threading threshold.
+pub(crate) fn wanted(m: usize, n: usize, k: usize, lhs: (isize, isize), rhs: (isize, isize), serial: bool) -> bool {
+    serial && lhs.0 == 1 && lhs.1 > 0 && rhs.1 == 1 && rhs.0 > 0 && k >= 128 && m * n <= 4096 && available()
 }
 
 fn available() -> bool {

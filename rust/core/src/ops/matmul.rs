@@ -66,12 +66,10 @@ pub(crate) unsafe fn gemm_rm<T: Elem>(
         return;
     }
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && super::dot_gemm::wanted(m, n, k, lhs.1, rhs.2, matches!(par, gemm::Parallelism::None))
-        && lhs.2 > 0
-        && rhs.1 > 0
+        && super::dot_gemm::wanted(m, n, k, (lhs.1, lhs.2), (rhs.1, rhs.2), matches!(par, gemm::Parallelism::None))
     {
         // SAFETY: T is f32; both operands are contiguous along k with positive row strides,
-        // as `wanted` and the checks above require, and the caller's promises cover the rest.
+        // as `wanted` requires, and the caller's promises cover the rest.
         unsafe { super::dot_gemm::dot_nt(m, n, k, lhs.0 as *const f32, lhs.2 as usize, rhs.0 as *const f32, rhs.1 as usize, dst as *mut f32, dst_rs, acc) };
         return;
     }
