@@ -120,7 +120,7 @@ impl Foreign {
             },
             None => return Err(Error::Value { op: "foreign memory", msg: format!("a null pointer for {len} elements") }),
         };
-        if ptr.as_ptr() as usize % dtype.size() != 0 {
+        if !(ptr.as_ptr() as usize).is_multiple_of(dtype.size()) {
             return Err(Error::Value {
                 op: "foreign memory",
                 msg: format!("{dtype} data at address {:#x} is not aligned to {} bytes", ptr.as_ptr() as usize, dtype.size()),

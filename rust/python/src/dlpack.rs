@@ -187,7 +187,7 @@ fn shareable(d: &Described<'_>, base: *const u8, dtype: DType, layout: &Layout) 
     if d.read_only {
         return Err("it is read-only (fluxrs tensors are writable: optimisers update them in place)");
     }
-    if base as usize % dtype.size() != 0 {
+    if !(base as usize).is_multiple_of(dtype.size()) {
         return Err("its data are not aligned to their element size");
     }
     let end = layout.end().ok_or("it has negative strides")?;

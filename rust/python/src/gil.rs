@@ -96,7 +96,7 @@ pub fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
         while other_in_python(me, now_us()) && start.elapsed() < SPIN {
             std::hint::spin_loop();
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now(); // a core shared with a runnable thread is not held
             }
         }

@@ -87,7 +87,7 @@ fn shape_args(op: &str, args: &Bound<'_, PyTuple>, numel: usize) -> PyResult<Vec
     }
     if unknown == 1 {
         let known: usize = raw.iter().filter(|&&d| d != -1).map(|&d| d.max(0) as usize).product();
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(PyValueError::new_err(format!("{op}: cannot reshape {numel} elements into {raw:?}")));
         }
         return sizes(op, &raw.iter().map(|&d| if d == -1 { (numel / known) as isize } else { d }).collect::<Vec<_>>());

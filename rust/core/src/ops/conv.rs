@@ -991,7 +991,7 @@ impl Tensor {
             return shape_err("conv_filter_grad", format!("input {:?} and output gradient {:?} do not fit a kernel {k_sp:?}", x.shape(), gy.shape()));
         }
         let cout = gy.shape()[1];
-        if spec.groups == 0 || x.shape()[1] % spec.groups != 0 {
+        if spec.groups == 0 || !x.shape()[1].is_multiple_of(spec.groups) {
             return shape_err("conv_filter_grad", format!("{} input channels are not divisible by groups={}", x.shape()[1], spec.groups));
         }
         let mut w_shape = vec![cout, x.shape()[1] / spec.groups];

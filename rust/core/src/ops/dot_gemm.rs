@@ -4,9 +4,9 @@
 //!
 //! The gemm crate packs both operands into panels before it multiplies. For a skinny product
 //! with a long k (the seed model's first layer: 32 x 32 outputs over k = 784) that packing is
-//! a large share of the work, and a 4 x 3 block of vector dot products, read as the operands
-//! lie, ran the product in 0.60-0.75 of gemm's time (AVX2 host, interleaved repeats of
-//! 32x32x784, 32x32x256, 64x64x512, 16x16x784); wider outputs or short k went gemm's way.
+//! a large share of the work, and a block of vector dot products, read as the operands lie,
+//! runs such a product faster (AVX2 4 x 3 blocks; AVX-512 4 x 4 blocks, with masked loads for
+//! the end of k); wider outputs or short k go gemm's way.
 //! Each output's sum runs over k in the same order whatever the shape of the block it falls
 //! in, so results do not depend on how a product is split.
 
@@ -22,22 +22,43 @@ pub(crate) fn wanted(m: usize, n: usize, k: usize, lhs: (isize, isize), rhs: (is
 }
 
 fn available() -> bool {
-    static AVX2: OnceLock<bool> = OnceLock::new();
-    *AVX2.get_or_init(|| {
+    kernel().is_some()
+}
+
+/// The widest kernel this CPU runs: AVX-512 where it has it (twice the lanes per FMA, and
+/// masked loads for the end of k), else AVX2 with FMA; None elsewhere or when
+/// `FLUXRS_NO_DOT_GEMM` is set.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Kernel {
+    Avx2,
+    Avx512,
+}
+
+fn kernel() -> Option<Kernel> {
+    static KERNEL: OnceLock<Option<Kernel>> = OnceLock::new();
+    *KERNEL.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            std::env::var_os("FLUXRS_NO_DOT_GEMM").is_none() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+            if std::env::var_os("FLUXRS_NO_DOT_GEMM").is_some() {
+                None
+            } else if is_x86_feature_detected!("avx512f") && std::env::var_os("FLUXRS_DOT_GEMM_AVX2").is_none() {
+                Some(Kernel::Avx512)
+            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                Some(Kernel::Avx2)
+            } else {
+                None
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            false
+            None
         }
     })
 }
 
 /// `dst[i*ldd + j] (+)= sum_k a[i*lda + k] * b[j*ldb + k]` for i < m, j < n.
 ///
-/// SAFETY: `wanted` returned true (the CPU has AVX2 and FMA); `a` covers m rows of k
+/// SAFETY: `wanted` returned true (the CPU has AVX2 and FMA, or AVX-512); `a` covers m rows of k
 /// elements lda apart, `b` n rows of k elements ldb apart, `dst` m rows of n elements ldd
 /// apart, not overlapping the operands.
 #[allow(clippy::too_many_arguments)]
@@ -45,7 +66,10 @@ pub(crate) unsafe fn dot_nt(m: usize, n: usize, k: usize, a: *const f32, lda: us
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as the caller promises
     unsafe {
-        avx2::dot_nt(m, n, k, a, lda, b, ldb, dst, ldd, acc)
+        match kernel() {
+            Some(Kernel::Avx512) => avx512::dot_nt(m, n, k, a, lda, b, ldb, dst, ldd, acc),
+            _ => avx2::dot_nt(m, n, k, a, lda, b, ldb, dst, ldd, acc),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -113,6 +137,60 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Rows of `a` and of `b` per block: 16 accumulators and 8 loaded rows, so each FMA
+    /// needs half a load (the 32 vector registers would hold more, but a 32 x 32 product
+    /// then leaves blocks partly empty).
+    const R: usize = 4;
+    const S: usize = 4;
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dot_nt(m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, dst: *mut f32, ldd: usize, acc: bool) {
+        let kv = k / 16 * 16;
+        // the last k % 16 elements, read with a mask (lanes past k load as zeros)
+        let tail: __mmask16 = ((1u32 << (k - kv)) - 1) as __mmask16;
+        for i in (0..m).step_by(R) {
+            let mi = (m - i).min(R);
+            // SAFETY (whole block): rows past the edge repeat the last real row, so every
+            // read stays inside the operands; only the mi x nj real outputs are written.
+            let ap: [*const f32; R] = std::array::from_fn(|r| unsafe { a.add((i + r.min(mi - 1)) * lda) });
+            for j in (0..n).step_by(S) {
+                let nj = (n - j).min(S);
+                let bp: [*const f32; S] = std::array::from_fn(|s| unsafe { b.add((j + s.min(nj - 1)) * ldb) });
+                let mut c = [[_mm512_setzero_ps(); S]; R];
+                let mut fma = |o: usize, mask: __mmask16| {
+                    let bv: [__m512; S] = std::array::from_fn(|s| unsafe { _mm512_maskz_loadu_ps(mask, bp[s].add(o)) });
+                    for (r, cr) in c.iter_mut().enumerate() {
+                        let av = unsafe { _mm512_maskz_loadu_ps(mask, ap[r].add(o)) };
+                        for (cs, bs) in cr.iter_mut().zip(&bv) {
+                            *cs = _mm512_fmadd_ps(av, *bs, *cs);
+                        }
+                    }
+                };
+                for o in (0..kv).step_by(16) {
+                    fma(o, !0);
+                }
+                if kv < k {
+                    fma(kv, tail);
+                }
+                for (r, cr) in c.iter().enumerate().take(mi) {
+                    for (s, cs) in cr.iter().enumerate().take(nj) {
+                        unsafe {
+                            let v = _mm512_reduce_add_ps(*cs);
+                            let d = dst.add((i + r) * ldd + j + s);
+                            *d = if acc { *d + v } else { v };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,30 +205,45 @@ mod tests {
         out
     }
 
+    /// The kernels this CPU can run, each called directly (not only the one `kernel` picks).
+    #[allow(clippy::type_complexity)]
+    fn kernels() -> Vec<(&'static str, unsafe fn(usize, usize, usize, *const f32, usize, *const f32, usize, *mut f32, usize, bool))> {
+        let mut out: Vec<(&'static str, unsafe fn(usize, usize, usize, *const f32, usize, *const f32, usize, *mut f32, usize, bool))> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                out.push(("avx2", avx2::dot_nt));
+            }
+            if is_x86_feature_detected!("avx512f") {
+                out.push(("avx512", avx512::dot_nt));
+            }
+        }
+        out
+    }
+
     #[test]
     fn blocks_and_edges_match_a_float64_reference() {
-        if !available() {
-            return;
-        }
-        // every remainder of the 4 x 3 block and of the 8-wide k loop, accumulating or not
-        for (m, n, k) in [(1, 1, 1), (5, 7, 130), (4, 3, 8), (9, 11, 201), (32, 32, 784)] {
-            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-            let b: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
-            let want = naive(m, n, k, &a, &b);
-            for acc in [false, true] {
-                // a destination wider than n (ldd > n): the columns past n stay as they were
-                let ldd = n + 2;
-                let mut dst = vec![1.0f32; m * ldd];
-                unsafe { dot_nt(m, n, k, a.as_ptr(), k, b.as_ptr(), k, dst.as_mut_ptr(), ldd, acc) };
-                for i in 0..m {
-                    for j in 0..ldd {
-                        let got = dst[i * ldd + j] as f64;
-                        if j >= n {
-                            assert_eq!(got, 1.0);
-                            continue;
+        // every remainder of the blocks and of the k loops (8- and 16-wide), accumulating or not
+        for (name, dot) in kernels() {
+            for (m, n, k) in [(1, 1, 1), (5, 7, 130), (4, 3, 8), (9, 11, 201), (32, 32, 784), (6, 5, 15), (3, 9, 16), (7, 2, 17)] {
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+                let b: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+                let want = naive(m, n, k, &a, &b);
+                for acc in [false, true] {
+                    // a destination wider than n (ldd > n): the columns past n stay as they were
+                    let ldd = n + 2;
+                    let mut dst = vec![1.0f32; m * ldd];
+                    unsafe { dot(m, n, k, a.as_ptr(), k, b.as_ptr(), k, dst.as_mut_ptr(), ldd, acc) };
+                    for i in 0..m {
+                        for j in 0..ldd {
+                            let got = dst[i * ldd + j] as f64;
+                            if j >= n {
+                                assert_eq!(got, 1.0);
+                                continue;
+                            }
+                            let w = want[i * n + j] + if acc { 1.0 } else { 0.0 };
+                            assert!((got - w).abs() <= 1e-4 * (1.0 + w.abs()), "{name} {m}x{n}x{k} acc={acc} at ({i},{j}): {got} vs {w}");
                         }
-                        let w = want[i * n + j] + if acc { 1.0 } else { 0.0 };
-                        assert!((got - w).abs() <= 1e-4 * (1.0 + w.abs()), "{m}x{n}x{k} acc={acc} at ({i},{j}): {got} vs {w}");
                     }
                 }
             }

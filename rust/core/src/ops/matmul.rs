@@ -74,7 +74,7 @@ pub(crate) unsafe fn gemm_rm<T: Elem>(
         return;
     }
     let elem = std::mem::size_of::<T>();
-    let aliasing = rhs.2 == 1 && rhs.1 > 0 && (rhs.1 as usize * elem) % ALIASING_STRIDE_BYTES == 0 && m >= 32 && n >= 64;
+    let aliasing = rhs.2 == 1 && rhs.1 > 0 && (rhs.1 as usize * elem).is_multiple_of(ALIASING_STRIDE_BYTES) && m >= 32 && n >= 64;
     // Only written and read through raw pointers (its padding never), so it keeps length 0.
     let mut padded: Vec<T> = Vec::new();
     let mut rhs = rhs;
