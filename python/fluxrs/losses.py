@@ -121,8 +121,8 @@ def _as_yhat(yhat: Any, who: str = "loss") -> Tensor:
 def _as_target(y: Any, like: Tensor, who: str = "loss", name: str = "y") -> Tensor:
     if isinstance(y, Tensor):
         return y if y.dtype == like.dtype else y.astype(like.dtype)
-    if isinstance(y, np.ndarray) and y.dtype.kind == "f":  # a float array: the core converts it in one copy
-        return host_like(y, like)
+    if isinstance(y, np.ndarray) and y.dtype.kind == "f":  # a float array: read in place, or one copy
+        return host_like(y, like, lend=True)  # only the loss reads it
     # a target given as an array follows ŷ to its device
     return host_like(_c_order(np.asarray(_numeric(y, who, name), dtype=like.dtype)), like)
 

@@ -131,11 +131,13 @@ def ones(*shape, dtype=float32) -> Tensor:
     return _core.full(list(_shape(shape, "ones", name)), 1.0, name)
 
 
-def host_like(data: Any, like: Tensor) -> Tensor:
+def host_like(data: Any, like: Tensor, lend: bool = False) -> Tensor:
     """Host data (a numpy array, a list, a CPU tensor) as a tensor with `like`'s dtype, on
     `like`'s device: masks, targets and constants that layers and losses make beside a tensor.
-    One call into the core, which copies a float array's buffer once."""
-    return _core.host_like(data, like)
+    One call into the core, which copies a float array's buffer once; with `lend`, a
+    C-contiguous, writeable numpy array of that dtype is read in place instead (for a caller
+    that only reads it and never hands the tensor out: it sees later writes to the array)."""
+    return _core.host_like(data, like, lend)
 
 
 def zeros_like(t: Tensor) -> Tensor:

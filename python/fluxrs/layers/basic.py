@@ -48,12 +48,13 @@ def _who(who: Any) -> str:
     return who if isinstance(who, str) else short_repr(who)
 
 
-def as_input(x: Any, like: Tensor, who: Any) -> Tensor:
+def as_input(x: Any, like: Tensor, who: Any, lend: bool = False) -> Tensor:
     """`x` as a tensor of `like`'s dtype (numpy arrays, lists and other tensors converted;
     host data is placed on `like`'s device); `who` (a layer or a name) is named in warnings
-    and errors."""
+    and errors. `lend`: the caller only reads `x` and returns a new tensor, so a numpy batch
+    may be read in place instead of copied (the result must not reach the user)."""
     if isinstance(x, np.ndarray) and x.dtype == like.dtype:  # the usual numpy batch: nothing to check
-        return host_like(x, like)
+        return host_like(x, like, lend)
     if isinstance(x, Tensor):
         if x.dtype == like.dtype:
             return x
@@ -145,7 +146,7 @@ class Dense(Layer):
         return self.weight.shape[0]
 
     def __call__(self, x: Any) -> Tensor:
-        x = as_input(x, self.weight, self)
+        x = as_input(x, self.weight, self, lend=True)  # read by the product only
         n_in = self.weight.shape[1]
         if x.ndim == 0 or x.shape[-1] != n_in:
             shape = tuple(x.shape)

@@ -291,7 +291,7 @@ class Conv(Layer):
         return self.weight.shape[1] * self.groups, self.weight.shape[0]
 
     def __call__(self, x: Any) -> Tensor:
-        x = as_input(x, self.weight, self)
+        x = as_input(x, self.weight, self, lend=True)  # read by the convolution only
         d = self.weight.ndim - 2
         _check_input(self, x, d, self._channels()[0])
         fused = _fused(self.act)
@@ -414,7 +414,7 @@ class ConvTranspose(Layer):
         return self.weight.shape[0], self.weight.shape[1] * self.groups
 
     def __call__(self, x: Any) -> Tensor:
-        x = as_input(x, self.weight, self)
+        x = as_input(x, self.weight, self, lend=True)  # read by the convolution only
         d = self.weight.ndim - 2
         _check_input(self, x, d, self._channels()[0])
         if min(self.pad) < 0:

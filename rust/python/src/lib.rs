@@ -159,10 +159,17 @@ fn full(py: Python<'_>, shape: Vec<isize>, value: f64, dtype: &str) -> PyResult<
 }
 
 /// Host data (a numpy array, a list, a number, a tensor) as a tensor of `like`'s dtype on
-/// `like`'s device: the input conversion of every layer and loss, in one call.
+/// `like`'s device: the input conversion of every layer and loss, in one call. `lend`: a
+/// numpy array the caller only reads may be used in place (`convert::lend_numpy`).
 #[pyfunction]
-fn host_like(py: Python<'_>, data: &Bound<'_, PyAny>, like: PyRef<'_, PyTensor>) -> PyResult<PyTensor> {
+#[pyo3(signature = (data, like, lend = false))]
+fn host_like(py: Python<'_>, data: &Bound<'_, PyAny>, like: PyRef<'_, PyTensor>, lend: bool) -> PyResult<PyTensor> {
     let (dtype, device) = (like.inner.dtype(), like.inner.device());
+    if lend && device == fluxrs_core::Device::Cpu {
+        if let Some(t) = convert::lend_numpy(data, dtype) {
+            return Ok(PyTensor::wrap(t));
+        }
+    }
     let t = match data.cast::<PyTensor>() {
         Ok(t) if t.get().inner.dtype() == dtype => t.get().inner.clone(),
         Ok(t) => {
