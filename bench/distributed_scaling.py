@@ -135,7 +135,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--models", default="mnist1d,wide")
-    p.add_argument("--bucket-mb", default="none,1", help="bucket sizes in MiB to compare; none: one allreduce")
+    p.add_argument("--bucket-mb", default="none,1", help="bucket sizes in MiB to compare; none: one allreduce; "
+                   "with --overlap, a size ending in 'late' (1late) updates only after the last bucket is summed")
     p.add_argument("--allreduce", action="store_true")
     p.add_argument("--overlap", action="store_true")
     a = p.parse_args()

@@ -213,7 +213,7 @@ def test_grad_averager_starts_buckets_in_order_as_they_complete():
             return super().iallreduce_(buf, what)
 
     avg = dist.GradAverager(Recording(lambda b: b), bucket_mb=1e-6)  # a bucket per parameter, in reverse order
-    on_final = avg.begin(xs)
+    on_final = avg.begin(xs, 0.5)
     on_final(1, gs[1])
     assert started == []  # bucket 1 is complete, but bucket 0 (the last parameter) goes first
     on_final(2, gs[2])
@@ -223,9 +223,80 @@ def test_grad_averager_starts_buckets_in_order_as_they_complete():
     out, loss = avg(xs, gs, 0.5)
     assert started == [3.0, 2.0, 1.0] and loss == 0.5
     assert [g.tolist() for g in out] == [[i + 1.0] * 4 for i in range(3)]
-    assert dist.GradAverager(Recording(lambda b: b), bucket_mb=None).begin(xs) is None  # nothing to overlap
+    assert dist.GradAverager(Recording(lambda b: b), bucket_mb=None).begin(xs, 0.5) is None  # nothing to overlap
     with pytest.raises(ValueError, match="bucket_mb"):
         dist.GradAverager(Recording(lambda b: b), bucket_mb=0)
+
+
+class _DeferredTwin(_TwinBackend):
+    """`_TwinBackend` whose sums complete only when waited for, recording the waits."""
+
+    def __init__(self, twin, log):
+        super().__init__(twin)
+        self.log = log
+
+    def iallreduce_(self, buf, what="allreduce"):
+        return buf
+
+    def wait_(self, handles, what="allreduce"):
+        for buf in handles:
+            if buf is not None and not any(buf is b for b in self.log_done):
+                self.log.append(("summed", float(buf[0])))  # which gradient the bucket starts with
+                self.allreduce_(buf, what)
+                self.log_done.append(buf)
+
+    log_done: list = []
+
+
+def _early_world(twin):
+    """Three parameters in three buckets (reverse order: 2, 1, 0), a deferred twin rank, and
+    an averager whose early updates are logged."""
+    xs = [fx.zeros((4,)) for _ in range(3)]
+    gs = [fx.Tensor(np.full((4,), i + 1.0, np.float32)) for i in range(3)]
+    log: list = []
+    backend = _DeferredTwin(twin, log)
+    backend.log_done = []
+    avg = dist.GradAverager(backend, bucket_mb=1e-6)
+    return xs, gs, log, avg
+
+
+def test_grad_averager_updates_earlier_buckets_while_the_last_is_in_flight():
+    xs, gs, log, avg = _early_world(lambda b: b)  # the twin rank has the same gradients
+    on_final = avg.begin(xs, 0.5)
+    for i in (2, 1, 0):
+        on_final(i, gs[i])
+
+    def update(idx, grads):
+        log.append(("update", idx, [g.tolist() for g in grads]))
+
+    out, loss = avg(xs, gs, 0.5, update=update)
+    # the first two buckets (parameters 2 and 1) are applied as soon as each is summed, before
+    # the last one (parameter 0, with the presence flags) is waited for
+    assert log == [("summed", 3.0), ("update", [2], [[3.0] * 4]), ("summed", 2.0), ("update", [1], [[2.0] * 4]),
+                   ("summed", 1.0)]
+    assert out[0].tolist() == [1.0] * 4 and out[1] is None and out[2] is None and loss == 0.5
+
+
+def test_grad_averager_updates_nothing_early_when_out_of_step_or_not_finite():
+    def behind(buf):
+        other = buf.copy()
+        if buf[0] == 3.0:  # the first bucket (parameter 2), with the loss and the step tag
+            other[-1] -= 1
+        return other
+
+    def nan_loss(buf):
+        other = buf.copy()
+        if buf[0] == 3.0:
+            other[-2] = np.nan
+        return other
+
+    xs, gs, log, avg = _early_world(behind)
+    with pytest.raises(dist.DesyncError, match="out of step"):
+        avg(xs, gs, 0.5, update=lambda idx, g: log.append("update"))
+    assert "update" not in log
+    xs, gs, log, avg = _early_world(nan_loss)
+    out, loss = avg(xs, gs, 0.5, update=lambda idx, g: log.append("update"))
+    assert "update" not in log and np.isnan(loss) and all(g is not None for g in out)  # train_ raises on the loss
 
 
 def test_grad_averager_detects_ranks_out_of_step():

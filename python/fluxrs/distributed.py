@@ -743,8 +743,9 @@ class _Layout:
 
     Parameters are walked in reverse order (the order the backward pass finishes them) and
     packed, per dtype, into buckets of at most `bucket_bytes` (one larger parameter makes a
-    bucket alone); None: one bucket per dtype. The last bucket ends with the step's metadata:
-    a presence flag per gradient, the loss and a step tag."""
+    bucket alone); None: one bucket per dtype. The last bucket ends with a presence flag per
+    gradient (known after the backward pass); the first one, started first, with the loss and
+    a step tag (known before it), so that a step can be checked before the last bucket is in."""
 
     def __init__(self, xs: list[Tensor], bucket_bytes: int | None):
         n = self.n = len(xs)
@@ -767,7 +768,7 @@ class _Layout:
         self.views: list[Tensor | None] = [None] * n     # tensors viewing the same places, handed to the update
         self.grads: list[np.ndarray] = []  # the gradient part of each buffer (scaled after the sum)
         for bi, bk in enumerate(buckets):
-            extra = n + 2 if bi == len(buckets) - 1 else 0
+            extra = (n if bi == len(buckets) - 1 else 0) + (2 if bi == 0 else 0)
             bk.flat = Tensor(np.zeros(bk.size + extra, dtype=bk.dtype))
             bk.buf = bk.flat.numpy()
             if not (bk.buf.flags["C_CONTIGUOUS"] and bk.buf.flags["WRITEABLE"]
@@ -779,15 +780,16 @@ class _Layout:
                 self.views[i] = bk.flat[off:off + k].reshape(shape)
                 self.dsts[i] = bk.buf[off:off + k].reshape(shape)
             self.grads.append(bk.buf[:bk.size])
-        self.meta = buckets[-1].buf[buckets[-1].size:]  # presence flags (n), loss, step tag
+        self.meta = buckets[-1].buf[buckets[-1].size:buckets[-1].size + n]  # presence flags
+        self.head = buckets[0].buf[-2:]  # the loss and the step tag
 
 
 class GradAverager:
     """The gradient reducer of `fx.distributed.train_` (a ``fx.train.grad_reducer``).
 
     Per step: copies every gradient into flat buffers (buckets, see `bucket_mb`) whose last
-    one ends with a presence flag per gradient, the loss and a step counter; sums them over
-    ranks, one allreduce per bucket; divides by the number of ranks. The returned gradients
+    one ends with a presence flag per gradient and whose first one with the loss and a step
+    counter; sums them over ranks, one allreduce per bucket; divides by the number of ranks. The returned gradients
     are views of those buffers (valid until the next step, as DDP's
     ``gradient_as_bucket_view``); a gradient no rank had stays None. The step counters are
     checked, so ranks that fell out of step (one skipped a batch) raise `DesyncError` on
@@ -799,7 +801,16 @@ class GradAverager:
     the callback), so that communication overlaps the rest of the backward pass. None: one
     buffer per dtype, summed after the backward pass. Either way each element is the same
     sum over ranks, so results are identical.
+
+    Called with ``update=`` (as `train_` does), it also hides the last bucket's allreduce,
+    which can only start when the backward pass ends: once the first bucket is summed (the
+    step counters checked, the mean loss finite), each earlier bucket's parameters are
+    updated, ``update(indices, gradients)``, while the later buckets are still in flight. The
+    gradients it applied come back as None. Each parameter's update is the same, so results
+    are identical to updating after the last bucket.
     """
+
+    updates_early = True  # train_ passes `update` (see above)
 
     def __init__(self, backend: Backend, bucket_mb: float | None = DEFAULT_BUCKET_MB):
         self.backend = backend
@@ -838,10 +849,10 @@ class GradAverager:
             self._progress = _Progress(self.backend)
         return self._progress
 
-    def begin(self, xs: list[Tensor]) -> Callable[[int, Tensor], None] | None:
-        """Called by `train_` before the backward pass: the callback for ``_core.grad``'s
-        `on_final`, which packs each final gradient and starts its bucket's allreduce when the
-        bucket is complete; None when there is nothing to overlap."""
+    def begin(self, xs: list[Tensor], loss: float) -> Callable[[int, Tensor], None] | None:
+        """Called by `train_` before the backward pass, with the step's loss: the callback
+        for ``_core.grad``'s `on_final`, which packs each final gradient and starts its
+        bucket's allreduce when the bucket is complete; None when there is nothing to overlap."""
         self._open = None
         if self.bucket_mb is None or self.backend.size == 1:
             return None
@@ -850,14 +861,17 @@ class GradAverager:
             return None
         self.step += 1
         st = self._open = _Step(self, lay, xs, self._driver())
+        st.head(loss)
         return st.on_final
 
-    def __call__(self, xs: list[Tensor], grads: list[Tensor | None], loss: float) -> tuple[list, float]:
+    def __call__(self, xs: list[Tensor], grads: list[Tensor | None], loss: float,
+                 update: Callable[[list[int], list[Tensor]], None] | None = None) -> tuple[list, float]:
         b = self.backend
         st, self._open = self._open, None
         if st is None or st.xs is not xs:  # no overlap this step: everything is packed now
             self.step += 1
             st = _Step(self, self._layout(xs), xs)
+            st.head(loss)
         lay, n = st.lay, st.lay.n
         meta = lay.meta
         copyto = np.copyto
@@ -871,26 +885,41 @@ class GradAverager:
             else:
                 copyto(lay.dsts[i], g.numpy())
                 meta[i] = 1
-        tag = float(self.step % 4096)
-        meta[n] = loss
-        meta[n + 1] = tag
+        applied: set[int] = set()
         if b.size > 1:
             st.launch(len(lay.buckets))
+            inv = 1.0 / b.size
+            scaled = 0  # buckets summed and divided
+            if update is not None and len(lay.buckets) > 1:
+                st.wait(0)
+                self._check(st)
+                if math.isfinite(float(lay.head[0]) * inv):  # else train_ raises before any update
+                    for k in range(len(lay.buckets) - 1):
+                        st.wait(k)
+                        lay.grads[k] *= inv
+                        scaled = k + 1
+                        done = [i for i, _, _ in lay.buckets[k].items if st.done[i]]  # present here: in the mean
+                        update(done, [lay.views[i] for i in done])
+                        applied.update(done)
             if st.progress is not None:
                 st.progress.stop()
             b.wait_(st.handles, st.what)
-            if meta[n + 1] != tag * b.size:
-                raise DesyncError(f"rank {b.rank} of {b.size}: the ranks are out of step at the {st.what}: the step "
-                                  f"counters sum to {meta[n + 1]:g}, not {b.size} x {tag:g}. A rank skipped a batch, "
-                                  "or ran a different number of batches or train_ calls; skips (fx.skip, hooks) "
-                                  "must be taken on every rank alike.")
-            inv = 1.0 / b.size
-            for part in lay.grads:
+            self._check(st)
+            for part in lay.grads[scaled:]:
                 part *= inv
-            loss = float(meta[n]) * inv
-        have = meta[:n].tolist()
+            loss = float(lay.head[0]) * inv
+        have = meta.tolist()
         views = lay.views
-        return [views[i] if have[i] > 0 else None for i in range(n)], loss
+        return [views[i] if have[i] > 0 and i not in applied else None for i in range(n)], loss
+
+    def _check(self, st: "_Step") -> None:
+        """Raise `DesyncError` when the summed step counters say the ranks are out of step."""
+        b, got = self.backend, float(st.lay.head[1])
+        if got != st.tag * b.size:
+            raise DesyncError(f"rank {b.rank} of {b.size}: the ranks are out of step at the {st.what}: the step "
+                              f"counters sum to {got:g}, not {b.size} x {st.tag:g}. A rank skipped a batch, "
+                              "or ran a different number of batches or train_ calls; skips (fx.skip, hooks) "
+                              "must be taken on every rank alike.")
 
 
 class _Step:
@@ -901,6 +930,7 @@ class _Step:
     def __init__(self, avg: GradAverager, lay: _Layout, xs: list[Tensor], progress: "_Progress | None" = None):
         self.backend, self.lay, self.xs, self.progress = avg.backend, lay, xs, progress
         self.what = f"gradient allreduce of step {avg.step}"
+        self.tag = float(avg.step % 4096)
         self.done = [False] * lay.n
         self.left = [len(bk.items) for bk in lay.buckets]
         self.left[-1] += 1  # the last bucket also waits for the metadata, written after the backward pass
@@ -919,6 +949,19 @@ class _Step:
             while ready < len(self.left) and self.left[ready] == 0:
                 ready += 1
             self.launch(ready)
+
+    def head(self, loss: float) -> None:
+        """Write the loss and the step tag into the first bucket, before it starts."""
+        self.lay.head[0] = loss
+        self.lay.head[1] = self.tag
+
+    def wait(self, k: int) -> None:
+        """Complete bucket k's allreduce (started), the polling thread kept out meanwhile."""
+        if self.progress is None:
+            self.backend.wait_([self.handles[k]], self.what)
+        else:
+            with self.progress.lock:
+                self.backend.wait_([self.handles[k]], self.what)
 
     def launch(self, upto: int) -> None:
         """Start the allreduces of buckets started..upto-1."""

@@ -415,10 +415,13 @@ def grad_reducer(reduce: Callable | None) -> Iterator[None]:
     and passed to hooks. It is called on every step (with all-None grads when the loss is
     not a tensor), so every process makes the same calls.
 
-    A reducer may also have ``begin(params) -> callback or None``, called before each
+    A reducer may also have ``begin(params, loss) -> callback or None``, called before each
     backward pass: the callback gets ``(i, grad)`` for each parameter as soon as its gradient
     is final, during the backward pass (`fx.distributed` starts sending buckets of them while
-    the rest are computed); ``reduce`` is then called as usual with all the gradients.
+    the rest are computed); ``reduce`` is then called as usual with all the gradients. And a
+    reducer with ``updates_early = True`` is called with ``update=``, a function that updates
+    parameters ``indices`` with ``gradients`` at once: it may apply some reduced gradients
+    while others are still being reduced, and returns None in their place.
     """
     token = _reducer.set(reduce)
     try:
@@ -427,9 +430,11 @@ def grad_reducer(reduce: Callable | None) -> Iterator[None]:
         _reducer.reset(token)
 
 
-def _grads_and_loss(val: Any, xs: list[Tensor], i: int) -> tuple[list | None, float]:
+def _grads_and_loss(val: Any, xs: list[Tensor], i: int,
+                    update: Callable[[list[int], list[Tensor]], None] | None = None) -> tuple[list | None, float]:
     """The step's gradients (None: nothing to update) and loss (checked finite), reduced
-    by the `grad_reducer` in force, if any."""
+    by the `grad_reducer` in force, if any; `update(indices, grads)` lets a reducer that
+    `updates_early` apply some of them itself (those come back as None)."""
     reduce = _reducer.get()
     if reduce is None:
         v = _finite(val, i)
@@ -438,11 +443,14 @@ def _grads_and_loss(val: Any, xs: list[Tensor], i: int) -> tuple[list | None, fl
         # A reducer with `begin` may take each gradient as soon as it is final (to start
         # communicating it during the rest of the backward pass).
         begin = getattr(reduce, "begin", None)
-        on_final = begin(xs) if begin is not None else None
+        on_final = begin(xs, float(val)) if begin is not None else None
         gs = _core.grad(val, xs, on_final=on_final)
     else:
         gs = [None] * len(xs)
-    gs, v = reduce(xs, gs, float(val))
+    if update is not None and getattr(reduce, "updates_early", False):
+        gs, v = reduce(xs, gs, float(val), update=update)
+    else:
+        gs, v = reduce(xs, gs, float(val))
     return gs, _finite(v, i)
 
 
@@ -517,6 +525,9 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
             losses.append(v)
         return losses
 
+    def update_some(idx: list[int], gs: list[Tensor]) -> None:  # a reducer's early updates
+        update_leaves([xs[j] for j in idx], gs, [leaves[j] for j in idx])
+
     def step(i, d):
         nonlocal trace, compiling
         vs = replay(i, [d])
@@ -554,7 +565,7 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
             fused = None if saved is not None or not xs or not isinstance(val, Tensor) or _reducer.get() is not None \
                 else fused_plan(xs, leaves)
             if fused is None:
-                gs, v = _grads_and_loss(val, xs, i)
+                gs, v = _grads_and_loss(val, xs, i, update_some)
         except (SkipStep, StopTraining):
             raise  # fx.skip()/fx.stop(): the forward pass counts, as in Flux
         except BaseException:

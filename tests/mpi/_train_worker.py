@@ -178,10 +178,10 @@ def buckets(out: str, r: int, n: int) -> None:
         log.append("start")
         return plain_iallreduce(buf, what)
 
-    def call(self, xs, gs, loss):
+    def call(self, xs, gs, loss, **kw):
         log.append("reduce")
         try:
-            return plain_call(self, xs, gs, loss)
+            return plain_call(self, xs, gs, loss, **kw)
         finally:
             log.append("done")
 
@@ -249,7 +249,10 @@ def bench_overlap(r: int) -> None:
     b = fx.distributed.backend()
     waited = _time_communication(b)
     names = os.environ.get("BENCH_BUCKETS", "none,1").split(",")
-    avgs = {m: fx.distributed.GradAverager(b, None if m == "none" else float(m)) for m in names}
+    avgs = {}
+    for m in names:  # "1": 1 MiB buckets; "1late": the same, every update after the last bucket is in
+        avgs[m] = fx.distributed.GradAverager(b, None if m == "none" else float(m.removesuffix("late")))
+        avgs[m].updates_early = not m.endswith("late")
     got = {m: ([], []) for m in names}
     data = [(X, Y)] * (5 if wide else 200)
     for rnd in range(int(os.environ.get("BENCH_ROUNDS", "12")) + 1):
