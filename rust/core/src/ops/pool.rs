@@ -122,20 +122,14 @@ fn maxpool_kernel<T: Elem>(g: &Geom, x: &[T]) -> (Vec<T>, Vec<usize>) {
     let rows = g.rows();
     let s2 = g.s[2];
     let mut arg = vec![usize::MAX; g.planes * op];
+    let inside = (0..3).all(|a| g.lo[a] == 0 && (g.o[a] - 1) * g.s[a] + g.k[a] <= g.i[a]);
     let plane = |pl: usize, ap: &mut [usize]| {
         let xp = &x[pl * ip..(pl + 1) * ip];
-        for_each_row(&rows, |_, row, r, start| {
-            for (j, bi) in ap[row + r.start..row + r.end].iter_mut().enumerate() {
-                let at = start + j * s2;
-                let v = xp[at];
-                let unset = *bi == usize::MAX; // the window's first valid element
-                let cur = xp[if unset { at } else { *bi }];
-                // a larger element, or the first NaN, wins; ties keep the first
-                let take = unset | (v > cur) | (v.is_nan() & !cur.is_nan());
-                let m = (take as usize).wrapping_neg();
-                *bi = (at & m) | (*bi & !m);
-            }
-        });
+        if inside {
+            maxpool_plane_inside(g, xp, ap);
+        } else {
+            maxpool_plane_rows(&rows, s2, xp, ap);
+        }
         for a in ap.iter_mut() {
             *a += pl * ip;
         }
@@ -149,6 +143,64 @@ fn maxpool_kernel<T: Elem>(g: &Geom, x: &[T]) -> (Vec<T>, Vec<usize>) {
     }
     let vals = arg.iter().map(|&i| x[i]).collect();
     (vals, arg)
+}
+
+/// `maxpool_kernel`'s arg-max for one plane (`ap` all `usize::MAX`), any padding.
+fn maxpool_plane_rows<T: Elem>(rows: &ConvGeom, s2: usize, xp: &[T], ap: &mut [usize]) {
+    for_each_row(rows, |_, row, r, start| {
+        for (j, bi) in ap[row + r.start..row + r.end].iter_mut().enumerate() {
+            let at = start + j * s2;
+            let v = xp[at];
+            let unset = *bi == usize::MAX; // the window's first valid element
+            let cur = xp[if unset { at } else { *bi }];
+            // a larger element, or the first NaN, wins; ties keep the first
+            let take = unset | (v > cur) | (v.is_nan() & !cur.is_nan());
+            let m = (take as usize).wrapping_neg();
+            *bi = (at & m) | (*bi & !m);
+        }
+    });
+}
+
+/// `maxpool_kernel`'s arg-max for one plane whose windows all lie inside the input (no
+/// padding reaches them: Flux's default pooling). The running maximum of each output of a
+/// row stays beside its index, so no element is read twice; windows are visited in the same
+/// row-major order, so ties and NaNs pick the same element. LeNet-5's first pool took 2 ns
+/// an input element in the general kernel, which reads back each window's current maximum
+/// through its index.
+fn maxpool_plane_inside<T: Elem>(g: &Geom, xp: &[T], ap: &mut [usize]) {
+    let ([_, i1, i2], [o0, o1, o2], [k0, k1, k2], [s0, s1, s2]) = (g.i, g.o, g.k, g.s);
+    let mut best = vec![T::ZERO; o2];
+    for p in 0..o0 {
+        for q in 0..o1 {
+            let a = &mut ap[(p * o1 + q) * o2..(p * o1 + q + 1) * o2];
+            let mut first = true;
+            for u in 0..k0 {
+                for w in 0..k1 {
+                    let base = ((p * s0 + u) * i1 + q * s1 + w) * i2;
+                    for c in 0..k2 {
+                        if first {
+                            for (j, (bv, bi)) in best.iter_mut().zip(a.iter_mut()).enumerate() {
+                                *bi = base + c + j * s2;
+                                *bv = xp[*bi];
+                            }
+                            first = false;
+                            continue;
+                        }
+                        for (j, (bv, bi)) in best.iter_mut().zip(a.iter_mut()).enumerate() {
+                            let at = base + c + j * s2;
+                            let (v, cur) = (xp[at], *bv);
+                            // a larger element, or the first NaN, wins; ties keep the first
+                            let take = (v > cur) | (v.is_nan() & !cur.is_nan());
+                            // a mask, not a branch (see maxpool_kernel), and the winner read back
+                            let m = (take as usize).wrapping_neg();
+                            *bi = (at & m) | (*bi & !m);
+                            *bv = xp[*bi];
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Window sums divided by the kernel size (padding counts as zeros).
@@ -385,6 +437,31 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maxpool_inside_windows_pick_what_the_general_kernel_picks() {
+        // small integers (many ties) and NaNs, for 1-3 spatial axes, strides below, equal to
+        // and above the kernel
+        for (shape, kernel, stride) in [
+            (vec![2, 3, 24, 24], vec![2, 2], vec![2, 2]),
+            (vec![1, 2, 9, 7], vec![3, 2], vec![2, 1]),
+            (vec![1, 1, 11], vec![3], vec![4]),
+            (vec![1, 2, 5, 6, 7], vec![2, 3, 2], vec![1, 2, 3]),
+        ] {
+            let n: usize = shape.iter().product();
+            let x: Vec<f32> = (0..n).map(|i| if i % 37 == 5 { f32::NAN } else { ((i * 7919) % 5) as f32 }).collect();
+            let spec = PoolSpec { kernel: kernel.clone(), stride, pad: vec![(0, 0); kernel.len()] };
+            let g = Geom::new("test", &shape, &spec).unwrap();
+            let (ip, op) = (g.ip(), g.op());
+            for pl in 0..g.planes {
+                let xp = &x[pl * ip..(pl + 1) * ip];
+                let (mut fast, mut general) = (vec![usize::MAX; op], vec![usize::MAX; op]);
+                maxpool_plane_inside(&g, xp, &mut fast);
+                maxpool_plane_rows(&g.rows(), g.s[2], xp, &mut general);
+                assert_eq!(fast, general, "{shape:?} kernel {kernel:?}");
+            }
+        }
+    }
     use crate::ops::gradcheck::gradcheck;
     use crate::{grad, pop_watch, push_watch};
 
