@@ -234,6 +234,7 @@ class _DeferredTwin(_TwinBackend):
     def __init__(self, twin, log):
         super().__init__(twin)
         self.log = log
+        self.log_done: list = []  # buffers already summed
 
     def iallreduce_(self, buf, what="allreduce"):
         return buf
@@ -245,8 +246,6 @@ class _DeferredTwin(_TwinBackend):
                 self.allreduce_(buf, what)
                 self.log_done.append(buf)
 
-    log_done: list = []
-
 
 def _early_world(twin):
     """Three parameters in three buckets (reverse order: 2, 1, 0), a deferred twin rank, and
@@ -255,7 +254,6 @@ def _early_world(twin):
     gs = [fx.Tensor(np.full((4,), i + 1.0, np.float32)) for i in range(3)]
     log: list = []
     backend = _DeferredTwin(twin, log)
-    backend.log_done = []
     avg = dist.GradAverager(backend, bucket_mb=1e-6)
     return xs, gs, log, avg
 
