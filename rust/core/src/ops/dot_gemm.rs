@@ -78,6 +78,47 @@ pub(crate) unsafe fn dot_nt(m: usize, n: usize, k: usize, a: *const f32, lda: us
     }
 }
 
+/// Walks the m x n output in R x S blocks: `block` gets the R rows of `a` and the S rows of
+/// `b` one block reads and returns their R x S dot products; only the real outputs are
+/// stored (added to `dst` when `acc`). Rows past the edge repeat the last real row, so every
+/// read stays inside the operands. Inlined into each kernel, so `block` runs with the
+/// kernel's instruction set.
+///
+/// SAFETY: as `dot_nt`'s caller promises.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocks<const R: usize, const S: usize>(
+    m: usize,
+    n: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    dst: *mut f32,
+    ldd: usize,
+    acc: bool,
+    mut block: impl FnMut(&[*const f32; R], &[*const f32; S]) -> [[f32; S]; R],
+) {
+    for i in (0..m).step_by(R) {
+        let mi = (m - i).min(R);
+        let ap: [*const f32; R] = std::array::from_fn(|r| unsafe { a.add((i + r.min(mi - 1)) * lda) });
+        for j in (0..n).step_by(S) {
+            let nj = (n - j).min(S);
+            let bp: [*const f32; S] = std::array::from_fn(|s| unsafe { b.add((j + s.min(nj - 1)) * ldb) });
+            let c = block(&ap, &bp);
+            for (r, cr) in c.iter().enumerate().take(mi) {
+                for (s, &v) in cr.iter().enumerate().take(nj) {
+                    // SAFETY: output (i + r, j + s) is inside dst (r < mi, s < nj)
+                    unsafe {
+                        let d = dst.add((i + r) * ldd + j + s);
+                        *d = if acc { *d + v } else { v };
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -102,37 +143,29 @@ mod avx2 {
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn dot_nt(m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, dst: *mut f32, ldd: usize, acc: bool) {
         let kv = k / 8 * 8;
-        for i in (0..m).step_by(R) {
-            let mi = (m - i).min(R);
-            // SAFETY (whole block): rows past the edge repeat the last real row, so every
-            // read stays inside the operands; only the mi x nj real outputs are written.
-            let ap: [*const f32; R] = std::array::from_fn(|r| unsafe { a.add((i + r.min(mi - 1)) * lda) });
-            for j in (0..n).step_by(S) {
-                let nj = (n - j).min(S);
-                let bp: [*const f32; S] = std::array::from_fn(|s| unsafe { b.add((j + s.min(nj - 1)) * ldb) });
+        // SAFETY: as the caller promises; the block reads k elements of each row it is given
+        unsafe {
+            super::blocks::<R, S>(m, n, a, lda, b, ldb, dst, ldd, acc, |ap, bp| {
                 let mut c = [[_mm256_setzero_ps(); S]; R];
                 for o in (0..kv).step_by(8) {
-                    let bv: [__m256; S] = std::array::from_fn(|s| unsafe { _mm256_loadu_ps(bp[s].add(o)) });
+                    let bv: [__m256; S] = std::array::from_fn(|s| _mm256_loadu_ps(bp[s].add(o)));
                     for (r, cr) in c.iter_mut().enumerate() {
-                        let av = unsafe { _mm256_loadu_ps(ap[r].add(o)) };
+                        let av = _mm256_loadu_ps(ap[r].add(o));
                         for (cs, bs) in cr.iter_mut().zip(&bv) {
                             *cs = _mm256_fmadd_ps(av, *bs, *cs);
                         }
                     }
                 }
-                for (r, cr) in c.iter().enumerate().take(mi) {
-                    for (s, cs) in cr.iter().enumerate().take(nj) {
-                        unsafe {
-                            let mut v = hsum(*cs);
-                            for t in kv..k {
-                                v += *ap[r].add(t) * *bp[s].add(t);
-                            }
-                            let d = dst.add((i + r) * ldd + j + s);
-                            *d = if acc { *d + v } else { v };
+                std::array::from_fn(|r| {
+                    std::array::from_fn(|s| {
+                        let mut v = hsum(c[r][s]);
+                        for t in kv..k {
+                            v += *ap[r].add(t) * *bp[s].add(t);
                         }
-                    }
-                }
-            }
+                        v
+                    })
+                })
+            })
         }
     }
 }
@@ -153,19 +186,14 @@ mod avx512 {
         let kv = k / 16 * 16;
         // the last k % 16 elements, read with a mask (lanes past k load as zeros)
         let tail: __mmask16 = ((1u32 << (k - kv)) - 1) as __mmask16;
-        for i in (0..m).step_by(R) {
-            let mi = (m - i).min(R);
-            // SAFETY (whole block): rows past the edge repeat the last real row, so every
-            // read stays inside the operands; only the mi x nj real outputs are written.
-            let ap: [*const f32; R] = std::array::from_fn(|r| unsafe { a.add((i + r.min(mi - 1)) * lda) });
-            for j in (0..n).step_by(S) {
-                let nj = (n - j).min(S);
-                let bp: [*const f32; S] = std::array::from_fn(|s| unsafe { b.add((j + s.min(nj - 1)) * ldb) });
+        // SAFETY: as the caller promises; the block reads k elements of each row it is given
+        unsafe {
+            super::blocks::<R, S>(m, n, a, lda, b, ldb, dst, ldd, acc, |ap, bp| {
                 let mut c = [[_mm512_setzero_ps(); S]; R];
                 let mut fma = |o: usize, mask: __mmask16| {
-                    let bv: [__m512; S] = std::array::from_fn(|s| unsafe { _mm512_maskz_loadu_ps(mask, bp[s].add(o)) });
+                    let bv: [__m512; S] = std::array::from_fn(|s| _mm512_maskz_loadu_ps(mask, bp[s].add(o)));
                     for (r, cr) in c.iter_mut().enumerate() {
-                        let av = unsafe { _mm512_maskz_loadu_ps(mask, ap[r].add(o)) };
+                        let av = _mm512_maskz_loadu_ps(mask, ap[r].add(o));
                         for (cs, bs) in cr.iter_mut().zip(&bv) {
                             *cs = _mm512_fmadd_ps(av, *bs, *cs);
                         }
@@ -177,16 +205,8 @@ mod avx512 {
                 if kv < k {
                     fma(kv, tail);
                 }
-                for (r, cr) in c.iter().enumerate().take(mi) {
-                    for (s, cs) in cr.iter().enumerate().take(nj) {
-                        unsafe {
-                            let v = _mm512_reduce_add_ps(*cs);
-                            let d = dst.add((i + r) * ldd + j + s);
-                            *d = if acc { *d + v } else { v };
-                        }
-                    }
-                }
-            }
+                std::array::from_fn(|r| std::array::from_fn(|s| _mm512_reduce_add_ps(c[r][s])))
+            })
         }
     }
 }
