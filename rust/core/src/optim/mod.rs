@@ -200,6 +200,14 @@ fn update_one<T: Elem>(chain: &[Rule], x: &Tensor, dx: &Tensor, st: &mut ParamSt
     let scalars = st.scalars.clone();
     let step = |buf: &mut Vec<T>, (xc, dc, mut sts): Chunk<'_, T>| -> Result<Vec<Vec<f64>>> {
         let mut sc = scalars.clone();
+        if let [Rule::Adam(adam)] = chain {
+            // the usual chain, in one pass without the step buffer (rules/adam.rs)
+            simd(
+                #[inline(always)]
+                || adam.update_x(xc, dc, &mut sts[0], &mut sc[0]),
+            );
+            return Ok(sc);
+        }
         buf.clear();
         buf.extend_from_slice(dc);
         // Under `simd` (and `apply` inlined into it) the rule's loops get AVX2/AVX-512.
@@ -262,6 +270,31 @@ mod tests {
         let v = x.to_vec::<f64>().unwrap();
         assert!((v[0] - 0.9).abs() < 1e-6 && (v[1] - 1.1).abs() < 1e-6, "{v:?}");
         assert!((st.scalars[0][0] - 0.81).abs() < 1e-12);
+    }
+
+    #[test]
+    fn adam_alone_in_one_pass_equals_adam_in_the_general_chain_loop() {
+        // [Adam] takes its one-pass path; [WeightDecay(0), Adam] the general loop with the
+        // step buffer, and adds exactly 0 to each gradient: the numbers must be the same bits.
+        let adam = Rule::Adam(Adam { eta: 0.01, beta: (0.9, 0.999), epsilon: 1e-8 });
+        let (one, general) = ([adam], [Rule::WeightDecay(WeightDecay { lambd: 0.0 }), adam]);
+        for n in [5usize, CHUNK + 3, PAR_CHUNKED + 17] {
+            let init: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+            let (xa, xb) = (Tensor::from_vec(init.clone(), &[n]).unwrap(), Tensor::from_vec(init, &[n]).unwrap());
+            let (mut sa, mut sb) = (ParamState::init(&one, &xa), ParamState::init(&general, &xb));
+            for t in 0..4 {
+                let g: Vec<f32> = (0..n).map(|i| ((i * 104729 + t * 31) % 997) as f32 / 400.0 - 1.2).collect();
+                let dx = Tensor::from_vec(g, &[n]).unwrap();
+                update(&one, std::slice::from_ref(&xa), std::slice::from_ref(&dx), &mut [&mut sa]).unwrap();
+                update(&general, std::slice::from_ref(&xb), &[dx], &mut [&mut sb]).unwrap();
+            }
+            let bits = |t: &Tensor| t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&xa), bits(&xb), "parameters, n = {n}");
+            for (a, b) in sa.arrays[0].iter().zip(&sb.arrays[1]) {
+                assert_eq!(bits(a), bits(b), "moments, n = {n}");
+            }
+            assert_eq!(sa.scalars[0], sb.scalars[1]);
+        }
     }
 
     #[test]
