@@ -234,17 +234,14 @@ class _DeferredTwin(_TwinBackend):
     def __init__(self, twin, log):
         super().__init__(twin)
         self.log = log
-        self.log_done: list = []  # buffers already summed
 
     def iallreduce_(self, buf, what="allreduce"):
         return buf
 
     def wait_(self, handles, what="allreduce"):
-        for buf in handles:
-            if buf is not None and not any(buf is b for b in self.log_done):
-                self.log.append(("summed", float(buf[0])))  # which gradient the bucket starts with
-                self.allreduce_(buf, what)
-                self.log_done.append(buf)
+        for buf in handles:  # a handle waited for twice would be summed twice
+            self.log.append(("summed", float(buf[0])))  # which gradient the bucket starts with
+            self.allreduce_(buf, what)
 
 
 def _early_world(twin):

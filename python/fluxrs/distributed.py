@@ -891,11 +891,11 @@ class GradAverager:
             inv = 1.0 / b.size
             scaled = 0  # buckets summed and divided
             if update is not None and len(lay.buckets) > 1:
-                st.wait(0)
+                st.wait(1)
                 self._check(st)
                 if math.isfinite(float(lay.head[0]) * inv):  # else train_ raises before any update
                     for k in range(len(lay.buckets) - 1):
-                        st.wait(k)
+                        st.wait(k + 1)
                         lay.grads[k] *= inv
                         scaled = k + 1
                         done = [i for i, _, _ in lay.buckets[k].items if st.done[i]]  # present here: in the mean
@@ -903,7 +903,7 @@ class GradAverager:
                         applied.update(done)
             if st.progress is not None:
                 st.progress.stop()
-            b.wait_(st.handles, st.what)
+            st.wait(len(lay.buckets))
             self._check(st)
             for part in lay.grads[scaled:]:
                 part *= inv
@@ -935,6 +935,7 @@ class _Step:
         self.left = [len(bk.items) for bk in lay.buckets]
         self.left[-1] += 1  # the last bucket also waits for the metadata, written after the backward pass
         self.started = 0
+        self.waited = 0  # buckets whose allreduce is complete (in order)
         self.handles: list[Any] = []
 
     def on_final(self, i: int, g: Tensor) -> None:
@@ -955,13 +956,17 @@ class _Step:
         self.lay.head[0] = loss
         self.lay.head[1] = self.tag
 
-    def wait(self, k: int) -> None:
-        """Complete bucket k's allreduce (started), the polling thread kept out meanwhile."""
-        if self.progress is None:
-            self.backend.wait_([self.handles[k]], self.what)
-        else:
-            with self.progress.lock:
-                self.backend.wait_([self.handles[k]], self.what)
+    def wait(self, upto: int) -> None:
+        """Complete the allreduces of the buckets before `upto` (started) not completed yet,
+        each once, the polling thread kept out meanwhile."""
+        todo = self.handles[self.waited:upto]
+        if todo:
+            if self.progress is None:
+                self.backend.wait_(todo, self.what)
+            else:
+                with self.progress.lock:
+                    self.backend.wait_(todo, self.what)
+        self.waited = max(self.waited, upto)
 
     def launch(self, upto: int) -> None:
         """Start the allreduces of buckets started..upto-1."""
