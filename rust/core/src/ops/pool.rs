@@ -122,7 +122,7 @@ fn maxpool_kernel<T: Elem>(g: &Geom, x: &[T]) -> (Vec<T>, Vec<usize>) {
     let rows = g.rows();
     let s2 = g.s[2];
     let mut arg = vec![usize::MAX; g.planes * op];
-    let inside = (0..3).all(|a| g.lo[a] == 0 && (g.o[a] - 1) * g.s[a] + g.k[a] <= g.i[a]);
+    let inside = (0..3).all(|a| g.lo[a] == 0 && g.o[a].saturating_sub(1) * g.s[a] + g.k[a] <= g.i[a]);
     let plane = |pl: usize, ap: &mut [usize]| {
         let xp = &x[pl * ip..(pl + 1) * ip];
         if inside {
