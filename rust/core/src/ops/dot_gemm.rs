@@ -156,15 +156,19 @@ mod avx2 {
                         }
                     }
                 }
-                std::array::from_fn(|r| {
-                    std::array::from_fn(|s| {
+                // plain loops, not `from_fn` closures: a closure borrowing `c` made the
+                // accumulators live in memory, stored back on every FMA of the loop above
+                let mut out = [[0.0f32; S]; R];
+                for r in 0..R {
+                    for s in 0..S {
                         let mut v = hsum(c[r][s]);
                         for t in kv..k {
                             v += *ap[r].add(t) * *bp[s].add(t);
                         }
-                        v
-                    })
-                })
+                        out[r][s] = v;
+                    }
+                }
+                out
             })
         }
     }
@@ -205,7 +209,13 @@ mod avx512 {
                 if kv < k {
                     fma(kv, tail);
                 }
-                std::array::from_fn(|r| std::array::from_fn(|s| _mm512_reduce_add_ps(c[r][s])))
+                let mut out = [[0.0f32; S]; R];
+                for r in 0..R {
+                    for s in 0..S {
+                        out[r][s] = _mm512_reduce_add_ps(c[r][s]);
+                    }
+                }
+                out
             })
         }
     }
