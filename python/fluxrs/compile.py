@@ -107,8 +107,9 @@ def _parameters(trees: list) -> tuple[list, list[Tensor]]:
     return plans, params
 
 
-def _inputs(args: tuple, params: list[Tensor]) -> list[Tensor]:
-    """The data arguments as tensors: numpy float arrays in the parameters' dtype."""
+def _inputs(args: tuple, params: list[Tensor], lend: bool = False) -> list[Tensor]:
+    """The data arguments as tensors: numpy float arrays in the parameters' dtype. `lend`:
+    arrays are read in place (`host_like`), for a replay, whose tensors no Python code sees."""
     out = []
     for a in args:
         t = type(a)
@@ -117,7 +118,7 @@ def _inputs(args: tuple, params: list[Tensor]) -> list[Tensor]:
         elif t is np.ndarray:
             if a.dtype.kind != "f":
                 raise _Refused(f"a data argument is a numpy array of {a.dtype}; only float data are compiled")
-            out.append(_core.host_like(a, params[0]) if params else Tensor(a))
+            out.append(_core.host_like(a, params[0], lend) if params else Tensor(a))
     return out
 
 
@@ -161,7 +162,7 @@ class jit:
             plans, params, trace = hit
             if all(_unchanged(p, a) for p, a in zip(plans, trees)):
                 self.replayed += 1
-                return trace.forward(params, _inputs(args, params))
+                return trace.forward(params, _inputs(args, params, lend=True))
         if len(self._traces) >= _MAX_TRACES:
             return self._give_up(f"it was recorded {_MAX_TRACES} times (new data shapes, static arguments or "
                                  "model edits on most calls)", args, kwargs)

@@ -505,7 +505,7 @@ def _train_explicit(loss, model, data, opt, cb, progress, desc, callbacks=None, 
             return []
         batches = []
         for d in ds:
-            args = _data_tensors(_splat(d, arity), xs[0])
+            args = _data_tensors(_splat(d, arity), xs[0], lend=True)
             if args is None:
                 break
             batches.append(args)
@@ -588,15 +588,17 @@ def _all_tensors(args: tuple) -> bool:
     return all(type(a) is Tensor for a in args)
 
 
-def _data_tensors(args: tuple, like: Tensor) -> tuple | None:
+def _data_tensors(args: tuple, like: Tensor, lend: bool = False) -> tuple | None:
     """A datapoint's values as tensors, float numpy arrays in `like`'s dtype (as the layers
-    would convert them), or None when one is something else (integer labels, a list)."""
+    would convert them), or None when one is something else (integer labels, a list).
+    `lend`: arrays are read in place (`host_like`), for a replay, whose tensors no Python
+    code sees; a recording hands them to the loss, which might keep them."""
     if _all_tensors(args):
         return args
     out = []
     for a in args:
         if type(a) is np.ndarray and a.dtype.kind == "f":
-            a = _core.host_like(a, like)
+            a = _core.host_like(a, like, lend)
         elif type(a) is not Tensor:
             return None
         out.append(a)
