@@ -42,7 +42,10 @@ use crate::tensor::Tensor;
 use crate::with_dtype;
 
 /// Multiply-adds above which the batch is split over rayon threads (or gemm parallelises).
-const CONV_PAR_FLOPS: usize = 1 << 20;
+/// Each parallel region costs thread wake-ups and hand-overs that a small convolution does
+/// not repay: at 1 << 20, MNIST-1D's CNN (its middle layer 1.9M) trained 1.3-1.5x slower on
+/// two threads than on one (bench/README.md); LeNet-5's layers (11M, 20M) still gain.
+const CONV_PAR_FLOPS: usize = 1 << 22;
 
 /// The most spatial axes a convolution or pooling has (Flux's 3-D).
 pub const MAX_SPATIAL: usize = 3;

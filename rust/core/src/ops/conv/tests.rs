@@ -307,7 +307,9 @@ fn batch_matches_per_sample(xs: &[usize], ws: &[usize], sp: &ConvSpec, seed: u64
 #[test]
 fn parallel_batch_matches_serial() {
     // Big enough to split the batch over threads, with an odd batch (a short last chunk).
-    batch_matches_per_sample(&[15, 3, 20, 20], &[8, 3, 5, 5], &spec(&[1, 1], &[(2, 2), (2, 2)], &[1, 1], 1, true), 17);
+    let (n, cout, outputs, ck) = (23, 8, 20 * 20, 3 * 5 * 5);
+    assert!(n * cout * outputs * ck >= super::CONV_PAR_FLOPS, "too small to run in parallel");
+    batch_matches_per_sample(&[n, 3, 20, 20], &[cout, 3, 5, 5], &spec(&[1, 1], &[(2, 2), (2, 2)], &[1, 1], 1, true), 17);
 }
 
 #[test]
