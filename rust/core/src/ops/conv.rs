@@ -332,10 +332,8 @@ fn im2col<T: Elem>(g: &Geom, xg: &[T], col: &mut [T], ld: usize, off: usize) {
             let len = r.end - r.start;
             if s2 == 1 {
                 copy_row(&mut dst[r.start..r.end], &xc[start..start + len]);
-            } else {
-                for (j, v) in dst[r.start..r.end].iter_mut().enumerate() {
-                    *v = xc[start + j * s2];
-                }
+            } else if len > 0 {
+                gather_strided(&mut dst[r.start..r.end], &xc[start..=start + (len - 1) * s2], s2);
             }
         });
     }
@@ -380,7 +378,52 @@ fn im2col_1d<T: Elem>(g: &Geom, x: &[T], per_x: usize, bn: usize, col: &mut [T])
                 if s2 == 1 {
                     copy_row(d, src);
                 } else {
-                    d.iter_mut().zip(src.iter().step_by(s2)).for_each(|(v, &x)| *v = x);
+                    gather_strided(d, src, s2);
+                }
+            }
+        }
+    }
+}
+
+/// `im2col_chunk`'s adjoint: the chunk's columns added back into the inputs of its `bn`
+/// samples, one sample's group of channels every `per_x` elements of `x`. A 1-D convolution's
+/// samples go through one loop per (channel, kernel position), as in `im2col_chunk`: per
+/// sample, the setup of each 10-element row cost more than its adds (MNIST-1D's CNN).
+fn col2im_chunk<T: Elem>(g: &Geom, col: &[T], per_x: usize, bn: usize, x: &mut [T]) {
+    let (ip, op, cig) = (g.ip(), g.op(), g.cig());
+    let one_d = g.i[..2] == [1, 1] && g.k[..2] == [1, 1] && g.d == [1, 1, 1];
+    if !one_d || op == 0 {
+        for bi in 0..bn {
+            col2im(g, col, bn * op, bi * op, &mut x[bi * per_x..][..cig * ip]);
+        }
+        return;
+    }
+    if g.unpadded() {
+        return col2im_1d(g, col, per_x, bn, x);
+    }
+    let p = g.padded();
+    let pp = cig * p.ip();
+    let mut xp = vec![T::ZERO; bn * pp];
+    col2im_1d(&p, col, pp, bn, &mut xp);
+    for bi in 0..bn {
+        g.add_unpadded(&p, &xp[bi * pp..(bi + 1) * pp], &mut x[bi * per_x..][..cig * ip]);
+    }
+}
+
+/// `im2col_1d`'s adjoint, for an unpadded, undilated 1-D geometry.
+fn col2im_1d<T: Elem>(g: &Geom, col: &[T], per_x: usize, bn: usize, x: &mut [T]) {
+    let (ip, kp, o2, s2) = (g.ip(), g.kp(), g.o[2], g.s[2]);
+    let ld = bn * o2;
+    let span = (o2 - 1) * s2 + 1;
+    for ci in 0..g.cig() {
+        for kidx in 0..kp {
+            let f2 = g.offsets([0, 0, kidx])[2] as usize; // unpadded: >= 0
+            for (bi, r) in col[(ci * kp + kidx) * ld..][..ld].chunks_exact(o2).enumerate() {
+                let dst = &mut x[bi * per_x + ci * ip + f2..][..span];
+                if s2 == 1 {
+                    dst.iter_mut().zip(r).for_each(|(d, &v)| *d += v);
+                } else {
+                    scatter_add_strided(dst, r, s2);
                 }
             }
         }
@@ -401,6 +444,36 @@ fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
     }
     for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
         *d = *s;
+    }
+}
+
+/// `dst[j] = src[j * s]`: a strided convolution's im2col row. Stride 2 (the usual one) is a
+/// constant here, so no division sizes each row: `step_by`'s length is a `div` by the
+/// stride, a tenth of a 1-D CNN's im2col time over its 10-element rows.
+#[inline(always)]
+fn gather_strided<T: Copy>(dst: &mut [T], src: &[T], s: usize) {
+    #[inline(always)]
+    fn by<T: Copy, const S: usize>(dst: &mut [T], src: &[T]) {
+        dst.iter_mut().zip(src.iter().step_by(S)).for_each(|(v, &x)| *v = x);
+    }
+    if s == 2 {
+        by::<T, 2>(dst, src)
+    } else {
+        dst.iter_mut().zip(src.iter().step_by(s)).for_each(|(v, &x)| *v = x)
+    }
+}
+
+/// `dst[j * s] += src[j]`: `gather_strided`'s adjoint (col2im), with one bounds check a row.
+#[inline(always)]
+fn scatter_add_strided<T: Elem>(dst: &mut [T], src: &[T], s: usize) {
+    #[inline(always)]
+    fn by<T: Elem, const S: usize>(dst: &mut [T], src: &[T]) {
+        dst.iter_mut().step_by(S).zip(src).for_each(|(d, &v)| *d += v);
+    }
+    if s == 2 {
+        by::<T, 2>(dst, src)
+    } else {
+        dst.iter_mut().step_by(s).zip(src).for_each(|(d, &v)| *d += v)
     }
 }
 
@@ -428,7 +501,7 @@ fn im2col_unpadded<T: Elem>(g: &Geom, xg: &[T], col: &mut [T], ld: usize, off: u
                                 copy_row(d, &xc[src..src + o2]);
                             } else {
                                 // one bounds check for the row, not one per element
-                                d.iter_mut().zip(xc[src..=src + (o2 - 1) * s2].iter().step_by(s2)).for_each(|(v, &x)| *v = x);
+                                gather_strided(d, &xc[src..=src + (o2 - 1) * s2], s2);
                             }
                             src += s1 * i2;
                         }
@@ -462,10 +535,8 @@ fn col2im<T: Elem>(g: &Geom, col: &[T], ld: usize, off: usize, xg: &mut [T]) {
                 for (d, &v) in xc[start..start + src.len()].iter_mut().zip(src) {
                     *d += v;
                 }
-            } else {
-                for (j, &v) in src.iter().enumerate() {
-                    xc[start + j * s2] += v;
-                }
+            } else if !src.is_empty() {
+                scatter_add_strided(&mut xc[start..=start + (src.len() - 1) * s2], src, s2);
             }
         });
     }
@@ -492,9 +563,7 @@ fn col2im_unpadded<T: Elem>(g: &Geom, col: &[T], ld: usize, off: usize, xg: &mut
                             if s2 == 1 {
                                 xc[dst..dst + o2].iter_mut().zip(r).for_each(|(d, &v)| *d += v);
                             } else {
-                                for (j, &v) in r.iter().enumerate() {
-                                    xc[dst + j * s2] += v;
-                                }
+                                scatter_add_strided(&mut xc[dst..=dst + (o2 - 1) * s2], r, s2);
                             }
                             dst += s1 * i2;
                         }
@@ -713,9 +782,7 @@ fn conv_data<T: Elem>(g: &Geom, gy: &[T], w: &[T], b: Option<&[T]>, act: Act) ->
             } else if cog > 0 {
                 // SAFETY: as above, into the (ck, bn*op) im2col-shaped scratch.
                 unsafe { gemm_into(ck, bn * op, cog, col.as_mut_ptr(), bn * op, false, wg, ck, 1, rhs.as_ptr(), 1, bn * op, p.par) };
-                for bi in 0..bn {
-                    col2im(g, col, bn * op, bi * op, &mut dxc[bi * per_x + gi * cig * ip..][..cig * ip]);
-                }
+                col2im_chunk(g, col, per_x, bn, &mut dxc[gi * cig * ip..]);
             }
         }
         apply_act(dxc, act);

@@ -121,6 +121,10 @@ fn cases() -> Vec<(Vec<usize>, Vec<usize>, ConvSpec)> {
         (vec![2, 4, 6, 5], vec![4, 2, 3, 3], spec(&[1, 2], &[(1, 1), (2, 0)], &[1, 1], 2, false)),
         (vec![1, 2, 4, 3, 5], vec![2, 2, 2, 2, 3], spec(&[2, 1, 2], &[(1, 0), (0, 1), (1, 2)], &[1, 1, 1], 1, true)),
         (vec![2, 1, 9], vec![2, 1, 2], spec(&[3], &[(2, 2)], &[1], 1, false)),
+        // 1-D, the whole batch in one gather per (channel, kernel position) each way:
+        // unpadded strided, padded unstrided
+        (vec![3, 2, 12], vec![3, 2, 3], spec(&[2], &[(0, 0)], &[1], 1, false)),
+        (vec![2, 2, 8], vec![3, 2, 3], spec(&[1], &[(1, 1)], &[1], 1, true)),
     ]
 }
 
