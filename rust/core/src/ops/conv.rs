@@ -261,6 +261,11 @@ impl Geom {
         }
         off
     }
+    /// Whether im2col and col2im take a chunk's samples together (`im2col_1d`): an undilated
+    /// 1-D convolution with outputs, whose rows are too short to pay a setup per sample.
+    fn batched_1d(&self) -> bool {
+        self.i[..2] == [1, 1] && self.k[..2] == [1, 1] && self.d == [1, 1, 1] && self.op() > 0
+    }
     fn flops(&self) -> usize {
         self.n * self.cout * self.op() * self.ck()
     }
@@ -346,8 +351,7 @@ fn im2col<T: Elem>(g: &Geom, xg: &[T], col: &mut [T], ld: usize, off: usize) {
 /// sample by sample.
 fn im2col_chunk<T: Elem>(g: &Geom, x: &[T], per_x: usize, bn: usize, col: &mut [T]) {
     let (ip, op, cig) = (g.ip(), g.op(), g.cig());
-    let one_d = g.i[..2] == [1, 1] && g.k[..2] == [1, 1] && g.d == [1, 1, 1];
-    if !one_d || op == 0 {
+    if !g.batched_1d() {
         for bi in 0..bn {
             im2col(g, &x[bi * per_x..][..cig * ip], col, bn * op, bi * op);
         }
@@ -391,8 +395,7 @@ fn im2col_1d<T: Elem>(g: &Geom, x: &[T], per_x: usize, bn: usize, col: &mut [T])
 /// sample, the setup of each 10-element row cost more than its adds (MNIST-1D's CNN).
 fn col2im_chunk<T: Elem>(g: &Geom, col: &[T], per_x: usize, bn: usize, x: &mut [T]) {
     let (ip, op, cig) = (g.ip(), g.op(), g.cig());
-    let one_d = g.i[..2] == [1, 1] && g.k[..2] == [1, 1] && g.d == [1, 1, 1];
-    if !one_d || op == 0 {
+    if !g.batched_1d() {
         for bi in 0..bn {
             col2im(g, col, bn * op, bi * op, &mut x[bi * per_x..][..cig * ip]);
         }
