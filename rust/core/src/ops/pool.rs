@@ -145,18 +145,24 @@ fn maxpool_kernel<T: Elem>(g: &Geom, x: &[T]) -> (Vec<T>, Vec<usize>) {
     (vals, arg)
 }
 
+/// One step of a window's arg-max: the index of the winner between the element at `at`
+/// (value `v`) and the current one `bi` (value `cur`). A larger element, or the first NaN,
+/// wins; ties keep the first; `first` (the window's first element) always wins. Chosen with
+/// a mask, not a branch or a value select, which compiled to a jump per element and ran slower.
+#[inline(always)]
+fn argmax_step<T: Elem>(v: T, cur: T, at: usize, bi: usize, first: bool) -> usize {
+    let take = first | (v > cur) | (v.is_nan() & !cur.is_nan());
+    let m = (take as usize).wrapping_neg();
+    (at & m) | (bi & !m)
+}
+
 /// `maxpool_kernel`'s arg-max for one plane (`ap` all `usize::MAX`), any padding.
 fn maxpool_plane_rows<T: Elem>(rows: &ConvGeom, s2: usize, xp: &[T], ap: &mut [usize]) {
     for_each_row(rows, |_, row, r, start| {
         for (j, bi) in ap[row + r.start..row + r.end].iter_mut().enumerate() {
             let at = start + j * s2;
-            let v = xp[at];
             let unset = *bi == usize::MAX; // the window's first valid element
-            let cur = xp[if unset { at } else { *bi }];
-            // a larger element, or the first NaN, wins; ties keep the first
-            let take = unset | (v > cur) | (v.is_nan() & !cur.is_nan());
-            let m = (take as usize).wrapping_neg();
-            *bi = (at & m) | (*bi & !m);
+            *bi = argmax_step(xp[at], xp[if unset { at } else { *bi }], at, *bi, unset);
         }
     });
 }
@@ -188,13 +194,8 @@ fn maxpool_plane_inside<T: Elem>(g: &Geom, xp: &[T], ap: &mut [usize]) {
                         }
                         for (j, (bv, bi)) in best.iter_mut().zip(a.iter_mut()).enumerate() {
                             let at = base + c + j * s2;
-                            let (v, cur) = (xp[at], *bv);
-                            // a larger element, or the first NaN, wins; ties keep the first
-                            let take = (v > cur) | (v.is_nan() & !cur.is_nan());
-                            // a mask, not a branch (see maxpool_kernel), and the winner read back
-                            let m = (take as usize).wrapping_neg();
-                            *bi = (at & m) | (*bi & !m);
-                            *bv = xp[*bi];
+                            *bi = argmax_step(xp[at], *bv, at, *bi, false);
+                            *bv = xp[*bi]; // the winner read back, not selected (see argmax_step)
                         }
                     }
                 }
